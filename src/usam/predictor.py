@@ -1,0 +1,322 @@
+"""``UncertainSAM``: a SAM2 image predictor that also returns UncertainSAM estimates for every mask.
+
+The wrapper calls the predictor's public ``set_image``/``predict`` and captures the decoder tokens with hooks that
+exist only during the call (see :mod:`usam.sam2_adapter`), so the predictor is never modified. All loaded heads run
+as one fused computation over all prompts and masks of a call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from usam import sam2_adapter
+from usam.entropy import mask_entropy, pixel_entropy
+from usam.errors import HeadsFileError, InvalidInputError
+from usam.heads import PAIRING_AS_RELEASED, UncertaintyHeads, load_heads
+from usam.images import as_rgb_uint8
+
+_VALID_POINT_LABELS = (-1, 0, 1, 2, 3)  # SAM2: -1 padding, 0 background, 1 foreground, 2/3 box corners
+
+
+@dataclasses.dataclass
+class UncertainPrediction:
+    """Everything one :meth:`UncertainSAM.predict` call returns; plain arrays owned by the caller.
+
+    The first three attributes are exactly what ``SAM2ImagePredictor.predict`` returns. Per-mask values have the
+    shape of ``sam_scores``: (M,) for one prompt, (B, M) for B batched prompts, with M = 3 masks (multimask) or 1.
+
+    Attributes:
+        masks: (…, M, H, W) boolean masks (or logits with ``return_logits=True``) at image resolution.
+        sam_scores: (…, M) SAM2's own IoU predictions.
+        low_res_logits: (…, M, h, w) low-resolution mask logits (h = w = 256 for 1024-pixel models).
+        uncertainty: Head name -> (…, M) estimates: predicted IoU for ``iou_*`` heads, predicted gain in
+            [-0.5, 0.5] for ``*_gap`` heads.
+        entropy: (…, M) mask entropy H_Std in bits.
+        iou_token: (…, D) the decoder's IoU token of each prompt.
+        mask_tokens: (…, 4, D) all four mask tokens of each prompt.
+        mask_token_index: (…, M) which mask token produced each returned mask (1, 2, 3 for multimask output).
+        head_token_index: (…, M) which mask token the heads read for each mask (depends on the heads' pairing).
+        image_size: (H, W) of the image.
+    """
+
+    masks: np.ndarray
+    sam_scores: np.ndarray
+    low_res_logits: np.ndarray
+    uncertainty: dict[str, np.ndarray]
+    entropy: np.ndarray
+    iou_token: np.ndarray
+    mask_tokens: np.ndarray
+    mask_token_index: np.ndarray
+    head_token_index: np.ndarray
+    image_size: tuple[int, int]
+
+    def uncertainty_map(self, resolution: str = "image") -> np.ndarray:
+        """Per-pixel binary entropy (bits) of each returned mask, for overlays.
+
+        Args:
+            resolution: ``"low"`` for the decoder's resolution (…, M, h, w), ``"image"`` for the image's
+                (…, M, H, W), upsampled from the low-resolution logits the way SAM2 upsamples masks.
+        """
+        logits = torch.from_numpy(self.low_res_logits)
+        if resolution == "low":
+            return pixel_entropy(logits).numpy()
+        if resolution != "image":
+            raise InvalidInputError(f"resolution must be 'low' or 'image', got {resolution!r}")
+        flat = logits.reshape(-1, 1, *logits.shape[-2:])
+        upsampled = torch.nn.functional.interpolate(flat, self.image_size, mode="bilinear", align_corners=False)
+        return pixel_entropy(upsampled).reshape(*logits.shape[:-2], *self.image_size).numpy()
+
+
+def head_token_indices(mask_token_index: torch.Tensor, pairing: str) -> torch.Tensor:
+    """The mask token a head reads for each returned mask, given the token that produced it.
+
+    True pairing reads the producing token. The authors' code ("as-released") scores returned mask k of a
+    multimask call with token k, i.e. the token before the producing one; for a single returned mask it reads
+    token 0 when token 0 produced it and otherwise, like for multimask output, the token before.
+    """
+    if pairing == PAIRING_AS_RELEASED:
+        return (mask_token_index - 1).clamp(min=0)
+    return mask_token_index
+
+
+def head_features(iou_token: torch.Tensor, mask_tokens: torch.Tensor, token_index: torch.Tensor, inputs: list[str]) -> torch.Tensor:
+    """Head inputs ``concat(iou_token, mask_token)`` for every returned mask, as (B * M, len(inputs) * D).
+
+    Args:
+        iou_token: (B, D).
+        mask_tokens: (B, 4, D).
+        token_index: (B, M) mask token to pair with each mask.
+        inputs: Which tokens to concatenate, in order (``iou_token``, ``mask_token``).
+    """
+    batch, masks = token_index.shape
+    dim = iou_token.shape[-1]
+    paired = mask_tokens.gather(1, token_index.unsqueeze(-1).expand(batch, masks, dim))
+    parts = {"iou_token": iou_token.unsqueeze(1).expand(batch, masks, dim), "mask_token": paired}
+    return torch.cat([parts[name] for name in inputs], dim=-1).reshape(batch * masks, -1).float()
+
+
+class UncertainSAM:
+    """Wrap a ``SAM2ImagePredictor`` to get UncertainSAM estimates with every prediction.
+
+    Args:
+        predictor: A ``sam2.sam2_image_predictor.SAM2ImagePredictor``.
+        heads: Heads from :func:`usam.load_heads`, a path to load them from, or None (entropy and tokens only).
+        device: Where the heads run (default: the predictor's device).
+
+    Example:
+        >>> model = UncertainSAM(predictor, usam.load_heads("heads.safetensors"))  # doctest: +SKIP
+        >>> model.set_image(image)  # doctest: +SKIP
+        >>> result = model.predict(point_coords=[[500, 375]], point_labels=[1])  # doctest: +SKIP
+        >>> result.uncertainty["model_gap"]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        predictor: Any,
+        heads: UncertaintyHeads | str | Path | None = None,
+        *,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.predictor = predictor
+        decoder = sam2_adapter.mask_decoder_of(predictor)
+        self.device = torch.device(device) if device is not None else next(decoder.parameters()).device
+        if isinstance(heads, (str, Path)):
+            heads = load_heads(heads)
+        self.heads = heads
+        if heads is not None:
+            token_dim = sam2_adapter.token_dim_of(predictor)
+            if heads.metadata.token_dim != token_dim:
+                raise HeadsFileError(
+                    f"the heads expect {heads.metadata.token_dim}-d tokens but this SAM2 model's decoder emits "
+                    f"{token_dim}-d tokens; use heads trained for this model"
+                )
+            self.heads = heads.to(self.device).eval()
+            self._warn_on_version_mismatch(heads)
+        self._image_size: tuple[int, int] | None = None
+
+    def _warn_on_version_mismatch(self, heads: UncertaintyHeads) -> None:
+        model_name = sam2_adapter.model_name_of(self.predictor)
+        trained_for = heads.metadata.sam2_version
+        if model_name and trained_for and model_name.split("-")[0] != trained_for:
+            warnings.warn(
+                f"these heads were trained for {trained_for} but the model is {model_name}; estimates may be off",
+                stacklevel=3,
+            )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = "sam2.1-tiny",
+        heads: UncertaintyHeads | str | Path | None = None,
+        *,
+        checkpoint: str | Path | None = None,
+        device: str | torch.device | None = None,
+        **build_kwargs: Any,
+    ) -> UncertainSAM:
+        """Build a released SAM2 model (weights downloaded on first use) and wrap its image predictor.
+
+        Args:
+            model: Model name, e.g. ``sam2.1-tiny`` (see :data:`usam.models.SAM2_MODELS`).
+            heads: Heads or a path to them.
+            checkpoint: Local checkpoint file; skips the download.
+            device: CUDA if available, else CPU.
+            **build_kwargs: Passed to :func:`usam.sam2_adapter.build_sam2_model`.
+        """
+        sam_model = sam2_adapter.build_sam2_model(model, checkpoint, device=device, **build_kwargs)
+        return cls(sam2_adapter.make_image_predictor(sam_model), heads)
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(H, W) of the image set last, or None."""
+        return self._image_size
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Encode an image (H x W x 3 uint8 RGB; grayscale, RGBA and 16-bit are converted)."""
+        image = as_rgb_uint8(image)
+        with sam2_adapter.inference_context(self.device):
+            self.predictor.set_image(image)
+        self._image_size = (int(image.shape[0]), int(image.shape[1]))
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        normalize_coords: bool = True,
+    ) -> UncertainPrediction:
+        """Predict masks like ``SAM2ImagePredictor.predict`` and estimate their uncertainty.
+
+        Arguments are SAM2's: ``point_coords`` (N, 2) or (B, N, 2) in pixels (x, y), ``point_labels`` (N,) or
+        (B, N), ``box`` (4,) or (B, 4) as x0, y0, x1, y1, ``mask_input`` (1, h, w) or (B, 1, h, w) low-res logits.
+
+        Raises:
+            InvalidInputError: No image set, no prompt, or a malformed prompt (NaN, outside the image, ...).
+        """
+        point_coords, point_labels, box, mask_input = self._checked_prompts(
+            point_coords, point_labels, box, mask_input, normalize_coords
+        )
+        with sam2_adapter.DecoderTokenCapture(self.predictor) as capture, sam2_adapter.inference_context(self.device):
+            masks, sam_scores, low_res_logits = self.predictor.predict(
+                point_coords=point_coords,
+                point_labels=point_labels,
+                box=box,
+                mask_input=mask_input,
+                multimask_output=multimask_output,
+                return_logits=return_logits,
+                normalize_coords=normalize_coords,
+            )
+        call = capture.single_call()
+        per_mask_shape = sam_scores.shape
+        head_index = head_token_indices(
+            call.mask_token_index, self.heads.metadata.pairing if self.heads is not None else "true"
+        )
+        uncertainty: dict[str, np.ndarray] = {}
+        with torch.no_grad():
+            if self.heads is not None:
+                features = head_features(
+                    call.iou_token, call.mask_tokens, head_index.to(call.mask_tokens.device), self.heads.metadata.inputs
+                )
+                values = self.heads(features.to(self.device)).cpu().numpy()
+                uncertainty = {name: values[index].reshape(per_mask_shape) for index, name in enumerate(self.heads.names)}
+            entropy = mask_entropy(torch.from_numpy(low_res_logits)).numpy()
+        squeeze = sam_scores.ndim == 1  # SAM2 drops the batch axis of a single prompt; so do we
+        return UncertainPrediction(
+            masks=masks,
+            sam_scores=sam_scores,
+            low_res_logits=low_res_logits,
+            uncertainty=uncertainty,
+            entropy=entropy,
+            iou_token=_owned(call.iou_token, squeeze),
+            mask_tokens=_owned(call.mask_tokens, squeeze),
+            mask_token_index=_owned(call.mask_token_index, squeeze),
+            head_token_index=_owned(head_index, squeeze),
+            image_size=self._image_size,
+        )
+
+    def _checked_prompts(
+        self,
+        point_coords: Any,
+        point_labels: Any,
+        box: Any,
+        mask_input: Any,
+        normalize_coords: bool,
+    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        if self._image_size is None:
+            raise InvalidInputError("no image is set; call set_image(image) before predict()")
+        if point_coords is None and box is None and mask_input is None:
+            raise InvalidInputError("no prompt given: pass point_coords with point_labels, a box, or a mask_input")
+        height, width = self._image_size
+        limit_x, limit_y = (float(width), float(height)) if normalize_coords else (1.0, 1.0)
+        batch_sizes: dict[str, int] = {}
+        if point_coords is not None:
+            if point_labels is None:
+                raise InvalidInputError("point_labels must be given with point_coords (1 = foreground, 0 = background)")
+            point_coords = _as_float_array(point_coords, "point_coords")
+            point_labels = np.asarray(point_labels)
+            if point_coords.ndim not in (2, 3) or point_coords.shape[-1] != 2 or point_coords.shape[-2] == 0:
+                raise InvalidInputError(f"point_coords must have shape (N, 2) or (B, N, 2), got {point_coords.shape}")
+            if point_labels.shape != point_coords.shape[:-1]:
+                raise InvalidInputError(
+                    f"point_labels has shape {point_labels.shape}, expected {point_coords.shape[:-1]} to match point_coords"
+                )
+            if not np.isin(point_labels, _VALID_POINT_LABELS).all():
+                raise InvalidInputError(f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(point_labels)}")
+            _check_inside(point_coords[..., 0], limit_x, "point x coordinate", normalize_coords)
+            _check_inside(point_coords[..., 1], limit_y, "point y coordinate", normalize_coords)
+            batch_sizes["point_coords"] = point_coords.shape[0] if point_coords.ndim == 3 else 1
+        elif point_labels is not None:
+            raise InvalidInputError("point_labels given without point_coords")
+        if box is not None:
+            box = _as_float_array(box, "box")
+            if box.ndim not in (1, 2) or box.shape[-1] != 4:
+                raise InvalidInputError(f"box must have shape (4,) or (B, 4) as x0, y0, x1, y1, got {box.shape}")
+            _check_inside(box[..., 0::2], limit_x, "box x coordinate", normalize_coords)
+            _check_inside(box[..., 1::2], limit_y, "box y coordinate", normalize_coords)
+            if (box[..., 2] < box[..., 0]).any() or (box[..., 3] < box[..., 1]).any():
+                raise InvalidInputError("box must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1")
+            batch_sizes["box"] = box.shape[0] if box.ndim == 2 else 1
+        if mask_input is not None:
+            mask_input = _as_float_array(mask_input, "mask_input")
+            side = sam2_adapter.low_res_mask_size(self.predictor)
+            if mask_input.ndim not in (3, 4) or mask_input.shape[-3:] != (1, side, side):
+                raise InvalidInputError(
+                    f"mask_input must have shape (1, {side}, {side}) or (B, 1, {side}, {side}) (low-resolution "
+                    f"logits as returned in low_res_logits), got {mask_input.shape}"
+                )
+            batch_sizes["mask_input"] = mask_input.shape[0] if mask_input.ndim == 4 else 1
+        if len(set(batch_sizes.values())) > 1:
+            raise InvalidInputError(f"prompts disagree on the number of objects: {batch_sizes}")
+        if batch_sizes.get("mask_input", 1) > 1 and len(batch_sizes) == 1:
+            raise InvalidInputError("SAM2 cannot batch mask inputs alone; give a point or box per mask, or call once per mask")
+        return point_coords, point_labels, box, mask_input
+
+
+def _as_float_array(values: Any, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be numeric") from None
+    if not np.isfinite(array).all():
+        raise InvalidInputError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def _check_inside(values: np.ndarray, limit: float, what: str, in_pixels: bool) -> None:
+    if values.size and (values.min() < 0 or values.max() > limit):
+        unit = f"in [0, {limit:g}] (image pixels)" if in_pixels else "in [0, 1] (normalised)"
+        bad = values[(values < 0) | (values > limit)].flat[0]
+        raise InvalidInputError(f"{what} {bad:g} is outside the image; coordinates must lie {unit}")
+
+
+def _owned(tensor: torch.Tensor, squeeze: bool) -> np.ndarray:
+    array = tensor.detach().float().cpu().numpy().copy() if tensor.is_floating_point() else tensor.cpu().numpy().copy()
+    return array[0] if squeeze else array

@@ -1,0 +1,349 @@
+"""Everything that touches SAM2: building models, loading checkpoints, and capturing decoder tokens with hooks.
+
+This is the only module of usam that imports ``sam2`` or knows its internals. Tokens are captured with forward
+hooks on the mask decoder's submodules (SAM2 is never patched); the hooks exist only while a
+:class:`DecoderTokenCapture` is active, so a predictor is left exactly as it was.
+
+Where the tokens are (``MaskDecoder.predict_masks``): the two-way transformer returns ``hs``; ``hs[:, s]`` is the
+IoU token and ``hs[:, s+1:s+5]`` the four mask tokens. The IoU token is the input of ``iou_prediction_head`` and
+mask token i the input of ``output_hypernetworks_mlps[i]``, so forward pre-hooks on those modules see them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from usam.errors import CheckpointError, UsamError
+from usam.models import SAM2ModelSpec, get_model_spec
+
+NUM_MASK_TOKENS = 4
+"""SAM2's decoder has one single-mask token (0) and three multimask tokens (1, 2, 3)."""
+
+
+def ensure_torchvision() -> None:
+    """Make ``import torchvision`` work next to a CPU-only torch, if (and only if) the plain import fails.
+
+    PyPI's torchvision wheels are CUDA builds. Next to a CPU torch their compiled extension fails to register its
+    operators, and ``import torchvision`` dies with "operator torchvision::nms does not exist" while registering
+    fake kernels for them. SAM2's image predictor needs only torchvision's transforms, which do not use the
+    extension, so we declare the two missing operator schemas ourselves and import again. ``torchvision.ops``
+    and ``torchvision.io`` stay unusable in that case; nothing in usam or SAM2's predictor uses them.
+    """
+    try:
+        importlib.import_module("torchvision")
+        return
+    except ModuleNotFoundError:
+        return  # no torchvision at all: sam2 will report that itself
+    except RuntimeError as error:
+        if "torchvision::" not in str(error):
+            raise
+    # The failed import left half-initialised modules behind; drop them before importing again.
+    for module_name in [name for name in sys.modules if name == "torchvision" or name.startswith("torchvision.")]:
+        del sys.modules[module_name]
+    library = torch.library.Library("torchvision", "FRAGMENT")  # noqa: TID251 (defining schemas is the fix)
+    for operator in ("nms", "qnms"):
+        with contextlib.suppress(RuntimeError):  # already defined by an earlier attempt
+            library.define(f"{operator}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    # Keep the library object alive: dropping it would unregister the schemas.
+    _TORCHVISION_FIX_LIBRARIES.append(library)
+    importlib.import_module("torchvision")
+
+
+_TORCHVISION_FIX_LIBRARIES: list[Any] = []
+
+
+def _import_sam2() -> Any:
+    try:
+        ensure_torchvision()
+        import sam2.build_sam  # noqa: F401  (initialises Hydra's config module)
+        import sam2.sam2_image_predictor
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] == "sam2":
+            raise UsamError(
+                "SAM2 is not installed; install it with `pip install usam[sam2]` or from "
+                "github.com/facebookresearch/sam2 (see the README)"
+            ) from None
+        raise
+    return sys.modules["sam2"]
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """The given device, else CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def inference_context(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA (as SAM2's own demos run), plain fp32 elsewhere (bf16 is slow without hardware)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def small_model_overrides(image_size: int = 128, small_trunk: bool = True) -> list[str]:
+    """Hydra overrides that make a SAM2 config tiny and fast, for tests and self-checks (tokens stay 256-d)."""
+    overrides = [f"++model.image_size={image_size}"]
+    if small_trunk:
+        overrides += [
+            "++model.image_encoder.trunk.embed_dim=32",
+            "++model.image_encoder.trunk.stages=[1,1,2,1]",
+            # A global-attention block must not open a stage (Hiera would divide by zero).
+            "++model.image_encoder.trunk.global_att_blocks=[3]",
+            "++model.image_encoder.neck.backbone_channel_list=[256,128,64,32]",
+        ]
+    return overrides
+
+
+def load_sam2_checkpoint(model: torch.nn.Module, path: str | Path, model_name: str = "SAM2") -> None:
+    """Load official SAM2 weights (a ``{"model": state_dict}`` file) safely and strictly.
+
+    Raises:
+        CheckpointError: The file is truncated, not a SAM2 checkpoint, or belongs to another model.
+    """
+    path = Path(path)
+    try:
+        # weights_only: checkpoints come from outside; never let their pickle run code.
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated zips and refused pickles
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated, corrupt or not a weights file ({first_line})") from None
+    state = content.get("model") if isinstance(content, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is not a SAM2 checkpoint (no 'model' state dict inside)")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(
+        key
+        for key in set(own) & set(state)
+        if isinstance(state[key], torch.Tensor) and tuple(state[key].shape) != tuple(own[key].shape)
+    )
+    if missing or unexpected or mismatched:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if mismatched:
+            details.append(f"{len(mismatched)} keys of another shape (e.g. {mismatched[0]})")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {model_name}: {', '.join(details)}; is it the checkpoint of another "
+            "SAM2 version or size?"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def build_sam2_model(
+    model: str | SAM2ModelSpec,
+    checkpoint: str | Path | None = None,
+    *,
+    device: str | torch.device | None = None,
+    random_weights: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    hydra_overrides: Sequence[str] = (),
+    seed: int = 0,
+    progress: bool = True,
+) -> torch.nn.Module:
+    """Build a released SAM2 model with its official weights (downloaded on first use), in eval mode.
+
+    Args:
+        model: A model name such as ``sam2.1-tiny`` or its spec.
+        checkpoint: A local checkpoint file; skips the download.
+        device: Target device; CUDA if available, else CPU.
+        random_weights: Skip weights entirely (random, seeded by ``seed``): for tests and self-checks only.
+        checkpoint_dir: A folder with official checkpoints under their official names.
+        hydra_overrides: Extra Hydra overrides for the config (e.g. :func:`small_model_overrides`).
+        seed: Seed of the random weights.
+        progress: Show a progress bar while downloading.
+    """
+    from usam.download import resolve_checkpoint
+
+    spec = model if isinstance(model, SAM2ModelSpec) else get_model_spec(model)
+    checkpoint_path = None
+    if not random_weights:
+        checkpoint_path = resolve_checkpoint(spec, checkpoint, checkpoint_dir=checkpoint_dir, progress=progress)
+    _import_sam2()
+    from sam2.build_sam import build_sam2
+
+    torch.manual_seed(seed)
+    sam_model = build_sam2(spec.config, None, device="cpu", hydra_overrides_extra=list(hydra_overrides))
+    if checkpoint_path is not None:
+        load_sam2_checkpoint(sam_model, checkpoint_path, spec.name)
+    sam_model = sam_model.to(select_device(device)).eval()
+    # Remember which release this is, so heads trained for another version can be flagged.
+    sam_model.usam_model_name = spec.name  # type: ignore[attr-defined]
+    return sam_model
+
+
+def make_image_predictor(sam_model: torch.nn.Module, **kwargs: Any) -> Any:
+    """A ``SAM2ImagePredictor`` for a model, with backbone feature sizes fixed for its image size."""
+    _import_sam2()
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(sam_model, **kwargs)
+    size = int(sam_model.image_size)
+    # The predictor hard-codes the feature sizes of 1024-pixel inputs.
+    predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+    return predictor
+
+
+def mask_decoder_of(predictor: Any) -> torch.nn.Module:
+    """The mask decoder of a ``SAM2ImagePredictor`` (or of a SAM2 model)."""
+    model = getattr(predictor, "model", predictor)
+    decoder = getattr(model, "sam_mask_decoder", None)
+    if decoder is None or not hasattr(decoder, "iou_prediction_head"):
+        raise UsamError(f"{type(predictor).__name__} is not a SAM2 image predictor (no sam_mask_decoder found)")
+    return decoder
+
+
+def token_dim_of(predictor: Any) -> int:
+    """Size of the decoder tokens (256 for every released SAM2)."""
+    return int(mask_decoder_of(predictor).transformer_dim)
+
+
+def model_name_of(predictor: Any) -> str | None:
+    """The release name of a model built by :func:`build_sam2_model`, else None."""
+    return getattr(getattr(predictor, "model", predictor), "usam_model_name", None)
+
+
+def low_res_mask_size(predictor: Any) -> int:
+    """Side of the low-resolution mask logits (256 for 1024-pixel models)."""
+    return int(getattr(predictor, "model", predictor).image_size) // 4
+
+
+@dataclasses.dataclass
+class DecoderCall:
+    """What one mask-decoder call computed, as captured by the hooks.
+
+    Attributes:
+        iou_token: (B, C) IoU tokens.
+        mask_tokens: (B, 4, C) mask tokens.
+        mask_token_index: (B, M) the mask token that produced each returned mask (M = 3 or 1).
+    """
+
+    iou_token: torch.Tensor
+    mask_tokens: torch.Tensor
+    mask_token_index: torch.Tensor
+
+
+class DecoderTokenCapture:
+    """Capture the IoU and mask tokens of every SAM2 mask-decoder call, with hooks that live only inside ``with``.
+
+    Example:
+        >>> with DecoderTokenCapture(predictor) as capture:  # doctest: +SKIP
+        ...     predictor.predict(point_coords=..., point_labels=...)
+        >>> call = capture.single_call()  # doctest: +SKIP
+    """
+
+    def __init__(self, predictor: Any) -> None:
+        self.decoder = mask_decoder_of(predictor)
+        self.calls: list[DecoderCall] = []
+        self._handles: list[Any] = []
+        self._iou_token: torch.Tensor | None = None
+        self._mask_tokens: dict[int, torch.Tensor] = {}
+        self._hyper_inputs: dict[int, torch.Tensor] = {}
+        self._upscaled: torch.Tensor | None = None
+        self._multimask_output: bool | None = None
+
+    def __enter__(self) -> DecoderTokenCapture:
+        decoder = self.decoder
+        self.calls = []
+        self._handles = [
+            decoder.register_forward_pre_hook(self._on_decoder_start, with_kwargs=True),
+            decoder.iou_prediction_head.register_forward_pre_hook(self._on_iou_head),
+            decoder.register_forward_hook(self._on_decoder_end, with_kwargs=True),
+        ]
+        for index, hypernetwork in enumerate(decoder.output_hypernetworks_mlps):
+            self._handles.append(hypernetwork.register_forward_pre_hook(self._mask_token_hook(index)))
+            self._handles.append(hypernetwork.register_forward_hook(self._hyper_output_hook(index)))
+        # The last module of output_upscaling emits the upscaled embedding in both of predict_masks' code paths.
+        self._handles.append(decoder.output_upscaling[-1].register_forward_hook(self._on_upscaled))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._reset_pending()
+
+    def _reset_pending(self) -> None:
+        self._iou_token = None
+        self._mask_tokens = {}
+        self._hyper_inputs = {}
+        self._upscaled = None
+        self._multimask_output = None
+
+    def _on_decoder_start(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        self._reset_pending()
+        multimask = kwargs.get("multimask_output", args[4] if len(args) > 4 else None)
+        self._multimask_output = bool(multimask)
+
+    def _on_iou_head(self, module: torch.nn.Module, args: tuple) -> None:
+        self._iou_token = args[0].detach()
+
+    def _mask_token_hook(self, index: int) -> Any:
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            self._mask_tokens[index] = args[0].detach()
+
+        return hook
+
+    def _hyper_output_hook(self, index: int) -> Any:
+        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+            self._hyper_inputs[index] = output.detach()
+
+        return hook
+
+    def _on_upscaled(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self._upscaled = output.detach()
+
+    def _on_decoder_end(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: tuple) -> None:
+        if self._iou_token is None or len(self._mask_tokens) != NUM_MASK_TOKENS:
+            raise UsamError(
+                "could not capture the decoder tokens: this SAM2 mask decoder is not laid out as usam expects "
+                "(iou_prediction_head and four output_hypernetworks_mlps)"
+            )
+        mask_tokens = torch.stack([self._mask_tokens[index] for index in range(NUM_MASK_TOKENS)], dim=1)
+        returned_masks = output[0]
+        batch = returned_masks.shape[0]
+        device = returned_masks.device
+        if self._multimask_output:
+            token_index = torch.arange(1, NUM_MASK_TOKENS, device=device).expand(batch, -1)
+        elif self.decoder.dynamic_multimask_via_stability and not self.decoder.training:
+            token_index = self._producing_tokens(returned_masks)
+        else:
+            token_index = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.calls.append(DecoderCall(self._iou_token, mask_tokens, token_index.long()))
+        self._reset_pending()
+
+    def _producing_tokens(self, returned_masks: torch.Tensor) -> torch.Tensor:
+        # With one output mask SAM2 may swap in one of tokens 1..3 when token 0's mask is unstable. Recompute each
+        # token's mask the way predict_masks does and pick the one that equals the returned mask.
+        hyper_in = torch.stack([self._hyper_inputs[index] for index in range(NUM_MASK_TOKENS)], dim=1)
+        upscaled = self._upscaled
+        batch, channels, height, width = upscaled.shape
+        candidates = (hyper_in @ upscaled.view(batch, channels, height * width)).view(batch, -1, height, width)
+        distance = (candidates.float() - returned_masks.float()).abs().amax(dim=(-2, -1))
+        return distance.argmin(dim=1, keepdim=True)
+
+    def single_call(self) -> DecoderCall:
+        """The one decoder call of a predictor's ``predict``; an error if there was not exactly one."""
+        if len(self.calls) != 1:
+            raise UsamError(f"expected one mask-decoder call, captured {len(self.calls)}")
+        return self.calls[0]
+
+
+def iter_hooks(module: torch.nn.Module) -> Iterator[tuple[str, int]]:
+    """(module name, number of hooks) of every submodule that has forward hooks: to verify nothing is left."""
+    for name, submodule in module.named_modules():
+        count = len(submodule._forward_hooks) + len(submodule._forward_pre_hooks)
+        if count:
+            yield name, count
