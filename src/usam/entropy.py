@@ -8,10 +8,26 @@ apply :func:`entropy_from_probabilities` to the mean map.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 PROBABILITY_EPSILON = 1e-6
 """Probabilities are clipped to [eps, 1 - eps] before taking logarithms."""
+
+# Clipping p to [eps, 1 - eps] is clipping the logit to [-L, L]. Working on logits keeps both p and 1 - p exact
+# in float32 (1 - p computed as sigmoid(-x), not by subtraction, which loses the small side near p = 1).
+_LOGIT_LIMIT = math.log((1.0 - PROBABILITY_EPSILON) / PROBABILITY_EPSILON)
+_LN2 = math.log(2.0)
+
+
+def _clipped_logit_terms(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground probabilities p and per-pixel entropies h (bits) of clipped logits."""
+    clipped = logits.float().clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT)
+    foreground = torch.sigmoid(clipped)
+    background = torch.sigmoid(-clipped)
+    entropy = -(foreground * torch.nn.functional.logsigmoid(clipped) + background * torch.nn.functional.logsigmoid(-clipped))
+    return foreground, entropy / _LN2
 
 
 def pixel_entropy_from_probabilities(probabilities: torch.Tensor) -> torch.Tensor:
@@ -22,8 +38,9 @@ def pixel_entropy_from_probabilities(probabilities: torch.Tensor) -> torch.Tenso
 
 
 def pixel_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Per-pixel binary entropy in bits of mask logits; same shape as ``logits``."""
-    return pixel_entropy_from_probabilities(torch.sigmoid(logits.float()))
+    """Per-pixel binary entropy in bits of mask logits, in [0, 1]; same shape as ``logits``."""
+    # Rounding can put p = 0.5 a hair above one bit; maps are drawn on a fixed [0, 1] scale.
+    return _clipped_logit_terms(logits)[1].clamp_(max=1.0)
 
 
 def entropy_from_probabilities(probabilities: torch.Tensor) -> torch.Tensor:
@@ -50,4 +67,5 @@ def mask_entropy(logits: torch.Tensor) -> torch.Tensor:
     Returns:
         (...) entropies in bits.
     """
-    return entropy_from_probabilities(torch.sigmoid(logits.float()))
+    foreground, entropy = _clipped_logit_terms(logits)
+    return (foreground * entropy).sum(dim=(-2, -1)) / foreground.sum(dim=(-2, -1))

@@ -57,7 +57,9 @@ def as_rgb_uint8(image: np.ndarray, *, name: str = "image") -> np.ndarray:
         image = np.repeat(plane[:, :, None], 3, axis=2)
     elif channels == 4:
         image = image[:, :, :3]
-    return np.ascontiguousarray(image)
+    image = np.ascontiguousarray(image)
+    # SAM2 turns the array into a tensor; a read-only array (e.g. straight from PIL) makes torch warn.
+    return image if image.flags.writeable else image.copy()
 
 
 def _pil_to_array(picture) -> np.ndarray:  # noqa: ANN001 (PIL is imported lazily)

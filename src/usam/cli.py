@@ -1,0 +1,369 @@
+"""The ``usam`` command line.
+
+Every user error (a bad image, prompt, heads file or checkpoint, no network) is printed as one line on stderr and
+ends the command with exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from usam.errors import UsamError
+
+EXIT_USER_ERROR = 2
+SELF_CHECK_WARNING = "self-check with RANDOM weights: the numbers are meaningless; they only show that usam runs"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like usam's other user errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _pair(text: str) -> tuple[float, float]:
+    return tuple(_numbers(text, 2, "X,Y"))  # type: ignore[return-value]
+
+
+def _box(text: str) -> tuple[float, float, float, float]:
+    return tuple(_numbers(text, 4, "X0,Y0,X1,Y1"))  # type: ignore[return-value]
+
+
+def _numbers(text: str, count: int, form: str) -> list[float]:
+    parts = text.split(",")
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(f"expected {form} (numbers separated by commas), got {text!r}")
+    return values
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="sam2.1-tiny", help="SAM2 model name (see `usam models`); default %(default)s")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="local SAM2 checkpoint file; without it the official checkpoint is downloaded on first use into the "
+        "cache folder ($USAM_CACHE_DIR, default ~/.cache/usam)",
+    )
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: CUDA if available, else CPU)")
+    parser.add_argument(
+        "--hydra-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="advanced: extra Hydra override for the SAM2 config (repeatable), e.g. ++model.image_size=512 for a "
+        "checkpoint fine-tuned at another resolution",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- predict
+
+
+def _add_predict(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment an image with SAM2 and estimate the uncertainty of each mask",
+        description="Segment IMAGE from point/box prompts and write DIR/<stem>.json (one entry per mask: SAM score, "
+        "entropy, area, the heads' estimates, the mask as RLE) and DIR/<stem>.png (mask, uncertainty map, estimates "
+        "in words).",
+    )
+    parser.add_argument("image", type=Path, help="image file (RGB, grayscale, RGBA or 16-bit)")
+    _add_model_options(parser)
+    parser.add_argument("--heads", type=Path, help="heads file (.safetensors) or the authors' released heads folder")
+    parser.add_argument(
+        "--point", type=_pair, action="append", default=[], metavar="X,Y", help="foreground click in pixels (repeatable)"
+    )
+    parser.add_argument(
+        "--negative-point", type=_pair, action="append", default=[], metavar="X,Y", help="background click (repeatable)"
+    )
+    parser.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1", help="box prompt in pixels")
+    parser.add_argument("--single-mask", action="store_true", help="ask SAM2 for one mask instead of three")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from usam.heads import load_heads
+    from usam.images import load_image
+
+    image = load_image(args.image)
+    if not args.point and not args.negative_point and args.box is None:
+        raise UsamError("no prompt given: pass --point X,Y (repeatable) and/or --box X0,Y0,X1,Y1")
+    heads = load_heads(args.heads) if args.heads is not None else None
+    if heads is None:
+        print("usam: note: no --heads given; only SAM's score and the entropy are reported", file=sys.stderr)
+    from usam.predictor import UncertainSAM
+
+    model = UncertainSAM.from_pretrained(
+        args.model, heads, checkpoint=args.checkpoint, device=args.device, hydra_overrides=args.hydra_override
+    )
+    _predict_and_write(
+        model,
+        image,
+        args.out,
+        args.image.stem,
+        points=args.point,
+        negative_points=args.negative_point,
+        box=args.box,
+        multimask_output=not args.single_mask,
+        context={
+            "image": str(args.image),
+            "model": args.model,
+            "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+            "heads": str(args.heads) if args.heads else None,
+        },
+    )
+    return 0
+
+
+def _predict_and_write(
+    model: Any,
+    image: np.ndarray,
+    out: Path,
+    stem: str,
+    *,
+    points: Sequence[tuple[float, float]],
+    negative_points: Sequence[tuple[float, float]],
+    box: tuple[float, float, float, float] | None,
+    multimask_output: bool,
+    context: dict[str, Any],
+    footnote: str | None = None,
+) -> tuple[Path, Path]:
+    from usam.outputs import prediction_record, write_json_atomically
+    from usam.visualize import render_prediction
+
+    all_points = list(points) + list(negative_points)
+    coords = np.asarray(all_points, dtype=np.float32).reshape(-1, 2) if all_points else None
+    labels = np.asarray([1] * len(points) + [0] * len(negative_points), dtype=np.int32) if all_points else None
+    model.set_image(image)
+    result = model.predict(
+        point_coords=coords,
+        point_labels=labels,
+        box=np.asarray(box, dtype=np.float32) if box is not None else None,
+        multimask_output=multimask_output,
+    )
+    heads = model.heads
+    record = prediction_record(
+        result,
+        **context,
+        prompt={
+            "points": [list(point) for point in points],
+            "negative_points": [list(point) for point in negative_points],
+            "box": list(box) if box is not None else None,
+        },
+        multimask_output=multimask_output,
+        heads_pairing=heads.metadata.pairing if heads is not None else None,
+        heads_sam2_version=heads.metadata.sam2_version if heads is not None else None,
+    )
+    json_path = write_json_atomically(record, out / f"{stem}.json")
+    png_path = render_prediction(
+        image,
+        result,
+        out / f"{stem}.png",
+        points=coords,
+        point_labels=labels,
+        box=box,
+        title=f"{stem} - {context.get('model', '')}",
+        footnote=footnote,
+    )
+    for entry in record["masks"]:
+        summary = ", ".join(f"{name} {value:+.3f}" for name, value in entry["uncertainty"].items())
+        print(
+            f"mask {entry['index']}: SAM score {entry['sam_score']:.3f}, entropy {entry['entropy']:.3f}, "
+            f"area {entry['area']} px" + (f"; {summary}" if summary else "")
+        )
+    print(f"wrote {json_path} and {png_path}")
+    return json_path, png_path
+
+
+# -------------------------------------------------------------------------------------------------- selfcheck
+
+
+def _add_selfcheck(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "selfcheck",
+        help="verify the installation offline on a randomly initialised model",
+        description="Run the whole path (image, SAM2, token hooks, nine heads, entropy, JSON and PNG) offline on a "
+        "randomly initialised SAM2 and random heads. The numbers are meaningless; the check only shows that usam "
+        "works on this machine.",
+    )
+    parser.add_argument("--out", type=Path, help="where to write the example outputs (default: a temporary folder)")
+    parser.add_argument("--image", type=Path, help="image to use (default: the bundled example)")
+    parser.add_argument("--model", default="sam2.1-tiny", help="SAM2 config to build with random weights")
+    parser.add_argument("--image-size", type=int, default=1024, help="SAM2 input size (smaller is faster)")
+    parser.add_argument("--device", help="torch device (default: CUDA if available, else CPU)")
+    parser.set_defaults(handler=_run_selfcheck)
+
+
+def _run_selfcheck(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from usam import sam2_adapter
+    from usam.heads import HEAD_NAMES, random_heads
+    from usam.images import load_image
+    from usam.models import get_model_spec
+    from usam.predictor import UncertainSAM
+
+    started = time.perf_counter()
+    spec = get_model_spec(args.model)
+    image_path = args.image or Path(str(resources.files("usam") / "assets" / "example.jpg"))
+    image = load_image(image_path)
+    overrides = [] if args.image_size == 1024 else sam2_adapter.small_model_overrides(args.image_size, small_trunk=False)
+    sam_model = sam2_adapter.build_sam2_model(spec, device=args.device, random_weights=True, hydra_overrides=overrides)
+    predictor = sam2_adapter.make_image_predictor(sam_model)
+    model = UncertainSAM(predictor, random_heads(HEAD_NAMES, sam2_version=spec.version))
+    out = args.out or Path(tempfile.mkdtemp(prefix="usam-selfcheck-"))
+    height, width = image.shape[:2]
+    json_path, png_path = _predict_and_write(
+        model,
+        image,
+        out,
+        "selfcheck",
+        points=[(width * 0.37, height * 0.6)],
+        negative_points=[],
+        box=None,
+        multimask_output=True,
+        context={"image": str(image_path), "model": f"{spec.name} (random weights)", "warning": SELF_CHECK_WARNING},
+        footnote=SELF_CHECK_WARNING,
+    )
+    leftover = list(sam2_adapter.iter_hooks(sam_model))
+    if leftover:
+        raise UsamError(f"self-check failed: hooks left on the SAM2 model: {leftover}")
+    print(f"self-check passed in {time.perf_counter() - started:.1f} s ({spec.name} config, {args.image_size} px, "
+          f"device {model.device}).")
+    print(f"NOTE: {SELF_CHECK_WARNING}.")
+    print(
+        "With real weights: usam predict IMAGE --model sam2.1-tiny --heads HEADS --point X,Y --out DIR "
+        "(the checkpoint downloads on first use, or pass --checkpoint FILE)."
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- models
+
+
+def _add_models(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "models", help="list the known SAM2 models and whether their checkpoints are cached",
+        description="List the released SAM2 models usam knows, their checkpoint URLs, and the cache status.",
+    )
+    parser.set_defaults(handler=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from usam.download import cache_dir
+    from usam.models import SAM2_MODELS
+
+    folder = cache_dir() / "checkpoints"
+    print(f"cache folder: {folder}")
+    for spec in SAM2_MODELS.values():
+        cached = "cached" if (folder / spec.checkpoint_name).is_file() else "not downloaded"
+        print(f"{spec.name:<18} {spec.hf_id:<30} {cached:<15} {spec.url}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ heads
+
+
+def _add_convert_heads(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "convert-heads",
+        help="convert the authors' released heads folder to a usam heads file",
+        description="Read a folder of '<head>/model.pth' state dicts (the UncertainSAM authors' release, e.g. "
+        "models/mlps/sam2.1) without unpickling anything but tensors, and write one .safetensors heads file.",
+    )
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("out", type=Path, help="output .safetensors file")
+    parser.add_argument("--sam2-version", choices=["sam2", "sam2.1"], help="default: guessed from the folder name")
+    parser.set_defaults(handler=_run_convert_heads)
+
+
+def _run_convert_heads(args: argparse.Namespace) -> int:
+    from usam.heads import load_heads
+
+    if args.folder.exists() and not args.folder.is_dir():
+        raise UsamError(f"{args.folder} is a file; convert-heads reads the authors' heads folder")
+    heads = load_heads(args.folder, sam2_version=args.sam2_version)
+    path = heads.save(args.out)
+    print(f"wrote {path}: heads {heads.names}, pairing {heads.metadata.pairing}, for {heads.metadata.sam2_version}")
+    return 0
+
+
+def _add_heads_info(subparsers: Any) -> None:
+    parser = subparsers.add_parser("heads-info", help="show what a heads file contains",
+                                   description="Print the metadata of a heads file or folder as JSON.")
+    parser.add_argument("heads", type=Path)
+    parser.set_defaults(handler=_run_heads_info)
+
+
+def _run_heads_info(args: argparse.Namespace) -> int:
+    import json
+
+    from usam.heads import load_heads
+
+    heads = load_heads(args.heads)
+    print(json.dumps(json.loads(heads.metadata.to_json()), indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------- main
+
+_SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
+    _add_predict,
+    _add_selfcheck,
+    _add_models,
+    _add_convert_heads,
+    _add_heads_info,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``usam`` argument parser with all subcommands."""
+    from usam import __version__
+
+    parser = _Parser(
+        prog="usam",
+        description="UncertainSAM: uncertainty estimates for every mask of Segment Anything 2.",
+        epilog="Run 'usam COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"usam {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in _SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``usam`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        with warnings.catch_warnings():
+            # SAM2's predictor scripts a function with torch.jit, which torch deprecates; not the user's business.
+            warnings.filterwarnings("ignore", message=".*torch.jit.*", category=DeprecationWarning)
+            return args.handler(args)
+    except UsamError as error:
+        print(f"usam: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("usam: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Shared fixtures: small SAM2 models with random weights (built from the configs inside the sam2 package)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from usam import sam2_adapter
+from usam.heads import HEAD_NAMES
+
+SMALL_IMAGE_SIZE = 128
+
+
+def build_small_sam2(model: str = "sam2.1-tiny", seed: int = 0, image_size: int = SMALL_IMAGE_SIZE):
+    """A SAM2 of the given config with random weights, shrunk so a forward pass takes milliseconds."""
+    return sam2_adapter.build_sam2_model(
+        model,
+        device="cpu",
+        random_weights=True,
+        seed=seed,
+        hydra_overrides=sam2_adapter.small_model_overrides(image_size),
+    )
+
+
+@pytest.fixture(scope="session")
+def small_sam2():
+    return build_small_sam2()
+
+
+@pytest.fixture
+def predictor(small_sam2):
+    return sam2_adapter.make_image_predictor(small_sam2)
+
+
+@pytest.fixture
+def rgb_image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    image = (rng.random((96, 120, 3)) * 255).astype(np.uint8)
+    image[30:70, 40:90] = (200, 40, 40)  # an object-like block so masks are not all noise
+    return image
+
+
+def write_authors_heads(folder, names=HEAD_NAMES, seed: int = 0, token_dim: int = 256) -> dict[str, dict]:
+    """Write heads in the paper authors' layout (<name>/model.pth state dicts); returns the state dicts."""
+    generator = torch.Generator().manual_seed(seed)
+    states = {}
+    for name in names:
+        state = {
+            "layers.0.weight": torch.randn(512, 2 * token_dim, generator=generator) * 0.05,
+            "layers.0.bias": torch.randn(512, generator=generator) * 0.05,
+            "layers.1.weight": torch.randn(512, 512, generator=generator) * 0.05,
+            "layers.1.bias": torch.randn(512, generator=generator) * 0.05,
+            "layers.2.weight": torch.randn(1, 512, generator=generator) * 0.5,
+            "layers.2.bias": torch.randn(1, generator=generator) * 0.5,
+        }
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        torch.save(state, folder / name / "model.pth")
+        states[name] = state
+    return states
+
+
+def reference_head(state: dict, features: np.ndarray, gap: bool) -> np.ndarray:
+    """The authors' MLP written out in float64 numpy: an independent recomputation of one head."""
+    weights = {key: value.double().numpy() for key, value in state.items()}
+    hidden = np.maximum(features @ weights["layers.0.weight"].T + weights["layers.0.bias"], 0)
+    hidden = np.maximum(hidden @ weights["layers.1.weight"].T + weights["layers.1.bias"], 0)
+    logits = hidden @ weights["layers.2.weight"].T + weights["layers.2.bias"]
+    value = 1.0 / (1.0 + np.exp(-logits[..., 0]))
+    return value - 0.5 if gap else value
