@@ -1,0 +1,435 @@
+"""Evaluation measures of the UncertainSAM paper, as plain functions on numpy arrays.
+
+The paper judges an uncertainty estimate by how much it helps to *correct* the objects it flags. For N
+objects with an IoU before correction (``base_iou``) and after (``corrected_iou``), a correction curve
+gives, for each fraction r of objects corrected, the mean IoU over all N objects when the round(r·N)
+most uncertain objects are corrected. A good estimate makes the curve rise early. The curve is compared
+with two references: no correction (constant mean base IoU) and the oracle, which corrects objects in
+order of their true gain. :func:`relative_auc` puts the area under a curve on the scale from no
+correction (0 %) to the oracle (100 %).
+
+:data:`CORRECTION_SCENARIOS` names the four kinds of correction the paper evaluates; an evaluation
+module builds the base and corrected arrays from its results table with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from usam.errors import InvalidInputError
+
+#: Default number of evenly spaced fractions, 0 to 1, at which curves are evaluated (steps of 1 %).
+DEFAULT_NUM_POINTS = 101
+
+#: Default number of random orders averaged by :func:`random_curve`.
+DEFAULT_NUM_SEEDS = 10
+
+# r·N is rounded to this many decimals before rounding to a count, so that binary floating-point error
+# cannot push an exact half (e.g. 0.285 · 100, computed as 28.4999…) to the wrong side.
+_COUNT_DECIMALS = 9
+
+# An oracle whose area exceeds the no-correction area by no more than this is treated as no gain at all.
+_NO_GAIN_TOLERANCE = 1e-12
+
+
+class Curve(NamedTuple):
+    """A correction curve; unpacks as ``fractions, mean_iou``.
+
+    Attributes:
+        fractions: Array of shape (P,): fractions r of objects corrected, increasing, within [0, 1].
+        mean_iou: Array of shape (P,): mean IoU over all objects after correcting that fraction.
+    """
+
+    fractions: np.ndarray
+    mean_iou: np.ndarray
+
+
+@dataclass(frozen=True)
+class CorrectionScenario:
+    """One kind of correction the paper evaluates, described by the results-table columns it uses.
+
+    Attributes:
+        name: Identifier of the scenario.
+        base_column: Column holding an object's IoU before correction.
+        corrected: Column holding the IoU after correction, or a constant IoU that every corrected object
+            gets (1.0 for a perfect manual correction).
+        base_model: Model whose row gives the base IoU (and the uncertainty), or None for the model being
+            evaluated.
+        corrected_model: Model whose row, for the same object and prompt, gives the corrected IoU, or None
+            for the same row as the base IoU.
+        description: What correcting an object means in this scenario.
+    """
+
+    name: str
+    base_column: str
+    corrected: str | float
+    base_model: str | None = None
+    corrected_model: str | None = None
+    description: str = ""
+
+
+#: The paper's four correction scenarios.
+CORRECTION_SCENARIOS: tuple[CorrectionScenario, ...] = (
+    CorrectionScenario(
+        name="model_selection",
+        base_column="iou",
+        corrected="iou",
+        base_model="tiny",
+        corrected_model="large",
+        description="Run the largest SAM2 model instead of the smallest on the most uncertain objects.",
+    ),
+    CorrectionScenario(
+        name="prompt_refinement",
+        base_column="iou",
+        corrected="iou_dense_prompt",
+        description="Prompt the most uncertain objects with the dense prompt instead of the center click.",
+    ),
+    CorrectionScenario(
+        name="task_supervision",
+        base_column="unsupervised_iou",
+        corrected="iou",
+        description=(
+            "Let a user pick which of SAM2's multimask outputs is meant for the most uncertain objects, "
+            "instead of taking the output SAM2 scores highest."
+        ),
+    ),
+    CorrectionScenario(
+        name="segmentation_uncertainty",
+        base_column="iou",
+        corrected=1.0,
+        description="Have the most uncertain objects segmented perfectly, e.g. by a human annotator.",
+    ),
+)
+
+
+def _as_vector(values: np.ndarray, name: str, *, allow_infinite: bool = False) -> np.ndarray:
+    """Return ``values`` as a 1-D float64 array without NaN (or infinity unless allowed), or raise."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be numbers, got {values!r}") from None
+    if array.ndim != 1:
+        raise InvalidInputError(f"{name} must be a 1-D array, got shape {array.shape}")
+    if np.isnan(array).any():
+        raise InvalidInputError(f"{name} contains NaN at index {int(np.flatnonzero(np.isnan(array))[0])}")
+    if not allow_infinite and np.isinf(array).any():
+        raise InvalidInputError(
+            f"{name} contains infinity at index {int(np.flatnonzero(np.isinf(array))[0])}"
+        )
+    return array
+
+
+def _check_objects(base_iou: np.ndarray, corrected_iou: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the per-object IoU arrays: finite, 1-D, same non-zero length."""
+    base = _as_vector(base_iou, "base_iou")
+    corrected = _as_vector(corrected_iou, "corrected_iou")
+    if base.shape != corrected.shape:
+        raise InvalidInputError(
+            f"base_iou and corrected_iou must have one value per object, got {base.size} and {corrected.size}"
+        )
+    if base.size == 0:
+        raise InvalidInputError("a correction curve needs at least one object, got none")
+    return base, corrected
+
+
+def _fraction_grid(fractions: np.ndarray | None, num_points: int) -> np.ndarray:
+    """Return the fractions to evaluate at: given ones (validated) or ``num_points`` from 0 to 1."""
+    if fractions is None:
+        if isinstance(num_points, bool) or not isinstance(num_points, (int, np.integer)) or num_points < 2:
+            raise InvalidInputError(f"num_points must be an integer of at least 2, got {num_points!r}")
+        return np.linspace(0.0, 1.0, int(num_points))
+    grid = _as_vector(fractions, "fractions")
+    if grid.size == 0:
+        raise InvalidInputError("fractions must not be empty")
+    if grid.min() < 0.0 or grid.max() > 1.0:
+        raise InvalidInputError(f"fractions must lie in [0, 1], got values from {grid.min()} to {grid.max()}")
+    if np.any(np.diff(grid) <= 0):
+        raise InvalidInputError("fractions must be strictly increasing")
+    return grid
+
+
+def corrected_counts(fractions: np.ndarray, num_objects: int) -> np.ndarray:
+    """Return how many objects are corrected at each fraction: ``floor(r·N + 1/2)``.
+
+    That is r·N rounded to the nearest integer with halves rounded up (not to even), so that for N = 2,
+    r = 0.25 corrects one object. r·N is first rounded to 9 decimals, so that a half that binary
+    floating point misses by a hair (0.285 · 100 gives 28.4999…) still rounds up.
+
+    Args:
+        fractions: Fractions r in [0, 1].
+        num_objects: Number of objects N.
+
+    Returns:
+        Integer array, same shape as ``fractions``, with values in [0, N].
+    """
+    scaled = np.round(np.asarray(fractions, dtype=np.float64) * num_objects, _COUNT_DECIMALS)
+    return np.clip(np.floor(scaled + 0.5), 0, num_objects).astype(np.int64)
+
+
+def correction_curve(
+    base_iou: np.ndarray,
+    corrected_iou: np.ndarray,
+    uncertainty: np.ndarray,
+    *,
+    fractions: np.ndarray | None = None,
+    higher_is_uncertain: bool = True,
+    num_points: int = DEFAULT_NUM_POINTS,
+) -> Curve:
+    """Mean IoU when the most uncertain objects are corrected, as a function of the fraction corrected.
+
+    Objects are ranked from most to least uncertain. At fraction r the first k = ``floor(r·N + 1/2)``
+    objects of the ranking (see :func:`corrected_counts`) take their corrected IoU, the rest keep their
+    base IoU, and the curve value is the mean over all N objects.
+
+    Objects with exactly equal uncertainty are not ranked against each other. The curve takes the
+    expected value over all orders within such a tie: if m of the g objects of a tie are corrected,
+    each member of the tie gains (m / g) times the tie's mean gain. An estimate that gives every object
+    the same value therefore yields the straight line from the uncorrected to the fully corrected mean,
+    not a curve that depends on the objects' input order.
+
+    Args:
+        base_iou: Array of shape (N,): IoU of each object before correction.
+        corrected_iou: Array of shape (N,): IoU of each object after correction.
+        uncertainty: Array of shape (N,): the estimate that ranks objects. Infinite values are allowed.
+        fractions: Fractions r in [0, 1], strictly increasing, at which to evaluate. Defaults to
+            ``num_points`` evenly spaced values from 0 to 1.
+        higher_is_uncertain: Whether a higher value means more uncertain. Pass False for a confidence,
+            such as SAM2's score or a predicted IoU, so that the lowest values are corrected first.
+        num_points: Number of fractions when ``fractions`` is not given.
+
+    Returns:
+        The curve as ``(fractions, mean_iou)``.
+
+    Raises:
+        InvalidInputError: If there are no objects, the arrays differ in length or are not 1-D, an IoU is
+            NaN or infinite, an uncertainty is NaN, or the fractions are invalid.
+    """
+    base, corrected = _check_objects(base_iou, corrected_iou)
+    ranking_values = _as_vector(uncertainty, "uncertainty", allow_infinite=True)
+    if ranking_values.shape != base.shape:
+        raise InvalidInputError(
+            f"uncertainty must have one value per object ({base.size}), got {ranking_values.size}"
+        )
+    grid = _fraction_grid(fractions, num_points)
+
+    gain = corrected - base
+    # Ties are replaced by their expected contribution: every member of a tie carries the tie's mean gain.
+    _, tie_index = np.unique(ranking_values, return_inverse=True)
+    tie_mean_gain = np.bincount(tie_index, weights=gain) / np.bincount(tie_index)
+    # Ascending sort puts tied objects next to each other; reversed, the most uncertain come first.
+    order = np.argsort(ranking_values, kind="stable")
+    if higher_is_uncertain:
+        order = order[::-1]
+    ranked_gain = tie_mean_gain[tie_index[order]]
+    cumulative_gain = np.concatenate([[0.0], np.cumsum(ranked_gain)])
+
+    counts = corrected_counts(grid, base.size)
+    mean_iou = (base.sum() + cumulative_gain[counts]) / base.size
+    return Curve(fractions=grid, mean_iou=mean_iou)
+
+
+def oracle_curve(
+    base_iou: np.ndarray,
+    corrected_iou: np.ndarray,
+    *,
+    fractions: np.ndarray | None = None,
+    num_points: int = DEFAULT_NUM_POINTS,
+) -> Curve:
+    """Correction curve of the oracle, which corrects objects in order of true gain, largest first.
+
+    Args:
+        base_iou: Array of shape (N,): IoU of each object before correction.
+        corrected_iou: Array of shape (N,): IoU of each object after correction.
+        fractions: Fractions at which to evaluate; see :func:`correction_curve`.
+        num_points: Number of fractions when ``fractions`` is not given.
+
+    Returns:
+        The curve as ``(fractions, mean_iou)``.
+
+    Raises:
+        InvalidInputError: As :func:`correction_curve`.
+    """
+    base, corrected = _check_objects(base_iou, corrected_iou)
+    return correction_curve(base, corrected, corrected - base, fractions=fractions, num_points=num_points)
+
+
+def random_curve(
+    base_iou: np.ndarray,
+    corrected_iou: np.ndarray,
+    *,
+    num_seeds: int = DEFAULT_NUM_SEEDS,
+    seed: int = 0,
+    fractions: np.ndarray | None = None,
+    num_points: int = DEFAULT_NUM_POINTS,
+) -> Curve:
+    """Correction curve of random ranking, averaged over ``num_seeds`` seeded random orders.
+
+    As the number of orders grows this approaches the straight line from the uncorrected to the fully
+    corrected mean IoU, which is its expected value.
+
+    Args:
+        base_iou: Array of shape (N,): IoU of each object before correction.
+        corrected_iou: Array of shape (N,): IoU of each object after correction.
+        num_seeds: Number of random orders to average.
+        seed: Seed of the random orders; order i uses the generator seeded with ``[seed, i]``.
+        fractions: Fractions at which to evaluate; see :func:`correction_curve`.
+        num_points: Number of fractions when ``fractions`` is not given.
+
+    Returns:
+        The curve as ``(fractions, mean_iou)``.
+
+    Raises:
+        InvalidInputError: As :func:`correction_curve`, or if ``num_seeds`` is not a positive integer.
+    """
+    if isinstance(num_seeds, bool) or not isinstance(num_seeds, (int, np.integer)) or num_seeds < 1:
+        raise InvalidInputError(f"num_seeds must be a positive integer, got {num_seeds!r}")
+    base, corrected = _check_objects(base_iou, corrected_iou)
+    grid = _fraction_grid(fractions, num_points)
+    curves = []
+    for seed_index in range(int(num_seeds)):
+        # A random permutation used as the uncertainty: distinct values, so no ties to average.
+        random_rank = np.random.default_rng([seed, seed_index]).permutation(base.size)
+        curves.append(correction_curve(base, corrected, random_rank, fractions=grid).mean_iou)
+    return Curve(fractions=grid, mean_iou=np.mean(curves, axis=0))
+
+
+def no_correction_curve(
+    base_iou: np.ndarray,
+    *,
+    fractions: np.ndarray | None = None,
+    num_points: int = DEFAULT_NUM_POINTS,
+) -> Curve:
+    """The curve of correcting nothing: the mean base IoU at every fraction.
+
+    Args:
+        base_iou: Array of shape (N,): IoU of each object.
+        fractions: Fractions at which to evaluate; see :func:`correction_curve`.
+        num_points: Number of fractions when ``fractions`` is not given.
+
+    Returns:
+        The curve as ``(fractions, mean_iou)``.
+
+    Raises:
+        InvalidInputError: If there are no objects, an IoU is NaN or infinite, or the fractions are invalid.
+    """
+    base, _ = _check_objects(base_iou, base_iou)
+    grid = _fraction_grid(fractions, num_points)
+    return Curve(fractions=grid, mean_iou=np.full(grid.shape, base.mean()))
+
+
+def area_under_curve(fractions: np.ndarray, values: np.ndarray, *, max_fraction: float = 1.0) -> float:
+    """Area under a curve over r in [0, max_fraction], by the trapezoidal rule.
+
+    The area is not divided by ``max_fraction``: a constant curve of 1 has area 0.5 up to 0.5. When
+    ``max_fraction`` falls between two fractions the curve is linearly interpolated there.
+
+    Args:
+        fractions: Array of shape (P,), strictly increasing, starting at 0 and reaching ``max_fraction``.
+        values: Array of shape (P,): the curve's values at ``fractions``.
+        max_fraction: Upper end of the integration, greater than 0.
+
+    Returns:
+        The area.
+
+    Raises:
+        InvalidInputError: If the arrays are not 1-D of equal length, contain NaN or infinity, the
+            fractions are not strictly increasing or do not cover [0, max_fraction].
+    """
+    grid = _as_vector(fractions, "fractions")
+    curve_values = _as_vector(values, "values")
+    if grid.shape != curve_values.shape:
+        raise InvalidInputError(
+            f"fractions and values must have equal length, got {grid.size} and {curve_values.size}"
+        )
+    if grid.size < 2:
+        raise InvalidInputError(f"a curve needs at least two points to have an area, got {grid.size}")
+    if np.any(np.diff(grid) <= 0):
+        raise InvalidInputError("fractions must be strictly increasing")
+    if not np.isfinite(max_fraction) or max_fraction <= 0:
+        raise InvalidInputError(f"max_fraction must be a positive number, got {max_fraction!r}")
+    if grid[0] != 0.0 or grid[-1] < max_fraction:
+        raise InvalidInputError(f"fractions must cover [0, {max_fraction}], got [{grid[0]}, {grid[-1]}]")
+    inside = grid < max_fraction
+    x = np.append(grid[inside], max_fraction)
+    y = np.append(curve_values[inside], np.interp(max_fraction, grid, curve_values))
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+
+
+def relative_auc(
+    curve: tuple[np.ndarray, np.ndarray],
+    no_correction: tuple[np.ndarray, np.ndarray],
+    oracle: tuple[np.ndarray, np.ndarray],
+    *,
+    max_fraction: float = 1.0,
+) -> float:
+    """Area under ``curve`` between no correction (0 %) and the oracle (100 %), in percent.
+
+    ``100 · (AUC - AUC_none) / (AUC_oracle - AUC_none)``, each area over [0, max_fraction]. Random ranking
+    scores about ``100 · (AUC_random - AUC_none) / (AUC_oracle - AUC_none)``, not 0; a ranking worse than
+    random can score below that, and below 0.
+
+    Args:
+        curve: ``(fractions, mean_iou)`` of the ranking to judge, e.g. from :func:`correction_curve`.
+        no_correction: ``(fractions, mean_iou)`` from :func:`no_correction_curve`.
+        oracle: ``(fractions, mean_iou)`` from :func:`oracle_curve`.
+        max_fraction: Upper end of the fractions considered.
+
+    Returns:
+        The relative area in percent, or NaN when the oracle's area does not exceed the no-correction area
+        (correction cannot gain anything, e.g. every corrected IoU equals the base IoU), where the measure
+        is undefined.
+
+    Raises:
+        InvalidInputError: As :func:`area_under_curve`, for any of the three curves.
+    """
+    curve_area = area_under_curve(*curve, max_fraction=max_fraction)
+    none_area = area_under_curve(*no_correction, max_fraction=max_fraction)
+    oracle_area = area_under_curve(*oracle, max_fraction=max_fraction)
+    possible_gain = oracle_area - none_area
+    if not possible_gain > _NO_GAIN_TOLERANCE:
+        return float("nan")
+    return float(100.0 * (curve_area - none_area) / possible_gain)
+
+
+def pearson_matrix(columns: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """Pearson correlation between every pair of columns.
+
+    A column whose values are all equal (or that has fewer than two values) has no defined correlation:
+    its row and column of the matrix, diagonal included, are NaN. No warning is emitted for it.
+
+    Args:
+        columns: Mapping from name to a 1-D array; all arrays have the same length.
+
+    Returns:
+        The names in the mapping's order and an array of shape (K, K) whose entry (i, j) is the
+        correlation of columns i and j.
+
+    Raises:
+        InvalidInputError: If a column is not 1-D, contains NaN or infinity, or the lengths differ.
+    """
+    names = list(columns)
+    vectors = [_as_vector(columns[name], f"column {name!r}") for name in names]
+    lengths = {vector.size for vector in vectors}
+    if len(lengths) > 1:
+        sizes = ", ".join(f"{name}: {vector.size}" for name, vector in zip(names, vectors, strict=True))
+        raise InvalidInputError(f"all columns must have the same length, got {sizes}")
+    if not names:
+        return names, np.empty((0, 0))
+
+    data = np.stack(vectors)
+    # Equality with the first value, not a zero standard deviation: the mean of a constant column of
+    # 0.1 is not exactly 0.1 in floating point, and dividing by that rounding error would give noise.
+    constant = np.array([vector.size < 2 or bool(np.all(vector == vector[0])) for vector in vectors])
+    centered = data - data.mean(axis=1, keepdims=True)
+    norms = np.sqrt(np.sum(centered**2, axis=1))
+    normalized = np.zeros_like(centered)
+    normalized[~constant] = centered[~constant] / norms[~constant, np.newaxis]
+    matrix = np.clip(normalized @ normalized.T, -1.0, 1.0)
+    np.fill_diagonal(matrix, 1.0)
+    matrix[constant, :] = np.nan
+    matrix[:, constant] = np.nan
+    return names, matrix
