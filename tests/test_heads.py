@@ -105,7 +105,7 @@ def test_truncated_pth_is_reported(tmp_path):
     write_authors_heads(tmp_path / "heads", names=["iou_tiny"])
     path = tmp_path / "heads" / "iou_tiny" / "model.pth"
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(HeadsFileError, match="model.pth"):
+    with pytest.raises(HeadsFileError, match=r"model\.pth"):
         load_heads(tmp_path / "heads")
 
 
@@ -132,7 +132,7 @@ def test_truncated_safetensors_is_reported(tmp_path):
     path = random_heads(seed=0).save(tmp_path / "h.safetensors")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(HeadsFileError, match="h.safetensors"):
+    with pytest.raises(HeadsFileError, match=r"h\.safetensors"):
         load_heads(path)
 
 

@@ -31,7 +31,10 @@ def _recompute(result, states, pairing):
     produced = result.mask_token_index.reshape(iou_token.shape[0], -1)
     paired = np.maximum(produced - 1, 0) if pairing == PAIRING_AS_RELEASED else produced
     features = np.concatenate(
-        [np.repeat(iou_token[:, None], paired.shape[1], 1), np.take_along_axis(mask_tokens, paired[..., None], 1)],
+        [
+            np.repeat(iou_token[:, None], paired.shape[1], 1),
+            np.take_along_axis(mask_tokens, paired[..., None], 1),
+        ],
         axis=-1,
     ).astype(np.float64)
     return {
@@ -48,7 +51,10 @@ def _recompute(result, states, pairing):
         {"point_coords": [[30.0, 40.0], [80.0, 60.0]], "point_labels": [1, 0]},
         {"box": [20.0, 25.0, 90.0, 80.0]},
         {"box": [20.0, 25.0, 90.0, 80.0], "point_coords": [[50.0, 50.0]], "point_labels": [1]},
-        {"point_coords": np.array([[[30.0, 40.0]], [[60.0, 50.0]], [[100.0, 20.0]]]), "point_labels": np.ones((3, 1))},
+        {
+            "point_coords": np.array([[[30.0, 40.0]], [[60.0, 50.0]], [[100.0, 20.0]]]),
+            "point_labels": np.ones((3, 1)),
+        },
         {"box": np.array([[20.0, 25.0, 90.0, 80.0], [0.0, 0.0, 50.0, 50.0]])},
     ],
     ids=["click", "two-clicks", "box", "box+click", "batched-clicks", "batched-boxes"],
@@ -121,7 +127,7 @@ def test_batched_call_equals_single_calls(predictor, rgb_image):
             np.testing.assert_allclose(batched.uncertainty[name][index], single.uncertainty[name], atol=1e-5)
 
 
-@pytest.mark.parametrize("threshold, fallback", [(0.0, False), (1.01, True)])
+@pytest.mark.parametrize(("threshold", "fallback"), [(0.0, False), (1.01, True)])
 def test_single_mask_reports_the_token_that_produced_it(rgb_image, threshold, fallback):
     sam_model = build_small_sam2(seed=3)
     decoder = sam_model.sam_mask_decoder
@@ -161,7 +167,7 @@ def test_predictor_is_left_exactly_as_it_was(predictor, small_sam2, rgb_image):
     del model
     assert list(sam2_adapter.iter_hooks(small_sam2)) == hooks_before == []
     after = predictor.predict(point_coords=np.array([[30.0, 40.0]]), point_labels=np.array([1]))
-    for old, new in zip(before, after):
+    for old, new in zip(before, after, strict=True):
         np.testing.assert_array_equal(old, new)
 
 
@@ -212,7 +218,8 @@ def test_uncertainty_maps(predictor, rgb_image):
     assert low.shape == result.low_res_logits.shape
     full = result.uncertainty_map("image")
     assert full.shape == (3, 96, 120)
-    assert 0.0 <= full.min() and full.max() <= 1.0
+    assert full.min() >= 0.0
+    assert full.max() <= 1.0
     probabilities = 1 / (1 + np.exp(-result.low_res_logits.astype(np.float64)))
     weighted = (probabilities * low).sum(axis=(1, 2)) / probabilities.sum(axis=(1, 2))
     np.testing.assert_allclose(weighted, result.entropy, rtol=1e-4)
@@ -236,7 +243,10 @@ def test_uncertainty_maps(predictor, rgb_image):
         ({"box": [0.0, 1.0]}, "box must have shape"),
         ({"mask_input": np.zeros((1, 10, 10))}, "mask_input must have shape"),
         ({"mask_input": np.zeros((2, 1, 32, 32))}, "cannot batch mask inputs alone"),
-        ({"point_coords": np.zeros((2, 1, 2)), "point_labels": np.ones((2, 1)), "box": np.zeros((3, 4))}, "disagree"),
+        (
+            {"point_coords": np.zeros((2, 1, 2)), "point_labels": np.ones((2, 1)), "box": np.zeros((3, 4))},
+            "disagree",
+        ),
         ({"point_coords": [["a", "b"]], "point_labels": [1]}, "numeric"),
     ],
 )
@@ -264,8 +274,11 @@ def test_image_conversions_give_the_rgb_result(predictor, rgb_image):
     rgba = np.concatenate([rgb_image, np.full((96, 120, 1), 7, np.uint8)], axis=2)
     model.set_image(rgba)
     assert model.image_size == (96, 120)
-    for bad, message in [(rgb_image.astype(np.float32), "dtype float32"), (rgb_image[:, :, :2], "shape"),
-                         (np.zeros((0, 5, 3), np.uint8), "empty")]:
+    for bad, message in [
+        (rgb_image.astype(np.float32), "dtype float32"),
+        (rgb_image[:, :, :2], "shape"),
+        (np.zeros((0, 5, 3), np.uint8), "empty"),
+    ]:
         with pytest.raises(InvalidInputError, match=message):
             model.set_image(bad)
 

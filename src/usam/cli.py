@@ -50,7 +50,9 @@ def _numbers(text: str, count: int, form: str) -> list[float]:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="sam2.1-tiny", help="SAM2 model name (see `usam models`); default %(default)s")
+    parser.add_argument(
+        "--model", default="sam2.1-tiny", help="SAM2 model name (see `usam models`); default %(default)s"
+    )
     parser.add_argument(
         "--checkpoint",
         type=Path,
@@ -83,10 +85,20 @@ def _add_predict(subparsers: Any) -> None:
     _add_model_options(parser)
     parser.add_argument("--heads", type=Path, help="heads file (.safetensors) or the authors' released heads folder")
     parser.add_argument(
-        "--point", type=_pair, action="append", default=[], metavar="X,Y", help="foreground click in pixels (repeatable)"
+        "--point",
+        type=_pair,
+        action="append",
+        default=[],
+        metavar="X,Y",
+        help="foreground click in pixels (repeatable)",
     )
     parser.add_argument(
-        "--negative-point", type=_pair, action="append", default=[], metavar="X,Y", help="background click (repeatable)"
+        "--negative-point",
+        type=_pair,
+        action="append",
+        default=[],
+        metavar="X,Y",
+        help="background click (repeatable)",
     )
     parser.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1", help="box prompt in pixels")
     parser.add_argument("--single-mask", action="store_true", help="ask SAM2 for one mask instead of three")
@@ -220,13 +232,15 @@ def _run_selfcheck(args: argparse.Namespace) -> int:
     spec = get_model_spec(args.model)
     image_path = args.image or Path(str(resources.files("usam") / "assets" / "example.jpg"))
     image = load_image(image_path)
-    overrides = [] if args.image_size == 1024 else sam2_adapter.small_model_overrides(args.image_size, small_trunk=False)
+    overrides = (
+        [] if args.image_size == 1024 else sam2_adapter.small_model_overrides(args.image_size, small_trunk=False)
+    )
     sam_model = sam2_adapter.build_sam2_model(spec, device=args.device, random_weights=True, hydra_overrides=overrides)
     predictor = sam2_adapter.make_image_predictor(sam_model)
     model = UncertainSAM(predictor, random_heads(HEAD_NAMES, sam2_version=spec.version))
     out = args.out or Path(tempfile.mkdtemp(prefix="usam-selfcheck-"))
     height, width = image.shape[:2]
-    json_path, png_path = _predict_and_write(
+    _predict_and_write(
         model,
         image,
         out,
@@ -235,14 +249,20 @@ def _run_selfcheck(args: argparse.Namespace) -> int:
         negative_points=[],
         box=None,
         multimask_output=True,
-        context={"image": str(image_path), "model": f"{spec.name} (random weights)", "warning": SELF_CHECK_WARNING},
+        context={
+            "image": str(image_path),
+            "model": f"{spec.name} (random weights)",
+            "warning": SELF_CHECK_WARNING,
+        },
         footnote=SELF_CHECK_WARNING,
     )
     leftover = list(sam2_adapter.iter_hooks(sam_model))
     if leftover:
         raise UsamError(f"self-check failed: hooks left on the SAM2 model: {leftover}")
-    print(f"self-check passed in {time.perf_counter() - started:.1f} s ({spec.name} config, {args.image_size} px, "
-          f"device {model.device}).")
+    print(
+        f"self-check passed in {time.perf_counter() - started:.1f} s ({spec.name} config, {args.image_size} px, "
+        f"device {model.device})."
+    )
     print(f"NOTE: {SELF_CHECK_WARNING}.")
     print(
         "With real weights: usam predict IMAGE --model sam2.1-tiny --heads HEADS --point X,Y --out DIR "
@@ -256,7 +276,8 @@ def _run_selfcheck(args: argparse.Namespace) -> int:
 
 def _add_models(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "models", help="list the known SAM2 models and whether their checkpoints are cached",
+        "models",
+        help="list the known SAM2 models and whether their checkpoints are cached",
         description="List the released SAM2 models usam knows, their checkpoint URLs, and the cache status.",
     )
     parser.set_defaults(handler=_run_models)
@@ -302,8 +323,11 @@ def _run_convert_heads(args: argparse.Namespace) -> int:
 
 
 def _add_heads_info(subparsers: Any) -> None:
-    parser = subparsers.add_parser("heads-info", help="show what a heads file contains",
-                                   description="Print the metadata of a heads file or folder as JSON.")
+    parser = subparsers.add_parser(
+        "heads-info",
+        help="show what a heads file contains",
+        description="Print the metadata of a heads file or folder as JSON.",
+    )
     parser.add_argument("heads", type=Path)
     parser.set_defaults(handler=_run_heads_info)
 

@@ -31,7 +31,9 @@ def cache_dir() -> Path:
     return base / "usam"
 
 
-def download_file(url: str, destination: str | os.PathLike[str], *, progress: bool = True, timeout: float = 60.0) -> Path:
+def download_file(
+    url: str, destination: str | os.PathLike[str], *, progress: bool = True, timeout: float = 60.0
+) -> Path:
     """Download ``url`` to ``destination`` atomically, showing a progress bar.
 
     Raises:
@@ -42,12 +44,14 @@ def download_file(url: str, destination: str | os.PathLike[str], *, progress: bo
 
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    descriptor, temporary_name = tempfile.mkstemp(
+        prefix=f".{destination.name}.", suffix=".part", dir=destination.parent
+    )
     temporary = Path(temporary_name)
     try:
         with os.fdopen(descriptor, "wb") as output:
             try:
-                response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (URLs come from our registry or the user)
+                response = urllib.request.urlopen(url, timeout=timeout)
             except urllib.error.HTTPError as error:
                 raise DownloadError(f"downloading {url} failed: HTTP {error.code} {error.reason}") from None
             except (urllib.error.URLError, OSError) as error:
@@ -58,13 +62,20 @@ def download_file(url: str, destination: str | os.PathLike[str], *, progress: bo
                 expected = int(length_header) if length_header and length_header.isdigit() else None
                 received = 0
                 with tqdm(
-                    total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=destination.name, disable=not progress
+                    total=expected,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=destination.name,
+                    disable=not progress,
                 ) as bar:
                     while True:
                         try:
                             chunk = response.read(_CHUNK_BYTES)
                         except (OSError, urllib.error.URLError) as error:
-                            raise DownloadError(f"downloading {url} was interrupted after {received} bytes ({error})") from None
+                            raise DownloadError(
+                                f"downloading {url} was interrupted after {received} bytes ({error})"
+                            ) from None
                         if not chunk:
                             break
                         output.write(chunk)

@@ -26,7 +26,9 @@ def _clipped_logit_terms(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     clipped = logits.float().clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT)
     foreground = torch.sigmoid(clipped)
     background = torch.sigmoid(-clipped)
-    entropy = -(foreground * torch.nn.functional.logsigmoid(clipped) + background * torch.nn.functional.logsigmoid(-clipped))
+    entropy = -(
+        foreground * torch.nn.functional.logsigmoid(clipped) + background * torch.nn.functional.logsigmoid(-clipped)
+    )
     return foreground, entropy / _LN2
 
 

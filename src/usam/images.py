@@ -62,7 +62,7 @@ def as_rgb_uint8(image: np.ndarray, *, name: str = "image") -> np.ndarray:
     return image if image.flags.writeable else image.copy()
 
 
-def _pil_to_array(picture) -> np.ndarray:  # noqa: ANN001 (PIL is imported lazily)
+def _pil_to_array(picture) -> np.ndarray:
     mode = picture.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.asarray(picture).astype(np.uint16)

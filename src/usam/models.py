@@ -71,7 +71,12 @@ DEFAULT_MODELS: tuple[str, ...] = tuple(f"sam2.1-{size}" for size in SIZES)
 
 
 def _aliases(spec: SAM2ModelSpec) -> set[str]:
-    size_words = {spec.size, spec.size.replace("-", "_"), spec.size.replace("-", ""), _SIZE_CONFIG_SUFFIX[spec.size]}
+    size_words = {
+        spec.size,
+        spec.size.replace("-", "_"),
+        spec.size.replace("-", ""),
+        _SIZE_CONFIG_SUFFIX[spec.size],
+    }
     names = {spec.name, spec.hf_id, spec.checkpoint_name, spec.checkpoint_name.removesuffix(".pt")}
     names.add(spec.config.rsplit("/", 1)[-1].removesuffix(".yaml"))
     names.update(f"{spec.version}-{word}" for word in size_words)

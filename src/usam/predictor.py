@@ -85,7 +85,9 @@ def head_token_indices(mask_token_index: torch.Tensor, pairing: str) -> torch.Te
     return mask_token_index
 
 
-def head_features(iou_token: torch.Tensor, mask_tokens: torch.Tensor, token_index: torch.Tensor, inputs: list[str]) -> torch.Tensor:
+def head_features(
+    iou_token: torch.Tensor, mask_tokens: torch.Tensor, token_index: torch.Tensor, inputs: list[str]
+) -> torch.Tensor:
     """Head inputs ``concat(iou_token, mask_token)`` for every returned mask, as (B * M, len(inputs) * D).
 
     Args:
@@ -204,7 +206,10 @@ class UncertainSAM:
         point_coords, point_labels, box, mask_input = self._checked_prompts(
             point_coords, point_labels, box, mask_input, normalize_coords
         )
-        with sam2_adapter.DecoderTokenCapture(self.predictor) as capture, sam2_adapter.inference_context(self.device):
+        with (
+            sam2_adapter.DecoderTokenCapture(self.predictor) as capture,
+            sam2_adapter.inference_context(self.device),
+        ):
             masks, sam_scores, low_res_logits = self.predictor.predict(
                 point_coords=point_coords,
                 point_labels=point_labels,
@@ -223,10 +228,15 @@ class UncertainSAM:
         with torch.no_grad():
             if self.heads is not None:
                 features = head_features(
-                    call.iou_token, call.mask_tokens, head_index.to(call.mask_tokens.device), self.heads.metadata.inputs
+                    call.iou_token,
+                    call.mask_tokens,
+                    head_index.to(call.mask_tokens.device),
+                    self.heads.metadata.inputs,
                 )
                 values = self.heads(features.to(self.device)).cpu().numpy()
-                uncertainty = {name: values[index].reshape(per_mask_shape) for index, name in enumerate(self.heads.names)}
+                uncertainty = {
+                    name: values[index].reshape(per_mask_shape) for index, name in enumerate(self.heads.names)
+                }
             entropy = mask_entropy(torch.from_numpy(low_res_logits)).numpy()
         squeeze = sam_scores.ndim == 1  # SAM2 drops the batch axis of a single prompt; so do we
         return UncertainPrediction(
@@ -266,10 +276,13 @@ class UncertainSAM:
                 raise InvalidInputError(f"point_coords must have shape (N, 2) or (B, N, 2), got {point_coords.shape}")
             if point_labels.shape != point_coords.shape[:-1]:
                 raise InvalidInputError(
-                    f"point_labels has shape {point_labels.shape}, expected {point_coords.shape[:-1]} to match point_coords"
+                    f"point_labels has shape {point_labels.shape}, expected {point_coords.shape[:-1]} "
+                    "to match point_coords"
                 )
             if not np.isin(point_labels, _VALID_POINT_LABELS).all():
-                raise InvalidInputError(f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(point_labels)}")
+                raise InvalidInputError(
+                    f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(point_labels)}"
+                )
             _check_inside(point_coords[..., 0], limit_x, "point x coordinate", normalize_coords)
             _check_inside(point_coords[..., 1], limit_y, "point y coordinate", normalize_coords)
             batch_sizes["point_coords"] = point_coords.shape[0] if point_coords.ndim == 3 else 1
@@ -296,7 +309,9 @@ class UncertainSAM:
         if len(set(batch_sizes.values())) > 1:
             raise InvalidInputError(f"prompts disagree on the number of objects: {batch_sizes}")
         if batch_sizes.get("mask_input", 1) > 1 and len(batch_sizes) == 1:
-            raise InvalidInputError("SAM2 cannot batch mask inputs alone; give a point or box per mask, or call once per mask")
+            raise InvalidInputError(
+                "SAM2 cannot batch mask inputs alone; give a point or box per mask, or call once per mask"
+            )
         return point_coords, point_labels, box, mask_input
 
 

@@ -48,7 +48,7 @@ def ensure_torchvision() -> None:
     # The failed import left half-initialised modules behind; drop them before importing again.
     for module_name in [name for name in sys.modules if name == "torchvision" or name.startswith("torchvision.")]:
         del sys.modules[module_name]
-    library = torch.library.Library("torchvision", "FRAGMENT")  # noqa: TID251 (defining schemas is the fix)
+    library = torch.library.Library("torchvision", "FRAGMENT")
     for operator in ("nms", "qnms"):
         with contextlib.suppress(RuntimeError):  # already defined by an earlier attempt
             library.define(f"{operator}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
@@ -63,8 +63,8 @@ _TORCHVISION_FIX_LIBRARIES: list[Any] = []
 def _import_sam2() -> Any:
     try:
         ensure_torchvision()
-        import sam2.build_sam  # noqa: F401  (initialises Hydra's config module)
-        import sam2.sam2_image_predictor
+        importlib.import_module("sam2.build_sam")  # initialises Hydra's config module
+        importlib.import_module("sam2.sam2_image_predictor")
     except ModuleNotFoundError as error:
         if error.name and error.name.split(".")[0] == "sam2":
             raise UsamError(

@@ -60,7 +60,8 @@ def render_prediction(
         image: H x W x 3 uint8 RGB image.
         result: The prediction of one prompt (not a batch).
         path: Output PNG path.
-        points: (N, 2) prompt points (x, y) to draw; ``point_labels`` 1 = green star, 0 = red cross.
+        points: (N, 2) prompt points (x, y) to draw.
+        point_labels: (N,) labels of the points: 1 = green star, 0 = red cross.
         box: x0, y0, x1, y1 prompt box to draw.
         title: Figure title.
         footnote: A line under the figure (e.g. a warning that the numbers are meaningless).
@@ -74,8 +75,9 @@ def render_prediction(
         raise ValueError("render_prediction draws one prompt; index a batched result first")
     maps = result.uncertainty_map("image")
     num_masks = result.sam_scores.shape[0]
-    figure, axes = plt.subplots(num_masks, 3, figsize=(13, 3.6 * num_masks), squeeze=False,
-                                gridspec_kw={"width_ratios": [1, 1, 0.8]})
+    figure, axes = plt.subplots(
+        num_masks, 3, figsize=(13, 3.6 * num_masks), squeeze=False, gridspec_kw={"width_ratios": [1, 1, 0.8]}
+    )
     for row in range(num_masks):
         overlay_axis, map_axis, text_axis = axes[row]
         mask = result.masks[row] > 0 if result.masks.dtype != bool else result.masks[row]
@@ -100,8 +102,16 @@ def render_prediction(
         lines = describe_estimates(
             float(result.sam_scores[row]), float(result.entropy[row]), estimates, int(np.count_nonzero(mask))
         )
-        text_axis.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9.5,
-                       transform=text_axis.transAxes)
+        text_axis.text(
+            0.0,
+            1.0,
+            "\n".join(lines),
+            va="top",
+            ha="left",
+            family="monospace",
+            fontsize=9.5,
+            transform=text_axis.transAxes,
+        )
     if title:
         figure.suptitle(title, fontsize=12)
     if footnote:
@@ -114,7 +124,7 @@ def render_prediction(
     return path
 
 
-def _draw_prompts(axis, points, point_labels, box) -> None:  # noqa: ANN001 (matplotlib axis)
+def _draw_prompts(axis, points, point_labels, box) -> None:
     if points is not None and len(points):
         points = np.asarray(points, dtype=float).reshape(-1, 2)
         labels = np.ones(len(points)) if point_labels is None else np.asarray(point_labels).reshape(-1)
