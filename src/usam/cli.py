@@ -372,7 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``usam`` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help, --version, or a usage error already printed
+        return int(exit_request.code or 0)
     if getattr(args, "handler", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR

@@ -1,0 +1,205 @@
+"""COCO 2017 instance segmentation.
+
+Layout (as extracted from the official zips)::
+
+    root/
+      annotations/instances_train2017.json, instances_val2017.json
+      train2017/000000000009.jpg ...
+      val2017/000000000139.jpg ...
+
+Every non-crowd annotation (``iscrowd`` 0) whose decoded mask has at least :data:`MIN_MASK_PIXELS` foreground
+pixels is one object, keyed by its annotation id. Polygons, uncompressed and compressed RLE are decoded with
+pycocotools. Images without such an annotation are left out of :meth:`CocoReader.keys`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from usam.datasets.base import (
+    INSTALL_DATA_EXTRA,
+    DatasetFileError,
+    DatasetReader,
+    Sample,
+    read_json,
+    read_rgb_image,
+)
+from usam.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+#: Masks with fewer foreground pixels are too small to prompt reliably and are left out.
+MIN_MASK_PIXELS = 10
+
+
+def _mask_api() -> Any:
+    try:
+        from pycocotools import mask as mask_api
+    except ImportError:
+        raise DatasetError(f"reading COCO needs pycocotools; {INSTALL_DATA_EXTRA}") from None
+    return mask_api
+
+
+class CocoReader(DatasetReader):
+    """COCO 2017 instance masks. Splits: ``"train"`` and ``"val"`` (``"train2017"``/``"val2017"`` accepted).
+
+    Image keys are file stems (``"000000000139"``); object ids are annotation ids (``"1768"``).
+    """
+
+    name: ClassVar[str] = "coco"
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        *,
+        every: int = 1,
+        start: int = 0,
+        stop: int | None = None,
+        limit: int | None = None,
+    ) -> None:
+        """Check the layout; the annotation file is parsed on first use.
+
+        Raises:
+            DatasetError: The root or the annotation file does not exist.
+        """
+        split = split.removesuffix("2017")
+        super().__init__(root, split, every=every, start=start, stop=stop, limit=limit)
+        self.annotation_file = self.root / "annotations" / f"instances_{split}2017.json"
+        self.image_folder = self.root / f"{split}2017"
+        if not self.annotation_file.is_file():
+            raise DatasetError(f"COCO annotation file {self.annotation_file} does not exist; {self.layout_hint()}")
+        self._images_by_key: dict[str, dict[str, Any]] | None = None
+        self._annotations_by_image: dict[Any, list[dict[str, Any]]] = {}
+
+    @classmethod
+    def layout_hint(cls) -> str:
+        """Expected layout, for error messages."""
+        return (
+            "expected COCO 2017 as root/annotations/instances_<split>2017.json and "
+            "root/<split>2017/<file_name> "
+            "(unzip annotations_trainval2017.zip and train2017.zip/val2017.zip into root)"
+        )
+
+    # --------------------------------------------------------------------------------------------- index
+
+    def _index(self) -> dict[str, dict[str, Any]]:
+        """Image records by key (and non-crowd annotations by image id), built once from the json."""
+        if self._images_by_key is not None:
+            return self._images_by_key
+        content = read_json(self.annotation_file, what="COCO annotation file")
+        if not isinstance(content, dict) or not isinstance(content.get("images"), list):
+            raise DatasetFileError(self.annotation_file, 'has no "images" list; it is not a COCO instances file')
+        if not isinstance(content.get("annotations"), list):
+            raise DatasetFileError(
+                self.annotation_file,
+                'has no "annotations" list; use instances_<split>2017.json, not an image-info file',
+            )
+        images_by_key: dict[str, dict[str, Any]] = {}
+        for record in content["images"]:
+            try:
+                key = Path(record["file_name"]).stem
+                record_id = record["id"]
+                int(record["height"]), int(record["width"])
+            except (KeyError, TypeError, ValueError):
+                raise DatasetFileError(
+                    self.annotation_file, f"image record {record!r} lacks id, file_name, height or width"
+                ) from None
+            if key in images_by_key:
+                raise DatasetFileError(
+                    self.annotation_file,
+                    f"two images share the file stem {key!r} (ids {images_by_key[key]['id']} and {record_id})",
+                )
+            images_by_key[key] = record
+        annotations_by_image: dict[Any, list[dict[str, Any]]] = {}
+        for annotation in content["annotations"]:
+            if not isinstance(annotation, dict) or annotation.get("iscrowd", 0):
+                continue
+            if "id" not in annotation:
+                logger.warning("%s: ignoring an annotation without an id: %.200r", self.annotation_file, annotation)
+                continue
+            annotations_by_image.setdefault(annotation.get("image_id"), []).append(annotation)
+        self._annotations_by_image = annotations_by_image
+        self._images_by_key = images_by_key
+        return images_by_key
+
+    def _rle(self, annotation: dict[str, Any], height: int, width: int) -> Any:
+        """The annotation's mask as one compressed RLE, or None (with a warning) when it is malformed."""
+        mask_api = _mask_api()
+        segmentation = annotation.get("segmentation")
+        try:
+            if isinstance(segmentation, list):
+                # A polygon list may hold several parts of one object: merge them into one mask.
+                polygons = [polygon for polygon in segmentation if len(polygon) >= 6]
+                if not polygons:
+                    return None
+                return mask_api.merge(mask_api.frPyObjects(polygons, height, width))
+            if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+                return mask_api.frPyObjects(segmentation, height, width)
+            if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), (str, bytes)):
+                return segmentation
+        except Exception as error:  # pycocotools raises bare Exceptions and TypeErrors for malformed input
+            logger.warning(
+                "%s: ignoring annotation %s with malformed segmentation (%s)",
+                self.annotation_file,
+                annotation.get("id"),
+                error,
+            )
+            return None
+        logger.warning(
+            "%s: ignoring annotation %s without a polygon or RLE segmentation",
+            self.annotation_file,
+            annotation.get("id"),
+        )
+        return None
+
+    def _valid_annotations(self, record: dict[str, Any]) -> Iterator[tuple[dict[str, Any], Any]]:
+        """Non-crowd annotations of an image with their RLE, in annotation-id order; size not yet checked."""
+        height, width = int(record["height"]), int(record["width"])
+        annotations = sorted(self._annotations_by_image.get(record["id"], []), key=lambda a: a.get("id", 0))
+        for annotation in annotations:
+            rle = self._rle(annotation, height, width)
+            if rle is not None:
+                yield annotation, rle
+
+    def _has_objects(self, record: dict[str, Any]) -> bool:
+        mask_api = _mask_api()
+        return any(int(mask_api.area(rle)) >= MIN_MASK_PIXELS for _, rle in self._valid_annotations(record))
+
+    # ------------------------------------------------------------------------------------------ interface
+
+    def _key_groups(self) -> Iterable[Iterable[str]]:
+        images_by_key = self._index()
+        # Decoding annotations is the expensive part; a generator keeps keys() with a small limit cheap.
+        yield (key for key in sorted(images_by_key) if self._has_objects(images_by_key[key]))
+
+    def load(self, image_key: str) -> Sample:
+        """Load one COCO image with its non-crowd masks of at least ``MIN_MASK_PIXELS`` pixels.
+
+        Raises:
+            DatasetError: The key is not in the annotation file, or the image file is missing or broken.
+        """
+        record = self._index().get(image_key)
+        if record is None:
+            raise DatasetError(f"COCO image key {image_key!r} is not in {self.annotation_file}")
+        image_path = self.image_folder / record["file_name"]
+        image = read_rgb_image(image_path)
+        height, width = int(record["height"]), int(record["width"])
+        if image.shape[:2] != (height, width):
+            raise DatasetFileError(
+                image_path,
+                f"image is {image.shape[1]}x{image.shape[0]} but {self.annotation_file.name} says {width}x{height}",
+                "the image file does not belong to this annotation file",
+            )
+        mask_api = _mask_api()
+        masks: dict[str, np.ndarray] = {}
+        for annotation, rle in self._valid_annotations(record):
+            mask = mask_api.decode(rle).astype(bool)
+            if int(mask.sum()) >= MIN_MASK_PIXELS:
+                masks[str(annotation["id"])] = mask
+        return self._sample(image_key, image, masks, self.annotation_file)

@@ -1,0 +1,99 @@
+"""DAVIS 2017 semi-supervised video object segmentation.
+
+Layout (as extracted from ``DAVIS-2017-trainval-480p.zip`` and friends)::
+
+    DAVIS/
+      ImageSets/2017/train.txt, val.txt, test-dev.txt, test-challenge.txt   (one sequence name per line)
+      JPEGImages/480p/<sequence>/00000.jpg ...
+      Annotations/480p/<sequence>/00000.png ...   (palette PNG: index 0 background, 1.. objects, 255 void)
+      JPEGImages/Full-Resolution/..., Annotations/Full-Resolution/...   (in the Full-Resolution downloads)
+
+``root`` may be ``DAVIS`` itself or the folder containing it. Every frame with an annotation PNG is one sample
+keyed ``"<sequence>/<frame stem>"`` (test-dev and test-challenge annotate only the first frame); every palette
+index except 0 and 255 is one object, keyed by the index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from usam.datasets.base import PaletteVideoReader
+from usam.errors import DatasetError, InvalidInputError
+
+#: Frame resolutions DAVIS is distributed in.
+RESOLUTIONS = ("480p", "Full-Resolution")
+
+
+class DavisReader(PaletteVideoReader):
+    """DAVIS 2017 frames and object masks.
+
+    Splits are the lists in ``ImageSets/2017``: ``"train"``, ``"val"``, ``"test-dev"``, ``"test-challenge"``.
+    Image keys are ``"<sequence>/<frame stem>"`` (``"bear/00012"``); object ids are palette indices (``"2"``).
+    """
+
+    name: ClassVar[str] = "davis"
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        *,
+        resolution: str = "480p",
+        every: int = 1,
+        start: int = 0,
+        stop: int | None = None,
+        limit: int | None = None,
+    ) -> None:
+        """Check the layout.
+
+        Args:
+            root: ``DAVIS`` folder or its parent.
+            split: Name of a sequence list in ``ImageSets/2017``.
+            resolution: ``"480p"`` or ``"Full-Resolution"``.
+            every: See :class:`~usam.datasets.base.DatasetReader`; applied within each sequence.
+            start: See :class:`~usam.datasets.base.DatasetReader`.
+            stop: See :class:`~usam.datasets.base.DatasetReader`.
+            limit: See :class:`~usam.datasets.base.DatasetReader`.
+
+        Raises:
+            InvalidInputError: Unknown resolution.
+            DatasetError: The sequence list or the frame/annotation folders of the resolution do not exist.
+        """
+        if resolution not in RESOLUTIONS:
+            raise InvalidInputError(f"DAVIS resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
+        super().__init__(root, split, every=every, start=start, stop=stop, limit=limit)
+        self.resolution = resolution
+        base = self.root / "DAVIS" if (self.root / "DAVIS" / "ImageSets").is_dir() else self.root
+        self.sequence_list = base / "ImageSets" / "2017" / f"{split}.txt"
+        self.frame_folder = base / "JPEGImages" / resolution
+        self.annotation_folder = base / "Annotations" / resolution
+        if not self.sequence_list.is_file():
+            available = sorted(path.stem for path in self.sequence_list.parent.glob("*.txt"))
+            known = f" (found: {', '.join(available)})" if available else ""
+            raise DatasetError(f"DAVIS sequence list {self.sequence_list} does not exist{known}; {self.layout_hint()}")
+        for required in (self.frame_folder, self.annotation_folder):
+            if not required.is_dir():
+                raise DatasetError(
+                    f"DAVIS folder {required} does not exist; download the {resolution} frames and "
+                    "annotations "
+                    f"or pass the resolution you have ({' or '.join(RESOLUTIONS)})"
+                )
+
+    @classmethod
+    def layout_hint(cls) -> str:
+        """Expected layout, for error messages."""
+        return (
+            "expected DAVIS 2017 as root/ImageSets/2017/<split>.txt, root/JPEGImages/<resolution>/<sequence>/"
+            "00000.jpg and root/Annotations/<resolution>/<sequence>/00000.png"
+        )
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", resolution={self.resolution!r})"
+
+    def _videos(self) -> list[str]:
+        try:
+            lines = self.sequence_list.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise DatasetError(f"DAVIS sequence list {self.sequence_list} cannot be read ({error})") from None
+        return [line.strip() for line in lines if line.strip()]
