@@ -83,9 +83,7 @@ def test_correction_curve_all_equal_scores_give_the_straight_line():
         _, mean_iou = correction_curve(base, corrected, np.full(4, 0.3), fractions=QUARTERS)
         expected = base.mean() + QUARTERS * (corrected.mean() - base.mean())
         np.testing.assert_allclose(mean_iou, expected)
-    _, mean_iou = correction_curve(
-        BASE, CORRECTED, np.zeros(4), fractions=QUARTERS, higher_is_uncertain=False
-    )
+    _, mean_iou = correction_curve(BASE, CORRECTED, np.zeros(4), fractions=QUARTERS, higher_is_uncertain=False)
     np.testing.assert_allclose(mean_iou, [0.5, 0.5625, 0.625, 0.6875, 0.75])
 
 
@@ -119,9 +117,7 @@ def test_correction_curve_single_object():
 
 def test_corrected_counts_round_half_up():
     # r·N = 0, 0.4, 0.5, 1.0, 1.5, 2.0
-    np.testing.assert_array_equal(
-        corrected_counts(np.array([0, 0.2, 0.25, 0.5, 0.75, 1.0]), 2), [0, 0, 1, 1, 2, 2]
-    )
+    np.testing.assert_array_equal(corrected_counts(np.array([0, 0.2, 0.25, 0.5, 0.75, 1.0]), 2), [0, 0, 1, 1, 2, 2])
     # 0.285 * 100 evaluates to 28.499999999999996 in floating point; it is meant as 28.5 -> 29.
     np.testing.assert_array_equal(corrected_counts(np.array([0.285, 0.145, 0.575]), 100), [29, 15, 58])
 
@@ -324,9 +320,7 @@ def test_pearson_matrix_matches_numpy_on_random_data():
 def test_pearson_matrix_constant_column_is_nan_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        names, matrix = pearson_matrix(
-            {"x": [1.0, 2.0, 4.0], "constant": [0.1, 0.1, 0.1], "y": [2.0, 4.0, 8.0]}
-        )
+        names, matrix = pearson_matrix({"x": [1.0, 2.0, 4.0], "constant": [0.1, 0.1, 0.1], "y": [2.0, 4.0, 8.0]})
     assert names == ["x", "constant", "y"]
     assert np.isnan(matrix[1]).all()
     assert np.isnan(matrix[:, 1]).all()

@@ -185,20 +185,17 @@ class UncertaintyHeads(nn.Module):
         Returns:
             (H, N) logits.
         """
-        num_heads, hidden = self.weight1.shape[:2]
+        num_heads = self.weight1.shape[0]
         if features.dim() == 2:
-            # All heads read the same rows: the first layer of all heads is one matrix product.
-            first = torch.nn.functional.linear(
-                features, self.weight1.reshape(num_heads * hidden, -1), self.bias1.reshape(-1)
-            )
-            first = first.view(features.shape[0], num_heads, hidden).transpose(0, 1)
-        elif features.dim() == 3 and features.shape[0] == num_heads:
-            first = torch.baddbmm(self.bias1.unsqueeze(1), features, self.weight1.transpose(1, 2))
-        else:
+            # Shared rows: a broadcast view, no copy. A batched product per layer measured faster on CPU than one
+            # (N, in) x (in, H * hidden) product, and it reads each weight once.
+            features = features.expand(num_heads, *features.shape)
+        if features.dim() != 3 or features.shape[0] != num_heads:
             raise ValueError(
                 f"features must be (N, {self.metadata.input_dim}) or ({num_heads}, N, {self.metadata.input_dim}), "
                 f"got {tuple(features.shape)}"
             )
+        first = torch.baddbmm(self.bias1.unsqueeze(1), features, self.weight1.transpose(1, 2))
         second = torch.baddbmm(self.bias2.unsqueeze(1), first.relu(), self.weight2.transpose(1, 2)).relu()
         return torch.baddbmm(self.bias3.view(-1, 1, 1), second, self.weight3.unsqueeze(2)).squeeze(2)
 

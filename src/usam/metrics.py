@@ -117,9 +117,7 @@ def _as_vector(values: np.ndarray, name: str, *, allow_infinite: bool = False) -
     if np.isnan(array).any():
         raise InvalidInputError(f"{name} contains NaN at index {int(np.flatnonzero(np.isnan(array))[0])}")
     if not allow_infinite and np.isinf(array).any():
-        raise InvalidInputError(
-            f"{name} contains infinity at index {int(np.flatnonzero(np.isinf(array))[0])}"
-        )
+        raise InvalidInputError(f"{name} contains infinity at index {int(np.flatnonzero(np.isinf(array))[0])}")
     return array
 
 
@@ -211,9 +209,7 @@ def correction_curve(
     base, corrected = _check_objects(base_iou, corrected_iou)
     ranking_values = _as_vector(uncertainty, "uncertainty", allow_infinite=True)
     if ranking_values.shape != base.shape:
-        raise InvalidInputError(
-            f"uncertainty must have one value per object ({base.size}), got {ranking_values.size}"
-        )
+        raise InvalidInputError(f"uncertainty must have one value per object ({base.size}), got {ranking_values.size}")
     grid = _fraction_grid(fractions, num_points)
 
     gain = corrected - base
@@ -342,9 +338,7 @@ def area_under_curve(fractions: np.ndarray, values: np.ndarray, *, max_fraction:
     grid = _as_vector(fractions, "fractions")
     curve_values = _as_vector(values, "values")
     if grid.shape != curve_values.shape:
-        raise InvalidInputError(
-            f"fractions and values must have equal length, got {grid.size} and {curve_values.size}"
-        )
+        raise InvalidInputError(f"fractions and values must have equal length, got {grid.size} and {curve_values.size}")
     if grid.size < 2:
         raise InvalidInputError(f"a curve needs at least two points to have an area, got {grid.size}")
     if np.any(np.diff(grid) <= 0):

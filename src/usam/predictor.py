@@ -206,10 +206,9 @@ class UncertainSAM:
         point_coords, point_labels, box, mask_input = self._checked_prompts(
             point_coords, point_labels, box, mask_input, normalize_coords
         )
-        with (
-            sam2_adapter.DecoderTokenCapture(self.predictor) as capture,
-            sam2_adapter.inference_context(self.device),
-        ):
+        # Multimask calls need not identify a fallback token: skip those hooks (less work on the hot path).
+        capture = sam2_adapter.DecoderTokenCapture(self.predictor, identify_single_mask_token=not multimask_output)
+        with capture, sam2_adapter.inference_context(self.device):
             masks, sam_scores, low_res_logits = self.predictor.predict(
                 point_coords=point_coords,
                 point_labels=point_labels,

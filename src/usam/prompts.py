@@ -266,9 +266,7 @@ def prompts_from_user(points: np.ndarray) -> ObjectPrompts:
     try:
         array = np.asarray(points, dtype=np.float64)
     except (TypeError, ValueError):
-        raise InvalidInputError(
-            f"the clicks must be numbers of shape (N, 2) as (x, y), got {points!r}"
-        ) from None
+        raise InvalidInputError(f"the clicks must be numbers of shape (N, 2) as (x, y), got {points!r}") from None
     if array.shape == (2,):
         array = array[np.newaxis, :]
     checked = _as_points(array, "the clicks")

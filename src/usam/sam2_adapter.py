@@ -244,8 +244,16 @@ class DecoderTokenCapture:
         >>> call = capture.single_call()  # doctest: +SKIP
     """
 
-    def __init__(self, predictor: Any) -> None:
+    def __init__(self, predictor: Any, *, identify_single_mask_token: bool = True) -> None:
+        """Prepare hooks on the predictor's mask decoder (registered on ``__enter__``).
+
+        Args:
+            predictor: A ``SAM2ImagePredictor`` or a SAM2 model.
+            identify_single_mask_token: Also hook what it takes to tell which token produced a single returned mask
+                (SAM2's dynamic fallback). Callers that only make multimask calls can skip those hooks.
+        """
         self.decoder = mask_decoder_of(predictor)
+        self.identify_single_mask_token = identify_single_mask_token
         self.calls: list[DecoderCall] = []
         self._handles: list[Any] = []
         self._iou_token: torch.Tensor | None = None
@@ -264,9 +272,11 @@ class DecoderTokenCapture:
         ]
         for index, hypernetwork in enumerate(decoder.output_hypernetworks_mlps):
             self._handles.append(hypernetwork.register_forward_pre_hook(self._mask_token_hook(index)))
-            self._handles.append(hypernetwork.register_forward_hook(self._hyper_output_hook(index)))
-        # The last module of output_upscaling emits the upscaled embedding in both of predict_masks' code paths.
-        self._handles.append(decoder.output_upscaling[-1].register_forward_hook(self._on_upscaled))
+            if self.identify_single_mask_token:
+                self._handles.append(hypernetwork.register_forward_hook(self._hyper_output_hook(index)))
+        if self.identify_single_mask_token:
+            # The last module of output_upscaling emits the upscaled embedding in both of predict_masks' code paths.
+            self._handles.append(decoder.output_upscaling[-1].register_forward_hook(self._on_upscaled))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -318,6 +328,8 @@ class DecoderTokenCapture:
         if self._multimask_output:
             token_index = torch.arange(1, NUM_MASK_TOKENS, device=device).expand(batch, -1)
         elif self.decoder.dynamic_multimask_via_stability and not self.decoder.training:
+            if not self.identify_single_mask_token:
+                raise UsamError("single-mask call captured without identify_single_mask_token=True")
             token_index = self._producing_tokens(returned_masks)
         else:
             token_index = torch.zeros(batch, 1, dtype=torch.long, device=device)

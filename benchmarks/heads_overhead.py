@@ -1,0 +1,107 @@
+"""Cost of UncertainSAM's nine heads on top of SAM2's predict, and fused heads vs nine separate MLP calls.
+
+Runs sam2.1 tiny at its real 1024-pixel size (random weights: speed does not depend on the values) on the CPU with
+the image already set, and prints for 1 prompt and for 16 prompts the median time of
+  - SAM2ImagePredictor.predict alone (the baseline),
+  - UncertainSAM.predict with all nine heads (hooks + heads + entropy),
+and their ratio. Runs are interleaved (baseline, usam, baseline, ...) so drifts of the machine hit both alike.
+
+    .venv/bin/python benchmarks/heads_overhead.py [--repeats 41] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from usam import sam2_adapter
+from usam.heads import HEAD_NAMES, random_heads
+from usam.predictor import UncertainSAM, head_features
+
+
+def _time(function, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def _interleaved(baseline, candidate, repeats: int) -> tuple[float, float]:
+    baseline(), candidate()  # warm-up
+    base_times, candidate_times = [], []
+    for _ in range(repeats):
+        base_times += _time(baseline, 1)
+        candidate_times += _time(candidate, 1)
+    return statistics.median(base_times), statistics.median(candidate_times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=41, help="timed runs per variant (1 prompt)")
+    parser.add_argument("--repeats-batched", type=int, default=9, help="timed runs per variant (16 prompts)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+    sam_model = sam2_adapter.build_sam2_model("sam2.1-tiny", device="cpu", random_weights=True)
+    predictor = sam2_adapter.make_image_predictor(sam_model)
+    model = UncertainSAM(predictor, random_heads(HEAD_NAMES))
+    rng = np.random.default_rng(0)
+    image = (rng.random((768, 1024, 3)) * 255).astype(np.uint8)
+    model.set_image(image)  # sets the image on the shared predictor: both variants reuse the embedding
+    print(f"sam2.1-tiny, 1024 px, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
+
+    for num_prompts, repeats in ((1, args.repeats), (16, args.repeats_batched)):
+        if num_prompts == 1:
+            prompt = {"point_coords": np.array([[400.0, 300.0]]), "point_labels": np.array([1])}
+        else:
+            points = rng.uniform([0, 0], [1023, 767], size=(num_prompts, 1, 2))
+            prompt = {"point_coords": points, "point_labels": np.ones((num_prompts, 1))}
+        base, usam = _interleaved(lambda: predictor.predict(**prompt), lambda: model.predict(**prompt), repeats)
+        print(
+            f"{num_prompts:>2} prompt(s): SAM2 predict {base * 1e3:8.1f} ms | with nine heads {usam * 1e3:8.1f} ms | "
+            f"ratio {usam / base:.4f}  (median of {repeats})"
+        )
+
+    # Fused heads vs nine separate MLP modules, on the same features (3 masks and 48 masks).
+    heads = model.heads
+    separate = []
+    for name in heads.names:
+        state = heads.head_state_dict(name)
+        mlp = torch.nn.Sequential(
+            torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
+            torch.nn.Linear(512, 1), torch.nn.Sigmoid(),
+        )
+        mlp.load_state_dict({
+            "0.weight": state["layers.0.weight"], "0.bias": state["layers.0.bias"],
+            "2.weight": state["layers.1.weight"], "2.bias": state["layers.1.bias"],
+            "4.weight": state["layers.2.weight"], "4.bias": state["layers.2.bias"],
+        })
+        separate.append(mlp.eval())
+    for num_prompts in (1, 16):
+        iou_token = torch.randn(num_prompts, 256)
+        mask_tokens = torch.randn(num_prompts, 4, 256)
+        index = torch.arange(1, 4).expand(num_prompts, -1)
+        features = head_features(iou_token, mask_tokens, index, ["iou_token", "mask_token"])
+        with torch.no_grad():
+            fused, nine = _interleaved(
+                lambda features=features: heads(features),
+                lambda features=features: [mlp(features) for mlp in separate],
+                201,
+            )
+        print(
+            f"{num_prompts:>2} prompt(s), {features.shape[0]} masks: fused heads {fused * 1e3:.3f} ms | "
+            f"nine separate MLPs {nine * 1e3:.3f} ms | speed-up {nine / fused:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
