@@ -36,13 +36,6 @@ def _clipped_logit_terms(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return foreground, entropy_nats
 
 
-def pixel_entropy_from_probabilities(probabilities: torch.Tensor) -> torch.Tensor:
-    """Per-pixel binary entropy in bits of foreground probabilities (clipped as in the paper)."""
-    p = probabilities.clamp(PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
-    q = 1.0 - p
-    return -(p * torch.log2(p) + q * torch.log2(q))
-
-
 def pixel_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Per-pixel binary entropy in bits of mask logits, in [0, 1]; same shape as ``logits``."""
     # Rounding can put p = 0.5 a hair above one bit; maps are drawn on a fixed [0, 1] scale.
@@ -58,10 +51,11 @@ def entropy_from_probabilities(probabilities: torch.Tensor) -> torch.Tensor:
     Returns:
         (...) entropies in bits, in [0, 1].
     """
-    p = probabilities.float().clamp(PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
+    # float64: in float32, 1 - p loses most of its digits for p near 1 (and 1 - 1e-6 is not representable).
+    p = probabilities.double().clamp(PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
     q = 1.0 - p
     weighted = -(p * (p * torch.log2(p) + q * torch.log2(q)))
-    return weighted.sum(dim=(-2, -1)) / p.sum(dim=(-2, -1))
+    return (weighted.sum(dim=(-2, -1)) / p.sum(dim=(-2, -1))).to(torch.float32)
 
 
 def mask_entropy(logits: torch.Tensor) -> torch.Tensor:
