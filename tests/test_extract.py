@@ -1,0 +1,218 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import build_small_sam2
+from usam import sam2_adapter
+from usam.datasets import open_dataset
+from usam.errors import InvalidInputError
+from usam.extract import ExtractionOptions, Extractor, parse_shard, run_extraction
+from usam.predictor import UncertainSAM
+from usam.prompts import sample_prompts
+from usam.store import read_table, token_arrays
+
+MODELS = ("sam2.1-tiny", "sam2.1-large")
+SMALL = [f"--hydra-override={override}" for override in sam2_adapter.small_model_overrides(128)]
+
+
+def write_folder_dataset(root, num_images=3, size=(48, 64), seed=0):
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    for index in range(num_images):
+        image = (rng.random((*size, 3)) * 255).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"img{index:02d}.png")
+        masks = root / "masks" / f"img{index:02d}"
+        masks.mkdir(parents=True)
+        for object_index in range(2):
+            mask = np.zeros(size, np.uint8)
+            top, left = rng.integers(0, size[0] - 15), rng.integers(0, size[1] - 15)
+            mask[top : top + 12 + object_index * 3, left : left + 14] = 255
+            Image.fromarray(mask).save(masks / f"obj{object_index}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sam_models():
+    return {name: build_small_sam2(name, seed=index) for index, name in enumerate(MODELS)}
+
+
+def _wrappers(sam_models):
+    return {name: UncertainSAM(sam2_adapter.make_image_predictor(model)) for name, model in sam_models.items()}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_folder_dataset(tmp_path_factory.mktemp("data") / "folder")
+
+
+def _rows_by_key(table):
+    rows = table.to_pylist()
+    return {(row["image_key"], row["object_id"], row["model"]): row for row in rows}
+
+
+def test_extraction_end_to_end_with_monte_carlo(dataset, sam_models, tmp_path):
+    reader = open_dataset("folder", dataset, "all")
+    counts = run_extraction(reader, _wrappers(sam_models), tmp_path / "store", progress=False)
+    assert counts == {"images": 3, "images_before": 0, "objects": 6, "rows": 12, "skipped": 0}
+    table = read_table(tmp_path / "store")
+    rows = _rows_by_key(table)
+    assert len(rows) == 12
+    sample = reader.load("img01")
+    for object_id, truth in sample.masks.items():
+        tiny, large = rows[("img01", object_id, "sam2.1-tiny")], rows[("img01", object_id, "sam2.1-large")]
+        for row in (tiny, large):
+            ious = np.array(row["mask_ious"])
+            assert row["iou"] == pytest.approx(ious.max())
+            assert row["unsupervised_iou"] == pytest.approx(ious[np.argmax(row["sam_scores"])])
+            assert row["iou_dense_prompt"] == pytest.approx(max(row["dense_mask_ious"]))
+            assert row["prompt_gap"] == pytest.approx(row["iou_dense_prompt"] - row["iou"], abs=1e-6)
+            assert row["task_gap"] == pytest.approx(row["iou"] - row["unsupervised_iou"], abs=1e-6)
+            assert row["object_area"] == int(truth.sum())
+            for column in ("h_std", "h_theta", "h_prompt", "h_augmentation", "h_task", "h_all", "h_prompt_sam_pick"):
+                assert row[column] is not None
+                assert 0.0 <= row[column] <= 1.0
+        assert tiny["model_gap"] == pytest.approx(large["iou"] - tiny["iou"], abs=1e-6)
+        assert tiny["h_theta"] == large["h_theta"]
+        assert tiny["h_all"] == large["h_all"]
+        # The prompts are the paper's sampling, and the tokens/IoUs are what UncertainSAM gives for them.
+        prompts = sample_prompts(truth, seed=0, image_key="img01", object_id=object_id)
+        np.testing.assert_allclose(np.array(tiny["center_point"]).reshape(1, 2), prompts.center)
+        np.testing.assert_allclose(np.array(tiny["extra_points"]).reshape(7, 2), prompts.extra)
+        model = UncertainSAM(sam2_adapter.make_image_predictor(sam_models["sam2.1-tiny"]))
+        model.set_image(sample.image)
+        result = model.predict(point_coords=prompts.center, point_labels=[1])
+        np.testing.assert_allclose(np.array(tiny["iou_token"]), result.iou_token, atol=1e-4)
+        np.testing.assert_allclose(np.array(tiny["sam_scores"]), result.sam_scores, atol=1e-5)
+        best = int(np.argmax(tiny["mask_ious"]))
+        assert tiny["h_std"] == pytest.approx(result.entropy[best], abs=1e-5)
+        expected_ious = [
+            (np.logical_and(mask, truth).sum() / np.logical_or(mask, truth).sum()) for mask in result.masks
+        ]
+        np.testing.assert_allclose(tiny["mask_ious"], expected_ious, atol=1e-6)
+    assert token_arrays(table, "mask_tokens").shape == (12, 4, 256)
+
+
+def test_without_monte_carlo_and_float16_tokens(dataset, sam_models, tmp_path):
+    reader = open_dataset("folder", dataset, "all", limit=1)
+    run_extraction(
+        reader,
+        {"sam2.1-tiny": _wrappers(sam_models)["sam2.1-tiny"]},
+        tmp_path / "store",
+        options=ExtractionOptions(monte_carlo=False),
+        token_dtype="float16",
+        progress=False,
+    )
+    table = read_table(tmp_path / "store")
+    assert table.num_rows == 2
+    assert token_arrays(table, "iou_token").dtype == np.float16
+    for row in table.to_pylist():
+        assert row["model_gap"] is None  # no large model
+        assert row["h_prompt"] is None
+        assert row["h_augmentation"] is None
+        assert row["h_all"] is None
+        assert row["h_std"] is not None
+        assert row["h_task"] is not None
+
+
+def test_batched_extraction_equals_one_object_at_a_time(dataset, sam_models):
+    """Objects batched per image give the rows that extracting each object alone gives."""
+    reader = open_dataset("folder", dataset, "all")
+    sample = reader.load("img02")
+    extractor = Extractor(_wrappers(sam_models), ExtractionOptions(monte_carlo=True))
+    batched = {(row["object_id"], row["model"]): row for row in extractor.rows_for_sample(sample)}
+    for object_id, mask in sample.masks.items():
+        alone = type(sample)(sample.image_key, sample.image, {object_id: mask}, sample.dataset, sample.split)
+        for row in extractor.rows_for_sample(alone):
+            other = batched[(object_id, row["model"])]
+            for column in ("iou", "unsupervised_iou", "iou_dense_prompt", "model_gap", "h_std", "h_all", "h_prompt"):
+                assert row[column] == pytest.approx(other[column], abs=1e-4), column
+            np.testing.assert_allclose(row["iou_token"], other["iou_token"], atol=1e-4)
+
+
+def test_two_shards_write_one_store(dataset, sam_models, tmp_path):
+    wrappers = _wrappers(sam_models)
+    options = ExtractionOptions(monte_carlo=False)
+    reader = open_dataset("folder", dataset, "all")
+    for index in range(2):
+        run_extraction(reader, wrappers, tmp_path / "sharded", options=options, shard=(index, 2), progress=False)
+    run_extraction(reader, wrappers, tmp_path / "single", options=options, progress=False)
+    sharded, single = read_table(tmp_path / "sharded"), read_table(tmp_path / "single")
+    assert sorted(_rows_by_key(sharded)) == sorted(_rows_by_key(single))
+    again = run_extraction(reader, wrappers, tmp_path / "single", options=options, progress=False)
+    assert again["images"] == 0
+    assert again["images_before"] == 3
+
+
+def test_parse_shard():
+    assert parse_shard("2/8") == (2, 8)
+    assert parse_shard(None, {}) == (0, 1)
+    assert parse_shard(None, {"RANK": "3", "WORLD_SIZE": "4"}) == (3, 4)
+    assert parse_shard(None, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "6", "SLURM_ARRAY_TASK_MIN": "1"}) == (
+        4,
+        6,
+    )
+    for bad in ("8/8", "x", "1/0", "-1/2"):
+        with pytest.raises(InvalidInputError, match="shard"):
+            parse_shard(bad)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory, sam_models):
+    folder = tmp_path_factory.mktemp("checkpoints")
+    for name, model in sam_models.items():
+        torch.save({"model": model.state_dict()}, folder / f"{name.replace('-', '_hiera_')}.pt")
+    return folder
+
+
+def _extract_command(dataset, store, checkpoint_dir, *extra):
+    return [
+        sys.executable, "-m", "usam", "extract", "--dataset", "folder", "--root", str(dataset), "--split", "all",
+        "--out", str(store), "--models", *MODELS, "--checkpoint-dir", str(checkpoint_dir), "--rows-per-part", "2",
+        "--no-progress", *SMALL, *extra,
+    ]
+
+
+def test_killed_extraction_resumes_with_every_row_once(tmp_path, checkpoint_dir):
+    dataset = write_folder_dataset(tmp_path / "data", num_images=10, seed=3)
+    store = tmp_path / "store"
+    command = _extract_command(dataset, store, checkpoint_dir, "--no-monte-carlo")
+    rng = np.random.default_rng(0)
+    kills = 0
+    for _ in range(3):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Wait until some parts exist (model building takes a few seconds), then kill at a random moment.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if len(list(store.glob("part-*.parquet"))) >= 1:
+                break
+            time.sleep(0.05)
+        time.sleep(float(rng.uniform(0.0, 0.8)))
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            kills += 1
+        process.wait(timeout=60)
+    assert kills >= 1, "the extraction finished before it could be killed; make the dataset larger"
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    table = read_table(store, columns=["image_key", "object_id", "model"])
+    counts = Counter(zip(*(table.column(name).to_pylist() for name in table.column_names), strict=True))
+    assert len(counts) == 10 * 2 * 2
+    assert set(counts.values()) == {1}
+
+
+def test_cli_extract_reports_bad_dataset_in_one_line(tmp_path, checkpoint_dir):
+    completed = subprocess.run(
+        _extract_command(tmp_path / "nothing-here", tmp_path / "store", checkpoint_dir),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 2
+    assert "Traceback" not in completed.stderr
+    assert "nothing-here" in completed.stderr
