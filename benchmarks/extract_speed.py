@@ -71,7 +71,10 @@ def main() -> None:
     for monte_carlo in (False, True):
         extractor = Extractor(models, ExtractionOptions(monte_carlo=monte_carlo))
         timings = {}
-        for name, run in (("usam", extractor.rows_for_sample), ("naive", lambda s: naive_rows(extractor, s))):
+        for name, run in (
+            ("usam", extractor.rows_for_sample),
+            ("naive", lambda s, extractor=extractor: naive_rows(extractor, s)),
+        ):
             started = time.perf_counter()
             rows = [row for sample in samples for row in run(sample)]
             timings[name] = time.perf_counter() - started

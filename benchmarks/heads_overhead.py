@@ -65,7 +65,9 @@ def main() -> None:
         else:
             points = rng.uniform([0, 0], [1023, 767], size=(num_prompts, 1, 2))
             prompt = {"point_coords": points, "point_labels": np.ones((num_prompts, 1))}
-        base, usam = _interleaved(lambda: predictor.predict(**prompt), lambda: model.predict(**prompt), repeats)
+        base, usam = _interleaved(
+            lambda prompt=prompt: predictor.predict(**prompt), lambda prompt=prompt: model.predict(**prompt), repeats
+        )
         print(
             f"{num_prompts:>2} prompt(s): SAM2 predict {base * 1e3:8.1f} ms | with nine heads {usam * 1e3:8.1f} ms | "
             f"ratio {usam / base:.4f}  (median of {repeats})"
@@ -77,14 +79,23 @@ def main() -> None:
     for name in heads.names:
         state = heads.head_state_dict(name)
         mlp = torch.nn.Sequential(
-            torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
-            torch.nn.Linear(512, 1), torch.nn.Sigmoid(),
+            torch.nn.Linear(512, 512),
+            torch.nn.ReLU(),
+            torch.nn.Linear(512, 512),
+            torch.nn.ReLU(),
+            torch.nn.Linear(512, 1),
+            torch.nn.Sigmoid(),
         )
-        mlp.load_state_dict({
-            "0.weight": state["layers.0.weight"], "0.bias": state["layers.0.bias"],
-            "2.weight": state["layers.1.weight"], "2.bias": state["layers.1.bias"],
-            "4.weight": state["layers.2.weight"], "4.bias": state["layers.2.bias"],
-        })
+        mlp.load_state_dict(
+            {
+                "0.weight": state["layers.0.weight"],
+                "0.bias": state["layers.0.bias"],
+                "2.weight": state["layers.1.weight"],
+                "2.bias": state["layers.1.bias"],
+                "4.weight": state["layers.2.weight"],
+                "4.bias": state["layers.2.bias"],
+            }
+        )
         separate.append(mlp.eval())
     for num_prompts in (1, 16):
         iou_token = torch.randn(num_prompts, 256)

@@ -155,7 +155,9 @@ class Extractor:
                     )
         return self._rows(sample, object_ids, prompts, truth, per_model, accumulators)
 
-    def _run(self, model: UncertainSAM, points: np.ndarray, truth: np.ndarray, with_tokens: bool = False) -> _PromptOutputs:
+    def _run(
+        self, model: UncertainSAM, points: np.ndarray, truth: np.ndarray, with_tokens: bool = False
+    ) -> _PromptOutputs:
         """Run (B, N, 2) positive point prompts in batches; tokens only when asked (raw predictor otherwise)."""
         chunks = []
         batch = self.options.prompt_batch_size
@@ -352,7 +354,7 @@ def run_extraction(
         rows_per_part=rows_per_part,
     ) as writer:
         done = writer.completed_keys()
-        keys = [key for key in reader.keys() if shard_of_key(key, num_shards) == shard_index]
+        keys = [key for key in reader.keys() if shard_of_key(key, num_shards) == shard_index]  # noqa: SIM118 (a method)
         todo = [key for key in keys if key not in done]
         counts["images_before"] = len(keys) - len(todo)
         last_flush = time.monotonic()
