@@ -774,3 +774,46 @@ def test_open_dataset(tmp_path: Path) -> None:
     assert set(DATASETS) == {"coco", "ade20k", "davis", "mose", "sav", "folder"}
     assert all(issubclass(reader_class, DatasetReader) for reader_class in DATASETS.values())
     assert issubclass(DatasetError, UsamError)
+
+
+# Splits each reader accepts on an empty folder, so that only the argument checks can fail.
+SOME_SPLIT = {"coco": "val", "ade20k": "val", "davis": "val", "mose": "val", "sav": "val", "folder": "all"}
+
+
+@pytest.mark.parametrize("name", sorted(SOME_SPLIT))
+@pytest.mark.parametrize(("option", "value"), [("every", 0), ("start", -1), ("stop", 1.0), ("limit", False)])
+def test_every_reader_validates_the_selection_arguments(tmp_path: Path, name: str, option: str, value: object) -> None:
+    with pytest.raises(InvalidInputError, match=option):
+        open_dataset(name, tmp_path, SOME_SPLIT[name], **{option: value})
+
+
+@pytest.mark.parametrize("name", sorted(SOME_SPLIT))
+def test_every_reader_reports_a_missing_root(tmp_path: Path, name: str) -> None:
+    with pytest.raises(DatasetError, match="does not exist") as raised:
+        open_dataset(name, tmp_path / "nowhere", SOME_SPLIT[name])
+    assert str(tmp_path / "nowhere") in str(raised.value)
+
+
+@pytest.mark.parametrize(("name", "title"), [("ade20k", "ADE20K"), ("mose", "MOSE"), ("sav", "SA-V")])
+def test_unknown_split_is_reported_before_other_arguments(tmp_path: Path, name: str, title: str) -> None:
+    with pytest.raises(DatasetError, match=f"{title} has no split 'nope'; use one of "):
+        open_dataset(name, tmp_path / "nowhere", "nope", every=0)
+
+
+def test_open_dataset_lists_each_readers_options(tmp_path: Path) -> None:
+    make_davis(tmp_path / "DAVIS", resolution="Full-Resolution")
+    reader = open_dataset("davis", tmp_path, "test-dev", resolution="Full-Resolution", start=1)
+    assert isinstance(reader, DavisReader)
+    assert reader.keys() == ["dog/00001", "dog/00002"]
+    assert repr(reader).endswith("start=1, stop=None, limit=None, resolution='Full-Resolution')")
+    with pytest.raises(InvalidInputError, match=r"its options: resolution, every, start, stop, limit$"):
+        open_dataset("davis", tmp_path, "val", size=3)
+    with pytest.raises(InvalidInputError, match=r"takes no option resolution; its options: every, start, stop, limit$"):
+        open_dataset("folder", tmp_path, "all", resolution="480p")
+
+
+def test_davis_unreadable_sequence_list(tmp_path: Path) -> None:
+    make_davis(tmp_path)
+    (tmp_path / "ImageSets" / "2017" / "val.txt").write_bytes(b"bear\n\xff\xfe\n")
+    with pytest.raises(DatasetError, match=r"DAVIS sequence list .*val\.txt cannot be read"):
+        DavisReader(tmp_path, "val").keys()

@@ -446,6 +446,114 @@ def _run_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ train/evaluate
+
+
+def _add_train(subparsers: Any) -> None:
+    from usam.heads import HEAD_NAMES
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train UncertainSAM heads on a token store",
+        description="Train any subset of the nine heads on a token store made by `usam extract` and write a heads "
+        "file that `usam predict` and usam.load_heads read. All heads train together in one vectorised model; the "
+        "validation split is by image; the best epoch by validation loss is kept.",
+    )
+    parser.add_argument("--data", type=Path, required=True, metavar="STORE", help="token store folder")
+    parser.add_argument("--out", type=Path, required=True, metavar="HEADS", help="heads file to write (.safetensors)")
+    parser.add_argument(
+        "--heads", nargs="+", choices=list(HEAD_NAMES), metavar="NAME", help="heads to train (default: all possible)"
+    )
+    parser.add_argument(
+        "--pairing",
+        choices=["true", "as-released"],
+        default="true",
+        help="mask token paired with a mask: 'true' = the token that produced it; 'as-released' = the one before "
+        "(matches the authors' released heads). Default %(default)s",
+    )
+    parser.add_argument("--models", nargs="+", metavar="MODEL", help="use rows of these models (default: all)")
+    parser.add_argument(
+        "--pool-sizes", action="store_true", help="train each iou_<size> head on all models' rows (as the paper does)"
+    )
+    parser.add_argument(
+        "--hpo", type=int, default=0, metavar="TRIALS", help="Optuna trials per head over the paper's search space"
+    )
+    parser.add_argument(
+        "--dataset-defaults",
+        default="coco",
+        choices=["coco", "ade20k", "sa-v", "davis"],
+        help="whose paper hyper-parameters to use without --hpo (default %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from usam.heads import load_heads
+    from usam.trainer import train_from_store
+
+    if args.hpo < 0:
+        raise UsamError("--hpo must be 0 or more trials")
+    path = train_from_store(
+        args.data,
+        args.out,
+        heads=args.heads,
+        pairing=args.pairing,
+        models=args.models,
+        hpo_trials=args.hpo,
+        dataset_defaults=args.dataset_defaults,
+        seed=args.seed,
+        pool_sizes=args.pool_sizes,
+        progress=not args.no_progress,
+    )
+    heads = load_heads(path)
+    metrics = heads.metadata.training.get("validation", {})
+    for name in heads.names:
+        values = metrics.get(name, {})
+        summary = ", ".join(f"{key} {value:.4f}" for key, value in values.items() if isinstance(value, float))
+        print(f"{name}: {summary}" if summary else name)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_evaluate(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="reproduce the paper's evaluation: correction curves, relative AUC, correlations, token ablation",
+        description="Score heads and entropy baselines on a token store: the four correction scenarios (model "
+        "selection, prompt refinement, task supervision, segmentation uncertainty), relative AUC over r in [0, 1] "
+        "and [0, 0.5], the Pearson correlation table and a token ablation. Writes REPORT/report.md, "
+        "REPORT/results.json and PNG plots.",
+    )
+    parser.add_argument("--data", type=Path, required=True, metavar="STORE", help="token store folder")
+    parser.add_argument("--heads", type=Path, required=True, help="heads file or the authors' released folder")
+    parser.add_argument("--out", type=Path, required=True, metavar="REPORT", help="report folder")
+    parser.add_argument(
+        "--model", default="tiny", choices=["tiny", "small", "base-plus", "large"], help="SAM2 size to evaluate"
+    )
+    parser.add_argument("--seeds", type=int, default=10, help="random orders averaged for the random baseline")
+    parser.add_argument("--no-ablation", action="store_true", help="skip the token ablation (it trains three heads)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from usam.evaluate import run_evaluation
+
+    run_evaluation(
+        args.data,
+        args.heads,
+        args.out,
+        model=args.model,
+        seeds=args.seeds,
+        ablation=not args.no_ablation,
+        progress=not args.no_progress,
+    )
+    print(f"wrote {args.out / 'report.md'}, {args.out / 'results.json'} and plots")
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------- benchmark
 
 
@@ -517,6 +625,8 @@ _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_convert_heads,
     _add_heads_info,
     _add_extract,
+    _add_train,
+    _add_evaluate,
     _add_benchmark,
 )
 

@@ -37,6 +37,20 @@ DATASETS: dict[str, type[DatasetReader]] = {
 }
 
 
+def _options(reader_class: type[DatasetReader]) -> list[str]:
+    """Keyword options of a reader: its own, then (through ``**selection``) those of its base classes."""
+    options: list[str] = []
+    for klass in reader_class.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        options += [p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in options]
+        if all(p.kind is not p.VAR_KEYWORD for p in parameters):
+            break
+    return options
+
+
 def open_dataset(name: str, root: str | Path, split: str, **kwargs: Any) -> DatasetReader:
     """Open the reader of a dataset by name.
 
@@ -57,8 +71,7 @@ def open_dataset(name: str, root: str | Path, split: str, **kwargs: Any) -> Data
     reader_class = DATASETS.get(name.lower()) if isinstance(name, str) else None
     if reader_class is None:
         raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    parameters = inspect.signature(reader_class.__init__).parameters
-    options = [p for p in parameters if p not in ("self", "root", "split")]
+    options = _options(reader_class)
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
         raise InvalidInputError(

@@ -15,7 +15,6 @@ Layout (as extracted from ``ADEChallengeData2016.zip``)::
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import ClassVar
 
 from usam.datasets.base import (
@@ -28,13 +27,8 @@ from usam.datasets.base import (
 )
 from usam.errors import DatasetError
 
-#: Accepted split names -> (canonical split, folder name).
-_SPLITS = {
-    "train": ("train", "training"),
-    "training": ("train", "training"),
-    "val": ("val", "validation"),
-    "validation": ("val", "validation"),
-}
+#: Canonical split -> folder name.
+_FOLDERS = {"train": "training", "val": "validation"}
 
 _DATASET_FOLDER = "ADEChallengeData2016"
 
@@ -46,32 +40,21 @@ class Ade20kReader(DatasetReader):
     """
 
     name: ClassVar[str] = "ade20k"
+    title: ClassVar[str] = "ADE20K"
+    split_names: ClassVar[dict[str, str] | None] = {
+        "train": "train",
+        "training": "train",
+        "val": "val",
+        "validation": "val",
+    }
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        *,
-        every: int = 1,
-        start: int = 0,
-        stop: int | None = None,
-        limit: int | None = None,
-    ) -> None:
-        """Find the dataset folder and check the layout.
-
-        Raises:
-            DatasetError: Unknown split, or the root or the split's folders do not exist.
-        """
-        if split not in _SPLITS:
-            raise DatasetError(f"ADE20K has no split {split!r}; use one of {', '.join(_SPLITS)}")
-        canonical_split, folder = _SPLITS[split]
-        super().__init__(root, canonical_split, every=every, start=start, stop=stop, limit=limit)
+    def _open(self) -> None:
+        """Find the dataset folder (``root`` or ``root/ADEChallengeData2016``) and the split's folders."""
         base = self.root / _DATASET_FOLDER if (self.root / _DATASET_FOLDER).is_dir() else self.root
+        folder = _FOLDERS[self.split]
         self.image_folder = base / "images" / folder
         self.annotation_folder = base / "annotations" / folder
-        for required in (self.image_folder, self.annotation_folder):
-            if not required.is_dir():
-                raise DatasetError(f"ADE20K folder {required} does not exist; {self.layout_hint()}")
+        self._require_folders(self.image_folder, self.annotation_folder, what="ADE20K folder")
 
     @classmethod
     def layout_hint(cls) -> str:

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 
@@ -95,6 +95,18 @@ def _check_count(name: str, value: object, minimum: int, *, optional: bool) -> N
         raise InvalidInputError(f"{name} must be >= {minimum}, got {value}")
 
 
+class SelectionOptions(TypedDict, total=False):
+    """The key selection options every reader takes; see :class:`DatasetReader`.
+
+    Readers with options of their own take these as ``**selection: Unpack[SelectionOptions]`` and pass them on.
+    """
+
+    every: int
+    start: int
+    stop: int | None
+    limit: int | None
+
+
 class DatasetReader(ABC):
     """Reads the images and ground-truth masks of one split of a dataset.
 
@@ -102,14 +114,22 @@ class DatasetReader(ABC):
     key (for video datasets within each video, over its annotated frames; for image datasets over the images),
     then cut to the index range ``[start:stop]``, then to the first ``limit`` keys.
 
+    Subclasses set :attr:`name` (and :attr:`title` and :attr:`split_names` when the dataset has fixed splits)
+    and implement :meth:`_open`, :meth:`_key_groups` and :meth:`load`. A reader with options of its own
+    overrides ``__init__`` with them as keyword-only parameters and passes ``**selection`` on.
+
     Attributes:
         name: Name of the dataset, e.g. ``"coco"``; the key of :data:`usam.datasets.DATASETS`.
+        title: Name of the dataset in messages, e.g. ``"COCO"``.
+        split_names: Accepted split names -> canonical split, or None when any non-empty name is accepted.
         root: The dataset folder as given.
         split: Canonical split name.
         skipped: Samples the last iteration skipped, with the path and reason of each.
     """
 
     name: ClassVar[str]
+    title: ClassVar[str]
+    split_names: ClassVar[dict[str, str] | None] = None
 
     def __init__(
         self,
@@ -121,10 +141,10 @@ class DatasetReader(ABC):
         stop: int | None = None,
         limit: int | None = None,
     ) -> None:
-        """Check the arguments; subclasses then check the dataset layout.
+        """Check the arguments, then find and check the dataset's files (:meth:`_open`).
 
         Args:
-            root: Dataset folder.
+            root: Dataset folder; see the reader's module for the expected layout.
             split: Split name; each reader documents the names it accepts.
             every: Keep every ``every``-th image (>= 1).
             start: First index of the selected range (>= 0).
@@ -133,8 +153,9 @@ class DatasetReader(ABC):
 
         Raises:
             InvalidInputError: An argument is out of range.
-            DatasetError: ``root`` does not exist.
+            DatasetError: Unknown split, ``root`` does not exist, or the dataset's layout is not found under it.
         """
+        split = self._canonical_split(split)
         _check_count("every", every, 1, optional=False)
         _check_count("start", start, 0, optional=False)
         _check_count("stop", stop, 0, optional=True)
@@ -142,8 +163,7 @@ class DatasetReader(ABC):
         if not isinstance(split, str) or not split:
             raise InvalidInputError(f"split must be a non-empty string, got {split!r}")
         self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise DatasetError(f"dataset folder {self.root} does not exist; {self.layout_hint()}")
+        self._require_folders(self.root, what="dataset folder")
         self.split = split
         self.every = every
         self.start = start
@@ -153,6 +173,7 @@ class DatasetReader(ABC):
         self._keys: list[str] | None = None
         # Problems found while listing keys (e.g. a video without annotations); iteration reports them too.
         self._listing_problems: list[SkippedSample] = []
+        self._open()
 
     # --------------------------------------------------------------------------------------------- interface
 
@@ -160,6 +181,29 @@ class DatasetReader(ABC):
     def layout_hint(cls) -> str:
         """One sentence describing the expected on-disk layout, for error messages."""
         return "see the documentation of usam.datasets for the expected layout"
+
+    @classmethod
+    def _canonical_split(cls, split: str) -> str:
+        """The canonical name of a split name the user gave; checked before any other argument.
+
+        Raises:
+            DatasetError: :attr:`split_names` is set and does not hold ``split``.
+        """
+        if cls.split_names is None:
+            return split
+        if split not in cls.split_names:
+            raise DatasetError(f"{cls.title} has no split {split!r}; use one of {', '.join(cls.split_names)}")
+        return cls.split_names[split]
+
+    @abstractmethod
+    def _open(self) -> None:
+        """Find the split's files under :attr:`root` and check the layout; called at the end of ``__init__``.
+
+        Nothing is listed or decoded here: only the folders and files every key needs are checked to exist.
+
+        Raises:
+            DatasetError: The layout is not found.
+        """
 
     @abstractmethod
     def _key_groups(self) -> Iterable[Iterable[str]]:
@@ -212,6 +256,16 @@ class DatasetReader(ABC):
         )
 
     # ------------------------------------------------------------------------------------------------ helpers
+
+    def _require_folders(self, *folders: Path, what: str) -> None:
+        """Raise, with the layout hint, for the first of ``folders`` that is not a directory.
+
+        Raises:
+            DatasetError: Naming the folder as ``"<what> <folder> does not exist"``.
+        """
+        for folder in folders:
+            if not folder.is_dir():
+                raise DatasetError(f"{what} {folder} does not exist; {self.layout_hint()}")
 
     def _record_skip(self, image_key: str, path: str | Path, reason: str) -> None:
         self.skipped.append(SkippedSample(image_key=image_key, path=str(path), reason=reason))
@@ -269,6 +323,32 @@ def read_json(path: Path, *, what: str) -> Any:
         raise DatasetFileError(path, f"{what} does not exist") from None
     except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DatasetFileError(path, f"{what} is not valid JSON ({error})", "re-download or re-extract it") from None
+
+
+def read_name_list(path: Path, *, what: str) -> list[str]:
+    """The non-empty lines of a UTF-8 text file listing one name per line, stripped.
+
+    Raises:
+        DatasetError: The file cannot be read.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{what} {path} cannot be read ({error})") from None
+    return [line.strip() for line in lines if line.strip()]
+
+
+def pycocotools_mask(dataset: str) -> Any:
+    """Import and return the mask API of pycocotools.
+
+    Raises:
+        DatasetError: pycocotools is not installed; the message names ``dataset`` and the install command.
+    """
+    try:
+        from pycocotools import mask as mask_api
+    except ImportError:
+        raise DatasetError(f"reading {dataset} needs pycocotools; {INSTALL_DATA_EXTRA}") from None
+    return mask_api
 
 
 def _open_picture(path: Path, what: str):
@@ -429,9 +509,9 @@ def is_frame_stem(stem: str) -> bool:
 class PaletteVideoReader(DatasetReader):
     """Shared reader for DAVIS-style video datasets: JPEG frames and one palette PNG per annotated frame.
 
-    Subclasses set :attr:`frame_folder` and :attr:`annotation_folder` (each holding one folder per video) and
-    list the videos. Every annotation PNG is one sample keyed ``"<video>/<frame stem>"``; each palette index
-    except 0 (background) and 255 (void, unannotated pixels) is one object.
+    Subclasses set :attr:`frame_folder` and :attr:`annotation_folder` (each holding one folder per video) in
+    :meth:`_open` and list the videos. Every annotation PNG is one sample keyed ``"<video>/<frame stem>"``; each
+    palette index except 0 (background) and 255 (void, unannotated pixels) is one object.
     """
 
     frame_folder: Path

@@ -21,28 +21,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from usam.datasets.base import (
-    INSTALL_DATA_EXTRA,
-    DatasetFileError,
-    DatasetReader,
-    Sample,
-    read_json,
-    read_rgb_image,
-)
+from usam.datasets.base import DatasetFileError, DatasetReader, Sample, pycocotools_mask, read_json, read_rgb_image
 from usam.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
 #: Masks with fewer foreground pixels are too small to prompt reliably and are left out.
 MIN_MASK_PIXELS = 10
-
-
-def _mask_api() -> Any:
-    try:
-        from pycocotools import mask as mask_api
-    except ImportError:
-        raise DatasetError(f"reading COCO needs pycocotools; {INSTALL_DATA_EXTRA}") from None
-    return mask_api
 
 
 class CocoReader(DatasetReader):
@@ -53,25 +38,15 @@ class CocoReader(DatasetReader):
 
     name: ClassVar[str] = "coco"
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        *,
-        every: int = 1,
-        start: int = 0,
-        stop: int | None = None,
-        limit: int | None = None,
-    ) -> None:
-        """Check the layout; the annotation file is parsed on first use.
+    @classmethod
+    def _canonical_split(cls, split: str) -> str:
+        """``"val2017"`` -> ``"val"``; whether the split exists is checked by its annotation file."""
+        return split.removesuffix("2017")
 
-        Raises:
-            DatasetError: The root or the annotation file does not exist.
-        """
-        split = split.removesuffix("2017")
-        super().__init__(root, split, every=every, start=start, stop=stop, limit=limit)
-        self.annotation_file = self.root / "annotations" / f"instances_{split}2017.json"
-        self.image_folder = self.root / f"{split}2017"
+    def _open(self) -> None:
+        """Check that the annotation file exists; it is parsed on first use."""
+        self.annotation_file = self.root / "annotations" / f"instances_{self.split}2017.json"
+        self.image_folder = self.root / f"{self.split}2017"
         if not self.annotation_file.is_file():
             raise DatasetError(f"COCO annotation file {self.annotation_file} does not exist; {self.layout_hint()}")
         self._images_by_key: dict[str, dict[str, Any]] | None = None
@@ -130,7 +105,7 @@ class CocoReader(DatasetReader):
 
     def _rle(self, annotation: dict[str, Any], height: int, width: int) -> Any:
         """The annotation's mask as one compressed RLE, or None (with a warning) when it is malformed."""
-        mask_api = _mask_api()
+        mask_api = pycocotools_mask("COCO")
         segmentation = annotation.get("segmentation")
         try:
             if isinstance(segmentation, list):
@@ -168,7 +143,7 @@ class CocoReader(DatasetReader):
                 yield annotation, rle
 
     def _has_objects(self, record: dict[str, Any]) -> bool:
-        mask_api = _mask_api()
+        mask_api = pycocotools_mask("COCO")
         return any(int(mask_api.area(rle)) >= MIN_MASK_PIXELS for _, rle in self._valid_annotations(record))
 
     # ------------------------------------------------------------------------------------------ interface
@@ -196,7 +171,7 @@ class CocoReader(DatasetReader):
                 f"image is {image.shape[1]}x{image.shape[0]} but {self.annotation_file.name} says {width}x{height}",
                 "the image file does not belong to this annotation file",
             )
-        mask_api = _mask_api()
+        mask_api = pycocotools_mask("COCO")
         masks: dict[str, np.ndarray] = {}
         for annotation, rle in self._valid_annotations(record):
             mask = mask_api.decode(rle).astype(bool)

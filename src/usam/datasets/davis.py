@@ -16,10 +16,13 @@ index except 0 and 255 is one object, keyed by the index.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from usam.datasets.base import PaletteVideoReader
+from usam.datasets.base import PaletteVideoReader, SelectionOptions, read_name_list
 from usam.errors import DatasetError, InvalidInputError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 #: Frame resolutions DAVIS is distributed in.
 RESOLUTIONS = ("480p", "Full-Resolution")
@@ -35,39 +38,32 @@ class DavisReader(PaletteVideoReader):
     name: ClassVar[str] = "davis"
 
     def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        *,
-        resolution: str = "480p",
-        every: int = 1,
-        start: int = 0,
-        stop: int | None = None,
-        limit: int | None = None,
+        self, root: str | Path, split: str, *, resolution: str = "480p", **selection: Unpack[SelectionOptions]
     ) -> None:
-        """Check the layout.
+        """Check the arguments and the layout.
 
         Args:
             root: ``DAVIS`` folder or its parent.
             split: Name of a sequence list in ``ImageSets/2017``.
             resolution: ``"480p"`` or ``"Full-Resolution"``.
-            every: See :class:`~usam.datasets.base.DatasetReader`; applied within each sequence.
-            start: See :class:`~usam.datasets.base.DatasetReader`.
-            stop: See :class:`~usam.datasets.base.DatasetReader`.
-            limit: See :class:`~usam.datasets.base.DatasetReader`.
+            **selection: ``every`` (applied within each sequence), ``start``, ``stop``, ``limit``; see
+                :class:`~usam.datasets.base.DatasetReader`.
 
         Raises:
-            InvalidInputError: Unknown resolution.
+            InvalidInputError: Unknown resolution, or a selection option is out of range.
             DatasetError: The sequence list or the frame/annotation folders of the resolution do not exist.
         """
         if resolution not in RESOLUTIONS:
             raise InvalidInputError(f"DAVIS resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
-        super().__init__(root, split, every=every, start=start, stop=stop, limit=limit)
         self.resolution = resolution
+        super().__init__(root, split, **selection)
+
+    def _open(self) -> None:
+        """Find the sequence list (under ``root`` or ``root/DAVIS``) and the folders of the resolution."""
         base = self.root / "DAVIS" if (self.root / "DAVIS" / "ImageSets").is_dir() else self.root
-        self.sequence_list = base / "ImageSets" / "2017" / f"{split}.txt"
-        self.frame_folder = base / "JPEGImages" / resolution
-        self.annotation_folder = base / "Annotations" / resolution
+        self.sequence_list = base / "ImageSets" / "2017" / f"{self.split}.txt"
+        self.frame_folder = base / "JPEGImages" / self.resolution
+        self.annotation_folder = base / "Annotations" / self.resolution
         if not self.sequence_list.is_file():
             available = sorted(path.stem for path in self.sequence_list.parent.glob("*.txt"))
             known = f" (found: {', '.join(available)})" if available else ""
@@ -75,7 +71,7 @@ class DavisReader(PaletteVideoReader):
         for required in (self.frame_folder, self.annotation_folder):
             if not required.is_dir():
                 raise DatasetError(
-                    f"DAVIS folder {required} does not exist; download the {resolution} frames and "
+                    f"DAVIS folder {required} does not exist; download the {self.resolution} frames and "
                     "annotations "
                     f"or pass the resolution you have ({' or '.join(RESOLUTIONS)})"
                 )
@@ -92,8 +88,4 @@ class DavisReader(PaletteVideoReader):
         return super().__repr__()[:-1] + f", resolution={self.resolution!r})"
 
     def _videos(self) -> list[str]:
-        try:
-            lines = self.sequence_list.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            raise DatasetError(f"DAVIS sequence list {self.sequence_list} cannot be read ({error})") from None
-        return [line.strip() for line in lines if line.strip()]
+        return read_name_list(self.sequence_list, what="DAVIS sequence list")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -38,12 +38,16 @@ from usam.datasets.base import (
     DatasetFileError,
     DatasetReader,
     Sample,
+    SelectionOptions,
     check_mask_shape,
     read_binary_mask,
     read_rgb_image,
     sorted_files,
 )
 from usam.errors import DatasetError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)
 
@@ -59,27 +63,25 @@ class FolderReader(DatasetReader):
 
     name: ClassVar[str] = "folder"
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "all",
-        *,
-        every: int = 1,
-        start: int = 0,
-        stop: int | None = None,
-        limit: int | None = None,
-    ) -> None:
-        """Check the layout.
+    def __init__(self, root: str | Path, split: str = "all", **selection: Unpack[SelectionOptions]) -> None:
+        """Check the arguments and the layout.
+
+        Args:
+            root: Folder holding ``images`` and ``masks``.
+            split: Label stored in each sample.
+            **selection: ``every``, ``start``, ``stop``, ``limit``; see :class:`~usam.datasets.base.DatasetReader`.
 
         Raises:
+            InvalidInputError: A selection option is out of range.
             DatasetError: ``root``, ``root/images`` or ``root/masks`` does not exist.
         """
-        super().__init__(root, split, every=every, start=start, stop=stop, limit=limit)
+        super().__init__(root, split, **selection)
+
+    def _open(self) -> None:
+        """Check that ``root/images`` and ``root/masks`` exist; the images are listed on first use."""
         self.image_folder = self.root / "images"
         self.mask_folder = self.root / "masks"
-        for required in (self.image_folder, self.mask_folder):
-            if not required.is_dir():
-                raise DatasetError(f"folder {required} does not exist; {self.layout_hint()}")
+        self._require_folders(self.image_folder, self.mask_folder, what="folder")
         self._image_paths: dict[str, Path] | None = None
 
     @classmethod

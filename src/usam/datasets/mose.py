@@ -16,19 +16,13 @@ one object.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar
 
 from usam.datasets.base import DatasetFileError, PaletteVideoReader, read_json
 from usam.errors import DatasetError
 
-#: Accepted split names -> (canonical split, folder and meta-file name used by MOSE).
-_SPLITS = {
-    "train": ("train", "train"),
-    "val": ("val", "valid"),
-    "valid": ("val", "valid"),
-    "test": ("test", "test"),
-}
+#: Canonical split -> folder and meta-file name used by MOSE.
+_FOLDERS = {"train": "train", "val": "valid", "test": "test"}
 
 
 class MoseReader(PaletteVideoReader):
@@ -38,36 +32,18 @@ class MoseReader(PaletteVideoReader):
     """
 
     name: ClassVar[str] = "mose"
+    title: ClassVar[str] = "MOSE"
+    split_names: ClassVar[dict[str, str] | None] = {"train": "train", "val": "val", "valid": "val", "test": "test"}
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        *,
-        every: int = 1,
-        start: int = 0,
-        stop: int | None = None,
-        limit: int | None = None,
-    ) -> None:
-        """Find the split folder and its meta file.
-
-        Raises:
-            DatasetError: Unknown split, or the split folder or meta file does not exist.
-        """
-        if split not in _SPLITS:
-            raise DatasetError(f"MOSE has no split {split!r}; use one of {', '.join(_SPLITS)}")
-        canonical_split, folder = _SPLITS[split]
-        super().__init__(root, canonical_split, every=every, start=start, stop=stop, limit=limit)
-        if (self.root / folder / "JPEGImages").is_dir():
-            split_folder = self.root / folder
-        elif (self.root / "JPEGImages").is_dir():
+    def _open(self) -> None:
+        """Find the split folder (``root/<folder>`` or ``root`` itself) and its meta file."""
+        folder = _FOLDERS[self.split]
+        split_folder = self.root / folder
+        if not (split_folder / "JPEGImages").is_dir() and (self.root / "JPEGImages").is_dir():
             split_folder = self.root
-        else:
-            raise DatasetError(f"MOSE folder {self.root / folder / 'JPEGImages'} does not exist; {self.layout_hint()}")
         self.frame_folder = split_folder / "JPEGImages"
         self.annotation_folder = split_folder / "Annotations"
-        if not self.annotation_folder.is_dir():
-            raise DatasetError(f"MOSE folder {self.annotation_folder} does not exist; {self.layout_hint()}")
+        self._require_folders(self.frame_folder, self.annotation_folder, what="MOSE folder")
         meta_name = f"meta_{folder}.json"
         candidates = [self.root / meta_name, split_folder / meta_name, split_folder.parent / meta_name]
         found = next((path for path in candidates if path.is_file()), None)

@@ -42,8 +42,10 @@ from usam.datasets.base import (
     Sample,
     check_mask_shape,
     is_frame_stem,
+    pycocotools_mask,
     read_binary_mask,
     read_json,
+    read_name_list,
     read_rgb_image,
     sorted_files,
     split_key,
@@ -55,15 +57,6 @@ ANNOTATION_STRIDE = 4
 
 _SHARD_NAME = re.compile(r"^sav_\d{3}$")
 _MANUAL_SUFFIX = "_manual.json"
-_SPLITS = {"train": "train", "val": "val", "valid": "val", "test": "test"}
-
-
-def _mask_api() -> Any:
-    try:
-        from pycocotools import mask as mask_api
-    except ImportError:
-        raise DatasetError(f"reading SA-V needs pycocotools; {INSTALL_DATA_EXTRA}") from None
-    return mask_api
 
 
 def _cv2() -> Any:
@@ -137,25 +130,11 @@ class SavReader(DatasetReader):
     """
 
     name: ClassVar[str] = "sav"
+    title: ClassVar[str] = "SA-V"
+    split_names: ClassVar[dict[str, str] | None] = {"train": "train", "val": "val", "valid": "val", "test": "test"}
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        *,
-        every: int = 1,
-        start: int = 0,
-        stop: int | None = None,
-        limit: int | None = None,
-    ) -> None:
-        """Find the shards (train) or the split folder (val/test).
-
-        Raises:
-            DatasetError: Unknown split, or the expected folders do not exist.
-        """
-        if split not in _SPLITS:
-            raise DatasetError(f"SA-V has no split {split!r}; use one of {', '.join(_SPLITS)}")
-        super().__init__(root, _SPLITS[split], every=every, start=start, stop=stop, limit=limit)
+    def _open(self) -> None:
+        """Find the shards (train) or the split folder (val/test)."""
         self._frames = _SequentialFrames()
         # The annotation of the video being read: iteration asks for many frames of one video in a row.
         self._cached_annotation: tuple[Path, dict[str, Any]] | None = None
@@ -223,7 +202,7 @@ class SavReader(DatasetReader):
             yield from self._eval_key_groups()
 
     def _train_key_groups(self) -> Iterator[list[str]]:
-        mask_api = _mask_api()
+        mask_api = pycocotools_mask("SA-V")
         for shard in self.shards:
             for annotation_path in sorted(shard.glob(f"*{_MANUAL_SUFFIX}"), key=lambda path: path.name):
                 video = annotation_path.name.removesuffix(_MANUAL_SUFFIX)
@@ -262,11 +241,7 @@ class SavReader(DatasetReader):
     def _eval_videos(self) -> list[str]:
         video_list = self.split_folder / f"sav_{self.split}.txt"
         if video_list.is_file():
-            try:
-                lines = video_list.read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as error:
-                raise DatasetError(f"SA-V video list {video_list} cannot be read ({error})") from None
-            return [line.strip() for line in lines if line.strip()]
+            return read_name_list(video_list, what="SA-V video list")
         return sorted(path.name for path in self.annotation_folder.iterdir() if path.is_dir())
 
     def _object_folders(self, video: str) -> list[Path]:
@@ -328,7 +303,7 @@ class SavReader(DatasetReader):
                 f"{ANNOTATION_STRIDE}, ..., {(len(masklets) - 1) * ANNOTATION_STRIDE}"
             )
         image = self._frames.read(shard_folder / f"{video}.mp4", frame)
-        mask_api = _mask_api()
+        mask_api = pycocotools_mask("SA-V")
         masks: dict[str, np.ndarray] = {}
         for object_id, rle in zip(object_ids, masklets[index], strict=True):
             try:
