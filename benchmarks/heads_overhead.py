@@ -2,11 +2,13 @@
 
 Runs sam2.1 tiny at its real 1024-pixel size (random weights: speed does not depend on the values) on the CPU with
 the image already set, and prints for 1 prompt and for 16 prompts the median time of
-  - SAM2ImagePredictor.predict alone (the baseline),
-  - UncertainSAM.predict with all nine heads (hooks + heads + entropy),
-and their ratio. Runs are interleaved (baseline, usam, baseline, ...) so drifts of the machine hit both alike.
+  - SAM2ImagePredictor.predict alone,
+  - UncertainSAM.predict without heads (token hooks + entropy),
+  - UncertainSAM.predict with all nine heads,
+and the ratios: with heads / without heads (the cost of the heads) and with heads / SAM2 alone (everything usam
+adds). Runs are interleaved (one of each per round) so drifts of the machine hit all variants alike.
 
-    .venv/bin/python benchmarks/heads_overhead.py [--repeats 41] [--threads 2]
+    .venv/bin/python benchmarks/heads_overhead.py [--repeats 101] [--repeats-batched 15] [--threads 2]
 """
 
 from __future__ import annotations
@@ -33,19 +35,20 @@ def _time(function, repeats: int) -> list[float]:
     return times
 
 
-def _interleaved(baseline, candidate, repeats: int) -> tuple[float, float]:
-    baseline(), candidate()  # warm-up
-    base_times, candidate_times = [], []
+def _interleaved(*functions, repeats: int) -> list[float]:
+    for function in functions:
+        function()  # warm-up
+    times = [[] for _ in functions]
     for _ in range(repeats):
-        base_times += _time(baseline, 1)
-        candidate_times += _time(candidate, 1)
-    return statistics.median(base_times), statistics.median(candidate_times)
+        for function, collected in zip(functions, times, strict=True):
+            collected += _time(function, 1)
+    return [statistics.median(collected) for collected in times]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=41, help="timed runs per variant (1 prompt)")
-    parser.add_argument("--repeats-batched", type=int, default=9, help="timed runs per variant (16 prompts)")
+    parser.add_argument("--repeats", type=int, default=101, help="timed runs per variant (1 prompt)")
+    parser.add_argument("--repeats-batched", type=int, default=15, help="timed runs per variant (16 prompts)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,9 +57,11 @@ def main() -> None:
     sam_model = sam2_adapter.build_sam2_model("sam2.1-tiny", device="cpu", random_weights=True)
     predictor = sam2_adapter.make_image_predictor(sam_model)
     model = UncertainSAM(predictor, random_heads(HEAD_NAMES))
+    without_heads = UncertainSAM(predictor)
     rng = np.random.default_rng(0)
     image = (rng.random((768, 1024, 3)) * 255).astype(np.uint8)
-    model.set_image(image)  # sets the image on the shared predictor: both variants reuse the embedding
+    model.set_image(image)  # sets the image on the shared predictor: all variants reuse the embedding
+    without_heads.set_image(image)
     print(f"sam2.1-tiny, 1024 px, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
 
     for num_prompts, repeats in ((1, args.repeats), (16, args.repeats_batched)):
@@ -65,12 +70,16 @@ def main() -> None:
         else:
             points = rng.uniform([0, 0], [1023, 767], size=(num_prompts, 1, 2))
             prompt = {"point_coords": points, "point_labels": np.ones((num_prompts, 1))}
-        base, usam = _interleaved(
-            lambda prompt=prompt: predictor.predict(**prompt), lambda prompt=prompt: model.predict(**prompt), repeats
+        sam2, no_heads, nine_heads = _interleaved(
+            lambda prompt=prompt: predictor.predict(**prompt),
+            lambda prompt=prompt: without_heads.predict(**prompt),
+            lambda prompt=prompt: model.predict(**prompt),
+            repeats=repeats,
         )
         print(
-            f"{num_prompts:>2} prompt(s): SAM2 predict {base * 1e3:8.1f} ms | with nine heads {usam * 1e3:8.1f} ms | "
-            f"ratio {usam / base:.4f}  (median of {repeats})"
+            f"{num_prompts:>2} prompt(s): SAM2 {sam2 * 1e3:7.1f} ms | usam without heads {no_heads * 1e3:7.1f} ms | "
+            f"with nine heads {nine_heads * 1e3:7.1f} ms | heads/no heads {nine_heads / no_heads:.4f} | "
+            f"heads/SAM2 {nine_heads / sam2:.4f}  (median of {repeats})"
         )
 
     # Fused heads vs nine separate MLP modules, on the same features (3 masks and 48 masks).
@@ -106,7 +115,7 @@ def main() -> None:
             fused, nine = _interleaved(
                 lambda features=features: heads(features),
                 lambda features=features: [mlp(features) for mlp in separate],
-                201,
+                repeats=201,
             )
         print(
             f"{num_prompts:>2} prompt(s), {features.shape[0]} masks: fused heads {fused * 1e3:.3f} ms | "

@@ -155,7 +155,9 @@ def test_parse_shard():
     assert parse_shard("2/8") == (2, 8)
     assert parse_shard(None, {}) == (0, 1)
     assert parse_shard(None, {"RANK": "3", "WORLD_SIZE": "4"}) == (3, 4)
-    assert parse_shard(None, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "6", "SLURM_ARRAY_TASK_MIN": "1"}) == (
+    assert parse_shard(
+        None, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "6", "SLURM_ARRAY_TASK_MIN": "1"}
+    ) == (
         4,
         6,
     )
@@ -174,9 +176,27 @@ def checkpoint_dir(tmp_path_factory, sam_models):
 
 def _extract_command(dataset, store, checkpoint_dir, *extra):
     return [
-        sys.executable, "-m", "usam", "extract", "--dataset", "folder", "--root", str(dataset), "--split", "all",
-        "--out", str(store), "--models", *MODELS, "--checkpoint-dir", str(checkpoint_dir), "--rows-per-part", "2",
-        "--no-progress", *SMALL, *extra,
+        sys.executable,
+        "-m",
+        "usam",
+        "extract",
+        "--dataset",
+        "folder",
+        "--root",
+        str(dataset),
+        "--split",
+        "all",
+        "--out",
+        str(store),
+        "--models",
+        *MODELS,
+        "--checkpoint-dir",
+        str(checkpoint_dir),
+        "--rows-per-part",
+        "2",
+        "--no-progress",
+        *SMALL,
+        *extra,
     ]
 
 
@@ -211,7 +231,9 @@ def test_killed_extraction_resumes_with_every_row_once(tmp_path, checkpoint_dir)
 def test_cli_extract_reports_bad_dataset_in_one_line(tmp_path, checkpoint_dir):
     completed = subprocess.run(
         _extract_command(tmp_path / "nothing-here", tmp_path / "store", checkpoint_dir),
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert completed.returncode == 2
     assert "Traceback" not in completed.stderr

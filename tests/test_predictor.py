@@ -112,6 +112,22 @@ def test_captured_tokens_are_the_decoder_outputs(predictor, rgb_image):
     np.testing.assert_allclose(scores[:, 1:], result.sam_scores, atol=1e-6)
 
 
+@pytest.mark.parametrize("multimask_output", [True, False])
+def test_general_and_fast_capture_agree(predictor, rgb_image, multimask_output):
+    """The one-hook capture of multimask calls and the per-module hooks of the general path see the same tokens."""
+    predictor.set_image(rgb_image)
+    prompt = {"point_coords": np.array([[[30.0, 40.0]], [[70.0, 20.0]]]), "point_labels": np.ones((2, 1))}
+    captured = []
+    for declared in (multimask_output, None):
+        with sam2_adapter.DecoderTokenCapture(predictor, multimask_output=declared) as capture:
+            predictor.predict(**prompt, multimask_output=multimask_output)
+        captured.append(capture.single_call())
+    fast, general = captured
+    torch.testing.assert_close(fast.iou_token, general.iou_token, rtol=0, atol=0)
+    torch.testing.assert_close(fast.mask_tokens, general.mask_tokens, rtol=0, atol=0)
+    torch.testing.assert_close(fast.mask_token_index, general.mask_token_index)
+
+
 def test_batched_call_equals_single_calls(predictor, rgb_image):
     model = UncertainSAM(predictor, random_heads(seed=4))
     model.set_image(rgb_image)

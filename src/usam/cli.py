@@ -508,9 +508,9 @@ def _run_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     heads = load_heads(path)
-    metrics = heads.metadata.training.get("validation", {})
+    per_head = heads.metadata.training.get("heads", {})
     for name in heads.names:
-        values = metrics.get(name, {})
+        values = per_head.get(name, {}).get("validation", {})
         summary = ", ".join(f"{key} {value:.4f}" for key, value in values.items() if isinstance(value, float))
         print(f"{name}: {summary}" if summary else name)
     print(f"wrote {path}")
@@ -530,7 +530,10 @@ def _add_evaluate(subparsers: Any) -> None:
     parser.add_argument("--heads", type=Path, required=True, help="heads file or the authors' released folder")
     parser.add_argument("--out", type=Path, required=True, metavar="REPORT", help="report folder")
     parser.add_argument(
-        "--model", default="tiny", choices=["tiny", "small", "base-plus", "large"], help="SAM2 size to evaluate"
+        "--model",
+        default="tiny",
+        help="SAM2 size to evaluate: tiny, small, base-plus or large, or a full name such as sam2.1-tiny when the "
+        "store holds two versions (default %(default)s)",
     )
     parser.add_argument("--seeds", type=int, default=10, help="random orders averaged for the random baseline")
     parser.add_argument("--no-ablation", action="store_true", help="skip the token ablation (it trains three heads)")

@@ -185,19 +185,23 @@ class UncertaintyHeads(nn.Module):
         Returns:
             (H, N) logits.
         """
-        num_heads = self.weight1.shape[0]
+        num_heads, hidden = self.weight1.shape[:2]
         if features.dim() == 2:
-            # Shared rows: a broadcast view, no copy. A batched product per layer measured faster on CPU than one
-            # (N, in) x (in, H * hidden) product, and it reads each weight once.
-            features = features.expand(num_heads, *features.shape)
-        if features.dim() != 3 or features.shape[0] != num_heads:
+            # All heads read the same rows: their first layers are one (H * hidden, in) x (in, N) product.
+            first = torch.addmm(self.bias1.reshape(-1, 1), self.weight1.reshape(num_heads * hidden, -1), features.t())
+        elif features.dim() == 3 and features.shape[0] == num_heads:
+            first = torch.baddbmm(self.bias1.unsqueeze(2), self.weight1, features.transpose(1, 2))
+        else:
             raise ValueError(
                 f"features must be (N, {self.metadata.input_dim}) or ({num_heads}, N, {self.metadata.input_dim}), "
                 f"got {tuple(features.shape)}"
             )
-        first = torch.baddbmm(self.bias1.unsqueeze(1), features, self.weight1.transpose(1, 2))
-        second = torch.baddbmm(self.bias2.unsqueeze(1), first.relu(), self.weight2.transpose(1, 2)).relu()
-        return torch.baddbmm(self.bias3.view(-1, 1, 1), second, self.weight3.unsqueeze(2)).squeeze(2)
+        # Weights on the left and activations as a transposed view on the right: for the few rows of a predict
+        # call this is the layout in which the CPU's matrix kernels stream the 19 MB of weights fastest (measured
+        # 2x faster than activations on the left). The copy below only moves the small activations.
+        hidden_rows = first.view(num_heads, hidden, -1).relu_().transpose(1, 2).contiguous()
+        second = torch.baddbmm(self.bias2.unsqueeze(2), self.weight2, hidden_rows.transpose(1, 2)).relu_()
+        return torch.bmm(self.weight3.unsqueeze(1), second).squeeze(1) + self.bias3.unsqueeze(1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Reported values of all heads: the sigmoid for ``iou_*`` heads, sigmoid - 0.5 for ``*_gap`` heads.

@@ -21,8 +21,6 @@ from usam.errors import HeadsFileError, InvalidInputError
 from usam.heads import PAIRING_AS_RELEASED, UncertaintyHeads, load_heads
 from usam.images import as_rgb_uint8
 
-_VALID_POINT_LABELS = (-1, 0, 1, 2, 3)  # SAM2: -1 padding, 0 background, 1 foreground, 2/3 box corners
-
 
 @dataclasses.dataclass
 class UncertainPrediction:
@@ -206,8 +204,8 @@ class UncertainSAM:
         point_coords, point_labels, box, mask_input = self._checked_prompts(
             point_coords, point_labels, box, mask_input, normalize_coords
         )
-        # Multimask calls need not identify a fallback token: skip those hooks (less work on the hot path).
-        capture = sam2_adapter.DecoderTokenCapture(self.predictor, identify_single_mask_token=not multimask_output)
+        # Telling the capture what the call asks for lets a multimask call get by with one hook.
+        capture = sam2_adapter.DecoderTokenCapture(self.predictor, multimask_output=multimask_output)
         with capture, sam2_adapter.inference_context(self.device):
             masks, sam_scores, low_res_logits = self.predictor.predict(
                 point_coords=point_coords,
@@ -270,7 +268,8 @@ class UncertainSAM:
             if point_labels is None:
                 raise InvalidInputError("point_labels must be given with point_coords (1 = foreground, 0 = background)")
             point_coords = _as_float_array(point_coords, "point_coords")
-            point_labels = np.asarray(point_labels)
+            # SAM2's labels: -1 padding, 0 background, 1 foreground, 2/3 box corners.
+            point_labels = _as_float_array(point_labels, "point_labels")
             if point_coords.ndim not in (2, 3) or point_coords.shape[-1] != 2 or point_coords.shape[-2] == 0:
                 raise InvalidInputError(f"point_coords must have shape (N, 2) or (B, N, 2), got {point_coords.shape}")
             if point_labels.shape != point_coords.shape[:-1]:
@@ -278,7 +277,7 @@ class UncertainSAM:
                     f"point_labels has shape {point_labels.shape}, expected {point_coords.shape[:-1]} "
                     "to match point_coords"
                 )
-            if not np.isin(point_labels, _VALID_POINT_LABELS).all():
+            if not ((point_labels >= -1) & (point_labels <= 3) & (point_labels == np.round(point_labels))).all():
                 raise InvalidInputError(
                     f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(point_labels)}"
                 )

@@ -244,16 +244,18 @@ class DecoderTokenCapture:
         >>> call = capture.single_call()  # doctest: +SKIP
     """
 
-    def __init__(self, predictor: Any, *, identify_single_mask_token: bool = True) -> None:
+    def __init__(self, predictor: Any, *, multimask_output: bool | None = None) -> None:
         """Prepare hooks on the predictor's mask decoder (registered on ``__enter__``).
 
         Args:
             predictor: A ``SAM2ImagePredictor`` or a SAM2 model.
-            identify_single_mask_token: Also hook what it takes to tell which token produced a single returned mask
-                (SAM2's dynamic fallback). Callers that only make multimask calls can skip those hooks.
+            multimask_output: What every decoder call inside the block asks for, if the caller knows it. ``True``
+                needs a single hook (on the two-way transformer, whose output holds all tokens): the cheapest
+                capture, for the prediction hot path. ``None`` (calls of either kind) and ``False`` also hook what
+                it takes to tell which token produced a single returned mask (SAM2's dynamic fallback).
         """
         self.decoder = mask_decoder_of(predictor)
-        self.identify_single_mask_token = identify_single_mask_token
+        self.multimask_only = multimask_output is True
         self.calls: list[DecoderCall] = []
         self._handles: list[Any] = []
         self._iou_token: torch.Tensor | None = None
@@ -265,6 +267,9 @@ class DecoderTokenCapture:
     def __enter__(self) -> DecoderTokenCapture:
         decoder = self.decoder
         self.calls = []
+        if self.multimask_only:
+            self._handles = [decoder.transformer.register_forward_hook(self._on_transformer)]
+            return self
         self._handles = [
             decoder.register_forward_pre_hook(self._on_decoder_start, with_kwargs=True),
             decoder.iou_prediction_head.register_forward_pre_hook(self._on_iou_head),
@@ -272,11 +277,9 @@ class DecoderTokenCapture:
         ]
         for index, hypernetwork in enumerate(decoder.output_hypernetworks_mlps):
             self._handles.append(hypernetwork.register_forward_pre_hook(self._mask_token_hook(index)))
-            if self.identify_single_mask_token:
-                self._handles.append(hypernetwork.register_forward_hook(self._hyper_output_hook(index)))
-        if self.identify_single_mask_token:
-            # The last module of output_upscaling emits the upscaled embedding in both of predict_masks' code paths.
-            self._handles.append(decoder.output_upscaling[-1].register_forward_hook(self._on_upscaled))
+            self._handles.append(hypernetwork.register_forward_hook(self._hyper_output_hook(index)))
+        # The last module of output_upscaling emits the upscaled embedding in both of predict_masks' code paths.
+        self._handles.append(decoder.output_upscaling[-1].register_forward_hook(self._on_upscaled))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -296,6 +299,16 @@ class DecoderTokenCapture:
         self._reset_pending()
         multimask = kwargs.get("multimask_output", args[4] if len(args) > 4 else None)
         self._multimask_output = bool(multimask)
+
+    def _on_transformer(self, module: torch.nn.Module, args: tuple, output: tuple) -> None:
+        # predict_masks reads its output tokens from hs exactly like this (after the object-score token, if any).
+        hidden_states = output[0].detach()
+        first = 1 if self.decoder.pred_obj_scores else 0
+        mask_tokens = hidden_states[:, first + 1 : first + 1 + NUM_MASK_TOKENS]
+        if mask_tokens.shape[1] != NUM_MASK_TOKENS:
+            raise UsamError("could not capture the decoder tokens: the decoder has fewer than four mask tokens")
+        token_index = torch.arange(1, NUM_MASK_TOKENS, device=hidden_states.device).expand(len(hidden_states), -1)
+        self.calls.append(DecoderCall(hidden_states[:, first], mask_tokens, token_index))
 
     def _on_iou_head(self, module: torch.nn.Module, args: tuple) -> None:
         self._iou_token = args[0].detach()
@@ -328,8 +341,6 @@ class DecoderTokenCapture:
         if self._multimask_output:
             token_index = torch.arange(1, NUM_MASK_TOKENS, device=device).expand(batch, -1)
         elif self.decoder.dynamic_multimask_via_stability and not self.decoder.training:
-            if not self.identify_single_mask_token:
-                raise UsamError("single-mask call captured without identify_single_mask_token=True")
             token_index = self._producing_tokens(returned_masks)
         else:
             token_index = torch.zeros(batch, 1, dtype=torch.long, device=device)

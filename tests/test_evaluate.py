@@ -1,0 +1,404 @@
+"""Tests for usam.evaluate on a small synthetic token store whose true values are known."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from usam.errors import InvalidInputError
+from usam.evaluate import ABLATION_VARIANTS, AUC_RANGES, ENTROPY_MEASURES, run_evaluation
+from usam.heads import HEAD_NAMES, random_heads
+from usam.metrics import CORRECTION_SCENARIOS, correction_curve, no_correction_curve, oracle_curve, relative_auc
+from usam.store import StoreWriter, row_schema
+from usam.trainer import HyperParameters
+
+NUM_IMAGES = 16
+OBJECTS_PER_IMAGE = 5
+TINY, LARGE = "sam2.1-tiny", "sam2.1-large"
+FAST_TRAINING = HyperParameters(lr=0.01, epochs=2, batch_size=16, momentum=0.9)
+
+
+# Synthetic store -------------------------------------------------------------------------------------------------
+
+
+def synthetic_row(image_key, object_id, model, iou, rng, *, large_iou=None, h_prompt_null=False):
+    """One store row whose values are consistent with each other.
+
+    ``iou`` is a multiple of 1/256 (exact in float32), so that ``h_std = 1 - iou`` and ``sam_scores[best] = iou``
+    order objects exactly as the true gain of segmentation uncertainty, ``1 - iou``, does.
+    """
+    best = int(rng.integers(3))
+    mask_ious = rng.uniform(0.0, iou, 3)
+    mask_ious[best] = iou
+    sam_scores = rng.uniform(0.0, 1.0, 3)
+    sam_scores[best] = iou
+    unsupervised_iou = float(mask_ious[np.argmax(sam_scores)])
+    dense_iou = float(np.clip(iou + rng.uniform(-0.1, 0.4), 0.0, 1.0))
+    row = {}
+    for field in row_schema():
+        if pa.types.is_fixed_size_list(field.type):
+            row[field.name] = rng.standard_normal(field.type.list_size).astype(np.float32)
+        elif pa.types.is_integer(field.type):
+            row[field.name] = 64
+        elif pa.types.is_floating(field.type):
+            row[field.name] = float(rng.random())
+    row.update(
+        image_key=image_key,
+        object_id=object_id,
+        model=model,
+        dataset="coco",
+        split="val",
+        sam_scores=sam_scores,
+        mask_ious=mask_ious,
+        iou=iou,
+        unsupervised_iou=unsupervised_iou,
+        iou_dense_prompt=dense_iou,
+        model_gap=None if large_iou is None else large_iou - iou,
+        prompt_gap=dense_iou - iou,
+        task_gap=iou - unsupervised_iou,
+        h_std=1.0 - iou,
+        h_theta=None,  # as if this part of the Monte Carlo estimate had been skipped
+        h_theta_sam_pick=None,
+        h_prompt=None if h_prompt_null else float(rng.random()),
+        h_prompt_sam_pick=None if h_prompt_null else float(rng.random()),
+    )
+    return row
+
+
+def write_synthetic_store(root, seed=0):
+    """Tiny and large rows for every object, plus one object with only a tiny and one with only a large row.
+
+    Returns the rows per object: ``{(image, object): {"tiny": row, "large": row}}`` (one model for the two extras).
+    """
+    rng = np.random.default_rng(seed)
+    # Distinct multiples of 1/256 in [0.2, 0.9] for the tiny model; the large model is better on most objects.
+    tiny_ious = rng.choice(np.arange(52, 231), NUM_IMAGES * OBJECTS_PER_IMAGE, replace=False) / 256.0
+    truth = {}
+    with StoreWriter(root, rows_per_part=40) as writer:
+        for image in range(NUM_IMAGES):
+            image_key = f"img{image:03d}"
+            rows = []
+            for obj in range(OBJECTS_PER_IMAGE):
+                tiny_iou = float(tiny_ious[image * OBJECTS_PER_IMAGE + obj])
+                large_iou = float(np.clip(tiny_iou + rng.uniform(-0.05, 0.3), 0.0, 1.0))
+                h_prompt_null = obj == 0  # one object in five has no h_prompt
+                tiny = synthetic_row(image_key, f"o{obj}", TINY, tiny_iou, rng, large_iou=large_iou,
+                                     h_prompt_null=h_prompt_null)  # fmt: skip
+                large = synthetic_row(image_key, f"o{obj}", LARGE, large_iou, rng, large_iou=large_iou)
+                large["model_gap"] = tiny["model_gap"]
+                rows += [tiny, large]
+                truth[(image_key, f"o{obj}")] = {"tiny": tiny, "large": large}
+            if image == 0:
+                rows.append(synthetic_row(image_key, "only_tiny", TINY, 0.5, rng))
+                truth[(image_key, "only_tiny")] = {"tiny": rows[-1]}
+            if image == 1:
+                rows.append(synthetic_row(image_key, "only_large", LARGE, 0.5, rng))
+                truth[(image_key, "only_large")] = {"large": rows[-1]}
+            writer.add_image(image_key, rows)
+    return truth
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("evaluate")
+    truth = write_synthetic_store(folder / "store")
+    heads = random_heads(HEAD_NAMES, seed=3)
+    heads.save(folder / "heads.safetensors")
+    results = run_evaluation(
+        folder / "store",
+        folder / "heads.safetensors",
+        folder / "report",
+        model="tiny",
+        seeds=4,
+        ablation=True,
+        ablation_hyper_parameters=FAST_TRAINING,
+        progress=False,
+    )
+    return {"folder": folder, "truth": truth, "heads": heads, "results": results}
+
+
+# Output files ----------------------------------------------------------------------------------------------------
+
+
+def test_writes_report_json_and_plots(evaluation):
+    out = evaluation["folder"] / "report"
+    expected = {"report.md", "results.json", "correlation.png", "ablation.png"}
+    expected |= {f"curves_{scenario.name}.png" for scenario in CORRECTION_SCENARIOS}
+    assert expected <= {path.name for path in out.iterdir()}
+    for name in expected - {"report.md", "results.json"}:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert set(evaluation["results"]["files"]) == expected
+
+    stored = json.loads((out / "results.json").read_text())
+    assert stored["model"] == TINY
+    assert stored["seeds"] == 4
+    assert stored["auc_ranges"] == {"r_0_1": [0.0, 1.0], "r_0_0.5": [0.0, 0.5]}
+
+    report = (out / "report.md").read_text()
+    assert "r ∈ [0, 1]" in report
+    assert "r ∈ [0, 0.5]" in report
+    for scenario in CORRECTION_SCENARIOS:
+        assert f"(curves_{scenario.name}.png)" in report
+    assert "random weights" in report  # random_heads are flagged as meaningless
+    assert "`h_theta`" in report  # the skipped measure is named
+
+
+def test_plots_are_high_resolution(evaluation):
+    from PIL import Image
+
+    with Image.open(evaluation["folder"] / "report" / "curves_prompt_refinement.png") as image:
+        assert image.width >= 1500  # 10.5 inches at 200 dpi
+        assert image.info["dpi"][0] >= 150
+
+
+def test_every_scenario_has_every_measure_with_both_auc_ranges(evaluation):
+    stored = json.loads((evaluation["folder"] / "report" / "results.json").read_text())
+    expected_heads = {
+        "model_selection": {"model_gap", "iou_tiny", "iou_large-iou_tiny"},
+        "prompt_refinement": {"prompt_gap", "iou_tiny", "iou_dense_prompt-iou_tiny"},
+        "task_supervision": {"task_gap", "iou_unsupervised", "iou_tiny-iou_unsupervised"},
+        "segmentation_uncertainty": {"iou_tiny"},
+    }
+    present_entropies = set(ENTROPY_MEASURES) - {"h_theta"}
+    for scenario in CORRECTION_SCENARIOS:
+        entry = stored["scenarios"][scenario.name]
+        assert entry["status"] == "done", scenario.name
+        measures = entry["measures"]
+        assert set(measures) == expected_heads[scenario.name] | present_entropies | {"sam_score", "random", "oracle"}
+        assert set(entry["skipped_measures"]) == {"h_theta"}
+        assert "null for every object" in entry["skipped_measures"]["h_theta"]
+        for key, measure in measures.items():
+            aucs = measure["relative_auc_percent"]
+            assert set(aucs) == set(AUC_RANGES), (scenario.name, key)
+            assert all(isinstance(value, float) and math.isfinite(value) for value in aucs.values()), (key, aucs)
+            assert len(measure["mean_iou"]) == len(stored["fractions"])
+        assert measures["oracle"]["relative_auc_percent"] == pytest.approx({"r_0_1": 100.0, "r_0_0.5": 100.0}, abs=1e-9)
+        # h_prompt is null for object o0 of every image: scored on the other objects only.
+        assert measures["h_prompt"]["num_objects"] == entry["num_objects"] - NUM_IMAGES
+        assert measures["h_std"]["num_objects"] == entry["num_objects"]
+
+
+def test_objects_missing_a_model_row_are_dropped_and_counted(evaluation):
+    entry = evaluation["results"]["scenarios"]["model_selection"]
+    assert entry["num_objects"] == NUM_IMAGES * OBJECTS_PER_IMAGE
+    assert entry["counts"]["objects_without_corrected_row"] == 1
+    assert entry["counts"]["objects_without_base_row"] == 1
+    paired = [rows for rows in evaluation["truth"].values() if len(rows) == 2]
+    assert entry["mean_base_iou"] == pytest.approx(np.mean([rows["tiny"]["iou"] for rows in paired]), abs=1e-6)
+    assert entry["mean_corrected_iou"] == pytest.approx(np.mean([rows["large"]["iou"] for rows in paired]), abs=1e-6)
+    # The other scenarios use the tiny rows alone, so the object with only a tiny row counts there.
+    assert evaluation["results"]["scenarios"]["prompt_refinement"]["num_objects"] == NUM_IMAGES * OBJECTS_PER_IMAGE + 1
+    report = (evaluation["folder"] / "report" / "report.md").read_text()
+    assert "dropped: 1 without a sam2.1-large row, 1 without a sam2.1-tiny row" in report
+
+
+def test_a_measure_equal_to_the_true_gain_scores_100(evaluation):
+    measures = evaluation["results"]["scenarios"]["segmentation_uncertainty"]["measures"]
+    # h_std = 1 - iou is the gain of a perfect correction; SAM's score equals the IoU (lowest corrected first).
+    for key in ("h_std", "sam_score"):
+        for value in measures[key]["relative_auc_percent"].values():
+            assert value == pytest.approx(100.0, abs=1e-9), key
+    assert measures["h_std"]["mean_iou"] == pytest.approx(measures["oracle"]["mean_iou"])
+    # Random ranking is clearly worse than the oracle here.
+    assert measures["random"]["relative_auc_percent"]["r_0_1"] < 90.0
+
+
+def as_stored(values):
+    return np.asarray(values, dtype=np.float32).astype(np.float64)
+
+
+def expected_relative_aucs(base, corrected, values, higher):
+    """Relative AUC per range from usam.metrics alone, bypassing the store and the evaluation module."""
+    curve = correction_curve(base, corrected, values, higher_is_uncertain=higher)
+    none, oracle = no_correction_curve(base), oracle_curve(base, corrected)
+    return {key: relative_auc(curve, none, oracle, max_fraction=limit) for key, limit in AUC_RANGES.items()}
+
+
+def head_inputs(rows, pairing_offset):
+    """IoU token and the mask token of the best output, assembled here independently of the trainer."""
+    return torch.from_numpy(
+        np.stack(
+            [
+                np.concatenate(
+                    [row["iou_token"], row["mask_tokens"].reshape(4, 256)[np.argmax(row["mask_ious"]) + pairing_offset]]
+                )
+                for row in rows
+            ]
+        )
+    )
+
+
+def test_numbers_match_a_direct_computation_from_the_rows(evaluation):
+    truth, heads, scenarios = evaluation["truth"], evaluation["heads"], evaluation["results"]["scenarios"]
+    paired = [truth[key] for key in sorted(truth) if set(truth[key]) == {"tiny", "large"}]
+    tiny = [entry["tiny"] for entry in paired]
+    # The store keeps float32; the evaluation computes in float64 from those values.
+    base = as_stored([row["iou"] for row in tiny])
+    large = as_stored([entry["large"]["iou"] for entry in paired])
+    scores = as_stored([row["sam_scores"][np.argmax(row["mask_ious"])] for row in tiny])
+    with torch.no_grad():
+        predicted = {name: values.double().numpy() for name, values in heads.predict(head_inputs(tiny, 1)).items()}
+    selection = scenarios["model_selection"]["measures"]
+    checks = {
+        "sam_score": (scores, False),
+        "iou_tiny": (predicted["iou_tiny"], False),
+        "model_gap": (predicted["model_gap"], True),
+        "iou_large-iou_tiny": (predicted["iou_large"] - predicted["iou_tiny"], True),
+        "h_all": (as_stored([row["h_all"] for row in tiny]), True),
+    }
+    for key, (values, higher) in checks.items():
+        expected = expected_relative_aucs(base, large, values, higher)
+        for range_key, value in expected.items():
+            assert selection[key]["relative_auc_percent"][range_key] == pytest.approx(value, abs=1e-6), key
+
+    # Task supervision ranks by the score and entropies of SAM's pick, on every tiny row (the tiny-only one too).
+    all_tiny = [truth[key]["tiny"] for key in sorted(truth) if "tiny" in truth[key]]
+    base = as_stored([row["unsupervised_iou"] for row in all_tiny])
+    best = as_stored([row["iou"] for row in all_tiny])
+    task = scenarios["task_supervision"]["measures"]
+    pick_scores = as_stored([row["sam_scores"].max() for row in all_tiny])
+    pick_entropy = as_stored([row["h_std_sam_pick"] for row in all_tiny])
+    for key, values, higher in (("sam_score", pick_scores, False), ("h_std", pick_entropy, True)):
+        expected = expected_relative_aucs(base, best, values, higher)
+        assert task[key]["relative_auc_percent"] == pytest.approx(expected, abs=1e-6), key
+    assert task["h_std"]["source"] == "column h_std_sam_pick"
+    assert task["h_task"]["source"] == "column h_task"
+
+
+def test_heads_read_the_mask_token_of_their_pairing(evaluation, tmp_path):
+    folder, truth = evaluation["folder"], evaluation["truth"]
+    heads = random_heads(["iou_tiny"], seed=7, pairing="as-released")
+    heads.save(tmp_path / "released.st")
+    results = run_evaluation(folder / "store", tmp_path / "released.st", tmp_path / "out", seeds=1, ablation=False,
+                             progress=False)  # fmt: skip
+    rows = [truth[key]["tiny"] for key in sorted(truth) if "tiny" in truth[key]]
+    base = as_stored([row["iou"] for row in rows])
+    for offset, should_match in ((0, True), (1, False)):
+        with torch.no_grad():
+            predicted = heads.predict(head_inputs(rows, offset))["iou_tiny"].double().numpy()
+        expected = expected_relative_aucs(base, np.ones_like(base), predicted, False)
+        measured = results["scenarios"]["segmentation_uncertainty"]["measures"]["iou_tiny"]["relative_auc_percent"]
+        assert (measured == pytest.approx(expected, abs=1e-6)) is should_match, offset
+
+
+def test_correlation_matrix(evaluation):
+    correlation = evaluation["results"]["correlation"]
+    names = correlation["names"]
+    expected = ["true_iou", "sam_score", "h_std", "h_all", "h_task", "h_prompt", "h_augmentation"]
+    expected += ["true_model_gap", "true_prompt_gap", "true_task_gap"] + [f"head_{name}" for name in HEAD_NAMES]
+    assert names == expected
+    assert correlation["left_out"] == {"h_theta": "null for every row"}
+    matrix = np.array(correlation["matrix"], dtype=float)
+    assert matrix.shape == (len(names), len(names))
+    np.testing.assert_allclose(matrix, matrix.T)
+    np.testing.assert_allclose(np.diag(matrix), 1.0)
+    # h_std = 1 - IoU and SAM's score = IoU, by construction.
+    assert matrix[names.index("true_iou"), names.index("h_std")] == pytest.approx(-1.0)
+    assert matrix[names.index("true_iou"), names.index("sam_score")] == pytest.approx(1.0)
+    # Rows without h_prompt (one in five of the tiny objects) are dropped; the tiny-only object lacks model_gap.
+    assert correlation["num_rows"] == NUM_IMAGES * (OBJECTS_PER_IMAGE - 1)
+    assert correlation["rows_with_nulls_dropped"] == NUM_IMAGES + 1
+    report = (evaluation["folder"] / "report" / "report.md").read_text()
+    assert "| **True IoU** |" in report
+
+
+def test_token_ablation(evaluation):
+    ablation = evaluation["results"]["ablation"]
+    assert ablation["status"] == "done"
+    protocol = ablation["protocol"]
+    assert protocol["images"] == NUM_IMAGES
+    assert protocol["test_images"] == round(0.3 * NUM_IMAGES)
+    assert protocol["train_images"] + protocol["test_images"] == NUM_IMAGES
+    assert protocol["hyper_parameters"]["model_gap"] == FAST_TRAINING.to_dict()
+    assert set(ablation["variants"]) == set(ABLATION_VARIANTS)
+    assert ablation["variants"]["mask_token"]["inputs"] == ["mask_token"]
+    trained = set(ablation["variants"]["both"]["training"])
+    assert trained == {"iou_tiny", "model_gap", "prompt_gap", "task_gap"}
+    # model_gap learns from the tiny rows of the training images only; the others from the same rows.
+    training_rows = ablation["variants"]["both"]["training"]["model_gap"]
+    assert training_rows["train_rows"] + training_rows["validation_rows"] < NUM_IMAGES * OBJECTS_PER_IMAGE
+    for name, entry in ablation["scenarios"].items():
+        assert entry["status"] == "done", name
+        assert entry["num_test_objects"] < evaluation["results"]["scenarios"][name]["num_objects"]
+        assert set(entry["scores"]) == {*ABLATION_VARIANTS, "provided_heads", "sam_score", "random"}
+        for score in entry["scores"].values():
+            assert set(score["relative_auc_percent"]) == set(AUC_RANGES)
+            assert all(math.isfinite(value) for value in score["relative_auc_percent"].values())
+    # On the test objects SAM's score still equals the oracle's order for segmentation uncertainty.
+    segmentation = ablation["scenarios"]["segmentation_uncertainty"]["scores"]["sam_score"]
+    assert segmentation["relative_auc_percent"]["r_0_1"] == pytest.approx(100.0)
+    report = (evaluation["folder"] / "report" / "report.md").read_text()
+    assert "| IoU token only | Mask token only | Both tokens |" in report
+
+
+# Arguments and other configurations ------------------------------------------------------------------------------
+
+
+def test_without_ablation_results_are_reproducible(evaluation, tmp_path):
+    folder = evaluation["folder"]
+    first = run_evaluation(folder / "store", folder / "heads.safetensors", tmp_path / "a", seeds=4, ablation=False,
+                           progress=False)  # fmt: skip
+    assert first["ablation"] is None
+    assert not (tmp_path / "a" / "ablation.png").exists()
+    assert "Not run" in (tmp_path / "a" / "report.md").read_text()
+    assert first["scenarios"] == evaluation["results"]["scenarios"]
+    second = run_evaluation(folder / "store", folder / "heads.safetensors", tmp_path / "b", seeds=4, ablation=False,
+                            progress=False)  # fmt: skip
+    assert (tmp_path / "a" / "results.json").read_text().replace("/a/", "/b/") == (
+        tmp_path / "b" / "results.json"
+    ).read_text().replace("/a/", "/b/")
+    assert second["correlation"] == first["correlation"]
+
+
+def test_large_model_and_heads_missing_some_names(evaluation, tmp_path):
+    folder = evaluation["folder"]
+    random_heads(["iou_large", "model_gap", "task_gap"], seed=1, pairing="as-released").save(tmp_path / "few.st")
+    results = run_evaluation(folder / "store", tmp_path / "few.st", tmp_path / "out", model="sam2.1-large",
+                             seeds=2, ablation=False, progress=False)  # fmt: skip
+    assert results["model"] == LARGE
+    # Model selection still goes tiny -> large; its measures come from the tiny rows.
+    selection = results["scenarios"]["model_selection"]
+    assert selection["base"]["model"] == TINY
+    assert "model_gap" in selection["measures"]
+    assert "iou_tiny" in selection["skipped_measures"]
+    assert "not in the heads file" in selection["skipped_measures"]["iou_tiny"]
+    segmentation = results["scenarios"]["segmentation_uncertainty"]
+    assert segmentation["num_objects"] == NUM_IMAGES * OBJECTS_PER_IMAGE + 1
+    assert "iou_large" in segmentation["measures"]
+    assert "prompt_gap" in results["scenarios"]["prompt_refinement"]["skipped_measures"]
+
+
+def test_heads_trained_on_the_evaluated_store_are_flagged(evaluation, tmp_path):
+    folder = evaluation["folder"]
+    heads = random_heads(["iou_tiny"], seed=2)
+    heads.metadata.training = {"data": {"store": str(folder / "store")}}
+    heads.save(tmp_path / "own.st")
+    results = run_evaluation(folder / "store", tmp_path / "own.st", tmp_path / "out", seeds=1, ablation=False,
+                             progress=False)  # fmt: skip
+    assert any("trained on this store" in note for note in results["warnings"])
+    assert "## Warnings" in (tmp_path / "out" / "report.md").read_text()
+    assert not any("trained on this store" in note for note in evaluation["results"]["warnings"])
+
+
+def test_invalid_arguments(evaluation, tmp_path):
+    folder = evaluation["folder"]
+    store, heads = folder / "store", folder / "heads.safetensors"
+    with pytest.raises(InvalidInputError, match="no rows of a 'small' model"):
+        run_evaluation(store, heads, tmp_path / "x", model="small", ablation=False, progress=False)
+    with pytest.raises(InvalidInputError, match="unknown model"):
+        run_evaluation(store, heads, tmp_path / "x", model="medium", ablation=False, progress=False)
+    with pytest.raises(InvalidInputError, match="seeds"):
+        run_evaluation(store, heads, tmp_path / "x", seeds=0, ablation=False, progress=False)
+    with pytest.raises(InvalidInputError, match="ablation_hyper_parameters"):
+        run_evaluation(store, heads, tmp_path / "x", ablation_hyper_parameters={"lr": 0.1}, progress=False)
+    with pytest.raises(InvalidInputError, match="no entry for head"):
+        run_evaluation(store, heads, tmp_path / "x", ablation_hyper_parameters={"model_gap": FAST_TRAINING},
+                       progress=False)  # fmt: skip
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InvalidInputError, match="is a file"):
+        run_evaluation(store, heads, tmp_path / "file", ablation=False, progress=False)
