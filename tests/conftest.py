@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from usam import sam2_adapter
 from usam.heads import HEAD_NAMES
@@ -68,3 +69,20 @@ def reference_head(state: dict, features: np.ndarray, gap: bool) -> np.ndarray:
     logits = hidden @ weights["layers.2.weight"].T + weights["layers.2.bias"]
     value = 1.0 / (1.0 + np.exp(-logits[..., 0]))
     return value - 0.5 if gap else value
+
+
+def write_folder_dataset(root, num_images=3, size=(48, 64), seed=0):
+    """A dataset in usam's plain folder layout: random images with two rectangular objects each."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    for index in range(num_images):
+        image = (rng.random((*size, 3)) * 255).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"img{index:02d}.png")
+        masks = root / "masks" / f"img{index:02d}"
+        masks.mkdir(parents=True)
+        for object_index in range(2):
+            mask = np.zeros(size, np.uint8)
+            top, left = rng.integers(0, size[0] - 15), rng.integers(0, size[1] - 15)
+            mask[top : top + 12 + object_index * 3, left : left + 14] = 255
+            Image.fromarray(mask).save(masks / f"obj{object_index}.png")
+    return root

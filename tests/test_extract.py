@@ -8,9 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import build_small_sam2
+from conftest import build_small_sam2, write_folder_dataset
 from usam import sam2_adapter
 from usam.datasets import open_dataset
 from usam.errors import InvalidInputError
@@ -21,22 +20,6 @@ from usam.store import read_table, token_arrays
 
 MODELS = ("sam2.1-tiny", "sam2.1-large")
 SMALL = [f"--hydra-override={override}" for override in sam2_adapter.small_model_overrides(128)]
-
-
-def write_folder_dataset(root, num_images=3, size=(48, 64), seed=0):
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    for index in range(num_images):
-        image = (rng.random((*size, 3)) * 255).astype(np.uint8)
-        Image.fromarray(image).save(root / "images" / f"img{index:02d}.png")
-        masks = root / "masks" / f"img{index:02d}"
-        masks.mkdir(parents=True)
-        for object_index in range(2):
-            mask = np.zeros(size, np.uint8)
-            top, left = rng.integers(0, size[0] - 15), rng.integers(0, size[1] - 15)
-            mask[top : top + 12 + object_index * 3, left : left + 14] = 255
-            Image.fromarray(mask).save(masks / f"obj{object_index}.png")
-    return root
 
 
 @pytest.fixture(scope="module")

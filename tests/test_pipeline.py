@@ -1,0 +1,54 @@
+"""The whole path a researcher runs: extract a store, train heads on it, evaluate them, use them in predict."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import build_small_sam2, write_folder_dataset
+from usam import sam2_adapter
+from usam.cli import main
+from usam.datasets import open_dataset
+from usam.extract import ExtractionOptions, run_extraction
+from usam.heads import HEAD_NAMES, load_heads
+from usam.predictor import UncertainSAM
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipeline")
+    dataset = write_folder_dataset(folder / "data", num_images=8, seed=7)
+    models = {
+        name: UncertainSAM(sam2_adapter.make_image_predictor(build_small_sam2(name, seed=index)))
+        for index, name in enumerate(("sam2.1-tiny", "sam2.1-small", "sam2.1-base-plus", "sam2.1-large"))
+    }
+    reader = open_dataset("folder", dataset, "all")
+    # Without the Monte Carlo part (fast); the evaluation skips the entropy measures that are then empty.
+    run_extraction(reader, models, folder / "store", options=ExtractionOptions(monte_carlo=False), progress=False)
+    return folder / "store"
+
+
+def test_train_then_evaluate_then_predict(store, tmp_path, capsys):
+    heads_path = tmp_path / "heads.safetensors"
+    assert main(["train", "--data", str(store), "--out", str(heads_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    heads = load_heads(heads_path)
+    assert heads.names == list(HEAD_NAMES)
+    assert heads.metadata.pairing == "true"
+    assert "iou_tiny" in out
+
+    report = tmp_path / "report"
+    status = main(["evaluate", "--data", str(store), "--heads", str(heads_path), "--out", str(report), "--no-progress"])
+    assert status == 0, capsys.readouterr().err
+    assert (report / "report.md").read_text().count("|") > 20
+    results = json.loads((report / "results.json").read_text())
+    assert json.dumps(results)  # plain JSON
+    plots = sorted(path.name for path in report.glob("*.png"))
+    assert "correlation.png" in plots
+    assert sum(name.startswith("curves_") for name in plots) == 4
+
+    # The trained heads plug into UncertainSAM like the authors' heads do.
+    model = UncertainSAM(sam2_adapter.make_image_predictor(build_small_sam2("sam2.1-tiny", seed=0)), heads_path)
+    model.set_image(np.zeros((40, 50, 3), np.uint8))
+    result = model.predict(point_coords=[[10.0, 10.0]], point_labels=[1])
+    assert set(result.uncertainty) == set(HEAD_NAMES)
