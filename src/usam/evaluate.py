@@ -51,14 +51,14 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from usam.errors import InvalidInputError, StoreError
+from usam.errors import InvalidInputError
 from usam.heads import HEAD_NAMES, UncertaintyHeads, is_gap_head, load_heads
 from usam.metrics import (
     CORRECTION_SCENARIOS,
@@ -292,7 +292,7 @@ def run_evaluation(
     store = Path(store).expanduser()
     heads = load_heads(heads_path)
 
-    from usam.store import open_store
+    from usam.store import open_store, reading_errors
 
     dataset = open_store(store)
     token_dim = _store_token_dim(dataset)
@@ -301,7 +301,7 @@ def run_evaluation(
             f"the heads read tokens of {heads.metadata.token_dim} values, the store holds tokens of {token_dim}; "
             "use heads trained on this kind of store"
         )
-    with _reading(store):
+    with reading_errors(f"the store {store}"):
         import pyarrow.compute as pc
 
         store_models = sorted(pc.unique(dataset.to_table(columns=["model"]).column("model")).to_pylist())
@@ -490,19 +490,6 @@ def _safe_spec_name(name: str) -> str | None:
 # Reading ---------------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _reading(store: Path) -> Iterator[None]:
-    import pyarrow as pa
-
-    try:
-        yield
-    except (OSError, pa.ArrowException) as error:
-        raise StoreError(
-            f"cannot read the store {store}: {error}. Check it with usam.store.store_info and delete or restore "
-            "a corrupt part"
-        ) from error
-
-
 def _store_token_dim(dataset: ds.Dataset) -> int:
     return dataset.schema.field("iou_token").type.list_size
 
@@ -526,7 +513,7 @@ def _read_rows(
     import pyarrow.compute as pc
     from tqdm.auto import tqdm
 
-    from usam.store import token_arrays
+    from usam.store import reading_errors, token_arrays
 
     value_columns = [*_IOU_COLUMNS, *_GAP_COLUMNS, *_entropy_columns(dataset)]
     columns = [*_KEY_COLUMNS, *value_columns, "sam_scores", "mask_ious", "iou_token", "mask_tokens"]
@@ -537,7 +524,7 @@ def _read_rows(
 
     parts: dict[str, list[np.ndarray]] = {name: [] for name in [*_KEY_COLUMNS, *value_columns]}
     sam_scores, mask_ious, has_tokens, head_outputs, features = [], [], [], [], []
-    with _reading(store):
+    with reading_errors(f"the store {store}"):
         total = dataset.count_rows(filter=row_filter)
         batches = dataset.to_batches(columns=columns, filter=row_filter, batch_size=_READ_BATCH_ROWS)
         with tqdm(total=total, desc="reading store", unit="row", disable=not progress) as bar:

@@ -44,7 +44,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -519,6 +519,18 @@ class StoreWriter:
                 f"Cannot write {final_path}: {error}. Fix the cause (disk space, permissions) and rerun the "
                 f"same command; the {len(image_keys)} images without rows in it will be processed again."
             ) from error
+
+
+@contextlib.contextmanager
+def reading_errors(description: str) -> Iterator[None]:
+    """Turn I/O and Arrow errors raised while reading a store into a :class:`StoreError` naming ``description``."""
+    try:
+        yield
+    except (OSError, pa.ArrowException) as error:
+        raise StoreError(
+            f"cannot read {description}: {error}. Check the store (usam.store.store_info) and delete or restore "
+            "a corrupt part"
+        ) from error
 
 
 def open_store(root: str | Path) -> ds.Dataset:

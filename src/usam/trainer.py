@@ -44,7 +44,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -419,6 +419,8 @@ def load_training_data(
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
+    from usam.store import open_store, reading_errors
+
     pairing = _check_pairing(pairing)
     inputs = _check_inputs(inputs)
     requested = None if heads is None else _check_head_names(heads)
@@ -428,8 +430,6 @@ def load_training_data(
         dataset: ds.Dataset = ds.dataset(store)
         description = "in-memory table"
     else:
-        from usam.store import open_store
-
         store_path = Path(store).expanduser()
         dataset = open_store(store_path)
         description = str(store_path)
@@ -448,7 +448,7 @@ def load_training_data(
         )
     token_dim = _token_dim(dataset.schema, inputs)
 
-    with _reading(description):
+    with reading_errors(description):
         store_models = sorted(pc.unique(dataset.to_table(columns=["model"]).column("model")).to_pylist())
     if not store_models:
         raise InvalidInputError(f"{description} has no rows; extract tokens into it first")
@@ -470,13 +470,13 @@ def load_training_data(
     target_columns = sorted({_TARGET_COLUMNS[name] for name in head_models})
     row_filter = None if needed_models == store_models else pc.field("model").isin(needed_models)
 
-    with _reading(description):
+    with reading_errors(description):
         num_rows = dataset.count_rows(filter=row_filter)
     width = token_dim * len(inputs)
     features, cache_path = _allocate_features(num_rows, width, cache_dir)
     columns_kept: dict[str, list[pa.Array]] = {name: [] for name in [*key_columns, *target_columns]}
     position = 0
-    with _reading(description):
+    with reading_errors(description):
         batches = dataset.to_batches(
             columns=sorted({*key_columns, *token_columns, *target_columns}),
             filter=row_filter,
@@ -631,19 +631,6 @@ def _map_features(written: np.ndarray, path: Path) -> np.ndarray:
     with contextlib.suppress(OSError):
         path.unlink()
     return features
-
-
-@contextlib.contextmanager
-def _reading(description: str) -> Iterator[None]:
-    import pyarrow as pa
-
-    try:
-        yield
-    except (OSError, pa.ArrowException) as error:
-        raise StoreError(
-            f"cannot read {description}: {error}. Check the store (usam.store.store_info) and delete or restore "
-            "a corrupt part"
-        ) from error
 
 
 def _check_models(models: Sequence[str] | None, store_models: list[str], description: str) -> list[str]:
