@@ -5,10 +5,12 @@ the image already set, and prints for 1 prompt and for 16 prompts the median tim
   - SAM2ImagePredictor.predict alone,
   - UncertainSAM.predict without heads (token hooks + entropy),
   - UncertainSAM.predict with all nine heads,
-and the ratios: with heads / without heads (the cost of the heads) and with heads / SAM2 alone (everything usam
-adds). Runs are interleaved (one of each per round) so drifts of the machine hit all variants alike.
+  - the same and reading result.entropy (computed on first access),
+and the ratios: with heads / without heads (the cost of the heads), with heads / SAM2 alone (everything usam
+adds to a call), and with heads and entropy / SAM2 alone. Runs are interleaved (one of each per round) so drifts
+of the machine hit all variants alike.
 
-    .venv/bin/python benchmarks/heads_overhead.py [--repeats 101] [--repeats-batched 15] [--threads 2]
+    .venv/bin/python benchmarks/heads_overhead.py [--repeats 101] [--repeats-batched 31] [--threads 2]
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _interleaved(*functions, repeats: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=101, help="timed runs per variant (1 prompt)")
-    parser.add_argument("--repeats-batched", type=int, default=15, help="timed runs per variant (16 prompts)")
+    parser.add_argument("--repeats-batched", type=int, default=31, help="timed runs per variant (16 prompts)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -70,16 +72,20 @@ def main() -> None:
         else:
             points = rng.uniform([0, 0], [1023, 767], size=(num_prompts, 1, 2))
             prompt = {"point_coords": points, "point_labels": np.ones((num_prompts, 1))}
-        sam2, no_heads, nine_heads = _interleaved(
+        sam2, no_heads, nine_heads, with_entropy = _interleaved(
             lambda prompt=prompt: predictor.predict(**prompt),
             lambda prompt=prompt: without_heads.predict(**prompt),
             lambda prompt=prompt: model.predict(**prompt),
+            lambda prompt=prompt: model.predict(**prompt).entropy,
             repeats=repeats,
         )
         print(
-            f"{num_prompts:>2} prompt(s): SAM2 {sam2 * 1e3:7.1f} ms | usam without heads {no_heads * 1e3:7.1f} ms | "
-            f"with nine heads {nine_heads * 1e3:7.1f} ms | heads/no heads {nine_heads / no_heads:.4f} | "
-            f"heads/SAM2 {nine_heads / sam2:.4f}  (median of {repeats})"
+            f"{num_prompts:>2} prompt(s): SAM2 {sam2 * 1e3:.1f} ms | usam without heads {no_heads * 1e3:.1f} ms | "
+            f"with nine heads {nine_heads * 1e3:.1f} ms | + entropy {with_entropy * 1e3:.1f} ms  (median of {repeats})"
+        )
+        print(
+            f"    ratios: heads/no heads {nine_heads / no_heads:.4f} | heads/SAM2 {nine_heads / sam2:.4f} | "
+            f"heads+entropy/SAM2 {with_entropy / sam2:.4f}"
         )
 
     # Fused heads vs nine separate MLP modules, on the same features (3 masks and 48 masks).

@@ -211,14 +211,18 @@ def test_results_are_owned_by_the_caller(predictor, rgb_image):
     snapshot = dataclasses.replace(
         first,
         uncertainty={name: value.copy() for name, value in first.uncertainty.items()},
-        entropy=first.entropy.copy(),
         iou_token=first.iou_token.copy(),
         mask_tokens=first.mask_tokens.copy(),
+        low_res_logits=first.low_res_logits.copy(),
+        masks=first.masks.copy(),
     )
     model.predict(point_coords=[[100.0, 80.0]], point_labels=[1])
     model.set_image(255 - rgb_image)
     model.predict(point_coords=[[10.0, 10.0]], point_labels=[1])
-    np.testing.assert_array_equal(first.entropy, snapshot.entropy)
+    np.testing.assert_array_equal(first.masks, snapshot.masks)
+    np.testing.assert_array_equal(first.low_res_logits, snapshot.low_res_logits)
+    np.testing.assert_array_equal(first.entropy, snapshot.entropy)  # first computed only now, after later calls
+    assert first.entropy is first.entropy  # computed once, then kept
     np.testing.assert_array_equal(first.iou_token, snapshot.iou_token)
     np.testing.assert_array_equal(first.mask_tokens, snapshot.mask_tokens)
     for name in HEAD_NAMES:

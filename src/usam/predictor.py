@@ -8,6 +8,7 @@ as one fused computation over all prompts and masks of a call.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ class UncertainPrediction:
         low_res_logits: (…, M, h, w) low-resolution mask logits (h = w = 256 for 1024-pixel models).
         uncertainty: Head name -> (…, M) estimates: predicted IoU for ``iou_*`` heads, predicted gain in
             [-0.5, 0.5] for ``*_gap`` heads.
-        entropy: (…, M) mask entropy H_Std in bits.
+        entropy: (…, M) mask entropy H_Std in bits of ``low_res_logits``. Computed on first access and kept
+            (about 0.1 ms per mask on a CPU), so callers that only read the heads do not pay for it.
         iou_token: (…, D) the decoder's IoU token of each prompt.
         mask_tokens: (…, 4, D) all four mask tokens of each prompt.
         mask_token_index: (…, M) which mask token produced each returned mask (1, 2, 3 for multimask output).
@@ -47,12 +49,16 @@ class UncertainPrediction:
     sam_scores: np.ndarray
     low_res_logits: np.ndarray
     uncertainty: dict[str, np.ndarray]
-    entropy: np.ndarray
     iou_token: np.ndarray
     mask_tokens: np.ndarray
     mask_token_index: np.ndarray
     head_token_index: np.ndarray
     image_size: tuple[int, int]
+
+    @functools.cached_property
+    def entropy(self) -> np.ndarray:
+        """(…, M) mask entropy H_Std in bits of each returned mask (see :func:`usam.entropy.mask_entropy`)."""
+        return mask_entropy(torch.from_numpy(self.low_res_logits)).numpy()
 
     def uncertainty_map(self, resolution: str = "image") -> np.ndarray:
         """Per-pixel binary entropy (bits) of each returned mask, for overlays.
@@ -234,14 +240,12 @@ class UncertainSAM:
                 uncertainty = {
                     name: values[index].reshape(per_mask_shape) for index, name in enumerate(self.heads.names)
                 }
-            entropy = mask_entropy(torch.from_numpy(low_res_logits)).numpy()
         squeeze = sam_scores.ndim == 1  # SAM2 drops the batch axis of a single prompt; so do we
         return UncertainPrediction(
             masks=masks,
             sam_scores=sam_scores,
             low_res_logits=low_res_logits,
             uncertainty=uncertainty,
-            entropy=entropy,
             iou_token=_owned(call.iou_token, squeeze),
             mask_tokens=_owned(call.mask_tokens, squeeze),
             mask_token_index=_owned(call.mask_token_index, squeeze),
