@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -221,3 +222,18 @@ def test_cli_extract_reports_bad_dataset_in_one_line(tmp_path, checkpoint_dir):
     assert completed.returncode == 2
     assert "Traceback" not in completed.stderr
     assert "nothing-here" in completed.stderr
+
+
+def test_store_info_command(dataset, sam_models, tmp_path, capsys):
+    from usam.cli import main
+
+    reader = open_dataset("folder", dataset, "all", limit=2)
+    run_extraction(
+        reader, _wrappers(sam_models), tmp_path / "store", options=ExtractionOptions(monte_carlo=False), progress=False
+    )
+    assert main(["store-info", str(tmp_path / "store")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_rows"] == 2 * 2 * 2
+    assert info["metadata"]["dataset"] == "folder"
+    assert info["completed_images_per_shard"] == {"00000-of-00001": 2}
+    assert main(["store-info", str(tmp_path / "nothing")]) == 2

@@ -524,3 +524,17 @@ def test_kill_at_random_moments_then_rerun_writes_every_row_once(tmp_path):
             done |= writer.completed_keys()
     assert done == set(keys)  # including the images with zero rows
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
+
+
+def test_manifest_summarises_each_shard(tmp_path):
+    with StoreWriter(tmp_path, shard_index=1, num_shards=2, rows_per_part=1) as writer:
+        writer.add_image("a", [make_row("a", "1")])
+        writer.add_image("b", [])
+        writer.add_image("c", [make_row("c", "1"), make_row("c", "2")])
+    manifest = json.loads((tmp_path / "_manifest-00001-of-00002.json").read_text())
+    assert manifest["image_keys"] == ["a", "b", "c"]
+    assert manifest["completed_images"] == 3
+    assert manifest["shard_index"] == 1
+    assert len(manifest["parts"]) == 2
+    assert all((tmp_path / name).is_file() for name in manifest["parts"])
+    assert ds.dataset(tmp_path).count_rows() == 3  # pyarrow does not read the manifest

@@ -446,6 +446,34 @@ def _run_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_store_info(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "store-info",
+        help="summarise a token store: rows, parts, shards, how it was made",
+        description="Print what a token store made by `usam extract` holds, as JSON: its schema version, token "
+        "type, shard count, the options it was extracted with, rows and parts, and each shard's manifest.",
+    )
+    parser.add_argument("store", type=Path)
+    parser.add_argument("--parts", action="store_true", help="also list every part file")
+    parser.set_defaults(handler=_run_store_info)
+
+
+def _run_store_info(args: argparse.Namespace) -> int:
+    import json
+
+    from usam.store import store_info
+
+    info = store_info(args.store)
+    if not args.parts:
+        info.pop("parts", None)
+    manifests = sorted(args.store.glob("_manifest-*.json"))
+    info["completed_images_per_shard"] = {
+        path.stem.removeprefix("_manifest-"): json.loads(path.read_text()).get("completed_images") for path in manifests
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ train/evaluate
 
 
@@ -628,6 +656,7 @@ _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_convert_heads,
     _add_heads_info,
     _add_extract,
+    _add_store_info,
     _add_train,
     _add_evaluate,
     _add_benchmark,

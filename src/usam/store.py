@@ -370,6 +370,32 @@ class StoreWriter:
         if empty_keys:
             self._write_empty_images(empty_keys, seq)
             self._completed.update(empty_keys)
+        self._write_manifest()
+
+    @property
+    def manifest_path(self) -> Path:
+        """This shard's manifest: a readable summary of what it has done, rewritten after every part."""
+        return self.root / f"_manifest-{self._shard_tag}.json"
+
+    def _write_manifest(self) -> None:
+        # Informational: the parts (and empty-image lists) stay the record a rerun trusts, so a kill between
+        # a part and this file loses nothing; the next flush or run writes it again.
+        content = {
+            "schema_version": SCHEMA_VERSION,
+            "shard_index": self.shard_index,
+            "num_shards": self.num_shards,
+            "completed_images": len(self._completed),
+            "parts": sorted(path.name for path in self.root.glob(f"part-{self._shard_tag}-*.parquet")),
+            "image_keys": sorted(self._completed),
+        }
+        temporary = self._temp_path("manifest.json")
+        try:
+            temporary.write_text(json.dumps(content))
+            os.replace(temporary, self.manifest_path)
+        except OSError as error:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+            logger.warning("could not write %s (%s); the store itself is complete", self.manifest_path, error)
 
     def close(self) -> None:
         """Writes the buffered images and releases the shard. Closing twice is harmless."""
