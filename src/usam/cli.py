@@ -153,6 +153,7 @@ def _predict_and_write(
     context: dict[str, Any],
     footnote: str | None = None,
 ) -> tuple[Path, Path]:
+    from usam.heads import is_gap_head
     from usam.outputs import prediction_record, write_json_atomically
     from usam.visualize import render_prediction
 
@@ -191,7 +192,10 @@ def _predict_and_write(
         footnote=footnote,
     )
     for entry in record["masks"]:
-        summary = ", ".join(f"{name} {value:+.3f}" for name, value in entry["uncertainty"].items())
+        summary = ", ".join(
+            f"{name} {value:+.3f}" if is_gap_head(name) else f"{name} {value:.3f}"
+            for name, value in entry["uncertainty"].items()
+        )
         print(
             f"mask {entry['index']}: SAM score {entry['sam_score']:.3f}, entropy {entry['entropy']:.3f}, "
             f"area {entry['area']} px" + (f"; {summary}" if summary else "")
