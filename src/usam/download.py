@@ -8,7 +8,6 @@ announced length), so an interrupted download never leaves a file that looks com
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -139,17 +138,3 @@ def resolve_checkpoint(
             f"{error}. Download {spec.url} (or the Hugging Face model {spec.hf_id}) on a machine with network and "
             f"pass it with --checkpoint PATH (Python: checkpoint=PATH), or copy it to {cached}"
         ) from None
-
-
-def clear_partial_downloads() -> int:
-    """Delete leftover temporary files of interrupted downloads; returns how many were removed."""
-    folder = cache_dir() / "checkpoints"
-    removed = 0
-    if folder.is_dir():
-        for leftover in folder.glob(".*.part"):
-            if leftover.is_file():
-                leftover.unlink(missing_ok=True)
-                removed += 1
-            elif leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-    return removed

@@ -41,7 +41,6 @@ HEAD_NAMES: tuple[str, ...] = (
 """The nine heads of UncertainSAM, in their canonical order."""
 
 GAP_HEAD_NAMES: tuple[str, ...] = ("model_gap", "prompt_gap", "task_gap")
-IOU_HEAD_NAMES: tuple[str, ...] = tuple(name for name in HEAD_NAMES if name not in GAP_HEAD_NAMES)
 
 PAIRING_TRUE = "true"
 """Returned mask k of a multimask call is scored with mask token k + 1, the token that produced it."""
