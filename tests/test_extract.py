@@ -14,7 +14,7 @@ from conftest import build_small_sam2, write_folder_dataset
 from usam import sam2_adapter
 from usam.datasets import open_dataset
 from usam.errors import InvalidInputError
-from usam.extract import ExtractionOptions, Extractor, parse_shard, run_extraction
+from usam.extract import ExtractionOptions, Extractor, default_prompt_batch_size, parse_shard, run_extraction
 from usam.predictor import UncertainSAM
 from usam.prompts import sample_prompts
 from usam.store import read_table, token_arrays
@@ -119,6 +119,30 @@ def test_batched_extraction_equals_one_object_at_a_time(dataset, sam_models):
             for column in ("iou", "unsupervised_iou", "iou_dense_prompt", "model_gap", "h_std", "h_all", "h_prompt"):
                 assert row[column] == pytest.approx(other[column], abs=1e-4), column
             np.testing.assert_allclose(row["iou_token"], other["iou_token"], atol=1e-4)
+
+
+def test_rows_do_not_depend_on_the_prompt_batch_size(dataset, sam_models):
+    """One prompt per decoder call, the CPU default and one call for everything give the same rows."""
+    sample = open_dataset("folder", dataset, "all").load("img01")
+    wrappers = _wrappers(sam_models)
+    rows = {
+        batch: Extractor(wrappers, ExtractionOptions(prompt_batch_size=batch)).rows_for_sample(sample)
+        for batch in (1, None, 1000)
+    }
+    assert len(rows[None]) == len(sample.masks) * len(MODELS)
+    for batch in (1, 1000):
+        for row, reference in zip(rows[batch], rows[None], strict=True):
+            assert (row["object_id"], row["model"]) == (reference["object_id"], reference["model"])
+            for column in ("mask_ious", "sam_scores", "dense_mask_ious", "iou_token"):
+                np.testing.assert_allclose(row[column], reference[column], atol=1e-5, err_msg=column)
+            for column in ("h_prompt", "h_augmentation", "h_all", "h_all_sam_pick", "h_theta"):
+                assert row[column] == pytest.approx(reference[column], abs=1e-5), column
+
+
+def test_default_prompt_batch_size_depends_on_the_device():
+    assert default_prompt_batch_size("cpu") == 4
+    assert default_prompt_batch_size(torch.device("cuda", 0)) == 32
+    assert default_prompt_batch_size("mps") == 32
 
 
 def test_two_shards_write_one_store(dataset, sam_models, tmp_path):
