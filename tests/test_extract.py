@@ -143,6 +143,9 @@ def test_default_prompt_batch_size_depends_on_the_device():
     assert default_prompt_batch_size("cpu") == 4
     assert default_prompt_batch_size(torch.device("cuda", 0)) == 32
     assert default_prompt_batch_size("mps") == 32
+    for wrong in (0, -4, 2.5):
+        with pytest.raises(InvalidInputError, match="prompt batch size"):
+            ExtractionOptions(prompt_batch_size=wrong)
 
 
 def test_two_shards_write_one_store(dataset, sam_models, tmp_path):

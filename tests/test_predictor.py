@@ -6,7 +6,7 @@ import torch
 
 from conftest import build_small_sam2, reference_head, write_authors_heads
 from usam import sam2_adapter
-from usam.errors import HeadsFileError, InvalidInputError, UsamError
+from usam.errors import HeadsFileError, InvalidInputError
 from usam.heads import GAP_HEAD_NAMES, HEAD_NAMES, PAIRING_AS_RELEASED, PAIRING_TRUE, load_heads, random_heads
 from usam.predictor import UncertainSAM
 
@@ -313,24 +313,3 @@ def test_heads_path_is_loaded_and_version_mismatch_warns(predictor, tmp_path, sm
     with pytest.warns(UserWarning, match="trained for sam2 but the model is sam2.1-tiny"):
         model = UncertainSAM(predictor, path)
     assert model.heads.names == list(HEAD_NAMES)
-
-
-def test_predict_point_masks_equals_predictor_predict(predictor, rgb_image):
-    """The extraction's mask path gives what SAM2's own predict gives, as tensors."""
-    predictor.set_image(rgb_image)
-    coords = np.array([[[10.0, 12.0]], [[40.0, 30.0]], [[5.0, 50.0]]], dtype=np.float32)
-    labels = np.ones((3, 1), dtype=np.int32)
-    masks, scores, logits = predictor.predict(point_coords=coords, point_labels=labels, multimask_output=True)
-    found_masks, found_scores, found_logits = sam2_adapter.predict_point_masks(predictor, coords, labels)
-    assert found_masks.dtype == torch.bool
-    assert found_masks.shape == (3, 3, *rgb_image.shape[:2])
-    np.testing.assert_array_equal(found_masks.numpy(), masks.astype(bool))
-    np.testing.assert_allclose(found_scores.numpy(), scores, atol=1e-6)
-    np.testing.assert_allclose(found_logits.numpy(), logits, atol=1e-6)
-
-
-def test_predict_point_masks_needs_an_image(small_sam2):
-    with pytest.raises(UsamError, match="set_image"):
-        sam2_adapter.predict_point_masks(
-            sam2_adapter.make_image_predictor(small_sam2), np.zeros((1, 1, 2)), np.ones((1, 1))
-        )

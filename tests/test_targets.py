@@ -19,25 +19,6 @@ def test_mask_ious_hand_computed():
     assert mask_ious(np.zeros((1, 2, 2), bool), np.zeros((2, 2), bool))[0] == 1.0
 
 
-def test_mask_ious_of_tensors_equal_numpy():
-    """Masks straight from the decoder (bool tensors, batched) score as their NumPy copies do."""
-    rng = np.random.default_rng(0)
-    masks = rng.random((5, 3, 17, 23)) > 0.6
-    truth = rng.random((5, 17, 23)) > 0.5
-    masks[0] = False
-    truth[0] = False  # both empty: 1
-    truth[1] = False  # empty truth, non-empty masks: 0
-    expected = mask_ious(masks, truth)
-    found = mask_ious(torch.from_numpy(masks), truth)
-    assert found.dtype == np.float32
-    assert found.shape == (5, 3)
-    np.testing.assert_array_equal(found, expected)
-    np.testing.assert_array_equal(found[0], [1.0, 1.0, 1.0])
-    np.testing.assert_array_equal(found[1], [0.0, 0.0, 0.0])
-    intersection = (masks[2, 1] & truth[2]).sum()
-    assert found[2, 1] == pytest.approx(intersection / (masks[2, 1] | truth[2]).sum())
-
-
 def test_normalized_scores():
     torch.testing.assert_close(normalized_scores(torch.tensor([0.2, 0.6, -0.1])), torch.tensor([0.25, 0.75, 0.0]))
     torch.testing.assert_close(normalized_scores(torch.tensor([0.0, 0.0])), torch.tensor([0.5, 0.5]))

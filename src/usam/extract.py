@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from usam import __version__, sam2_adapter
+from usam import __version__
 from usam.augment import AUGMENTATIONS, augmented_images
 from usam.datasets import DatasetReader, Sample
 from usam.errors import DatasetError, InvalidInputError
@@ -62,6 +62,11 @@ class ExtractionOptions:
     monte_carlo: bool = True
     seed: int = 0
     prompt_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        batch = self.prompt_batch_size
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise InvalidInputError(f"prompt batch size must be a whole number >= 1, got {batch!r}")
 
 
 @dataclasses.dataclass
@@ -180,9 +185,9 @@ class Extractor:
                 masks, scores, logits = result.masks, result.sam_scores, result.low_res_logits
                 tokens = (result.iou_token.reshape(-1, 256), result.mask_tokens.reshape(-1, 4, 256))
             else:
-                # Tensors straight from the decoder: the masks are only compared with the truth.
-                masks, scores, logits = sam2_adapter.predict_point_masks(model.predictor, coords, labels)
-                scores, logits = scores.float().cpu().numpy(), logits.float().cpu().numpy()
+                masks, scores, logits = model.predictor.predict(
+                    point_coords=coords, point_labels=labels, multimask_output=True
+                )
                 tokens = (None, None)
             count = len(coords)
             masks = masks.reshape(count, 3, *masks.shape[-2:])
@@ -299,6 +304,8 @@ def build_models(
     **build_kwargs: Any,
 ) -> dict[str, UncertainSAM]:
     """Build each SAM2 model once (official checkpoints from a folder or the download cache)."""
+    from usam import sam2_adapter
+
     models = {}
     for name in model_names:
         spec: SAM2ModelSpec = get_model_spec(name)

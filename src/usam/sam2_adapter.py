@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from usam.errors import CheckpointError, UsamError
@@ -195,26 +194,6 @@ def make_image_predictor(sam_model: torch.nn.Module, **kwargs: Any) -> Any:
     # The predictor hard-codes the feature sizes of 1024-pixel inputs.
     predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
     return predictor
-
-
-def predict_point_masks(
-    predictor: Any, point_coords: np.ndarray, point_labels: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Multimask outputs of (B, N, 2) point prompts, as tensors on the model's device.
-
-    The same computation as ``predictor.predict(..., multimask_output=True)``, minus its last step, which turns
-    the full-resolution masks into a float32 NumPy array (4 bytes a pixel, B x 3 x H x W): callers that only
-    compare the masks with a ground truth skip that copy.
-
-    Returns:
-        Boolean masks (B, 3, H, W) at the image's resolution, SAM's scores (B, 3) and low-resolution logits
-        (B, 3, h, w).
-    """
-    if not predictor._is_image_set:
-        raise UsamError("set an image (set_image) before predicting masks")
-    with torch.inference_mode():
-        mask_input, coords, labels, box = predictor._prep_prompts(point_coords, point_labels, None, None, True)
-        return predictor._predict(coords, labels, box, mask_input, multimask_output=True, return_logits=False)
 
 
 def mask_decoder_of(predictor: Any) -> torch.nn.Module:

@@ -27,23 +27,16 @@ import torch
 from usam.entropy import entropy_from_probabilities, mask_entropy
 
 
-def mask_ious(masks: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> np.ndarray:
+def mask_ious(masks: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """IoU of each mask with the truth at full resolution.
 
     Args:
-        masks: (..., K, H, W) boolean masks, a NumPy array or a tensor (on any device).
+        masks: (..., K, H, W) boolean masks.
         truth: (..., H, W) boolean ground truth, broadcast over K.
 
     Returns:
-        (..., K) IoUs as float32; 1.0 where mask and truth are both empty.
+        (..., K) IoUs; 1.0 where mask and truth are both empty.
     """
-    if isinstance(masks, torch.Tensor):
-        masks = masks.bool()
-        truth = torch.as_tensor(truth, device=masks.device).bool()[..., None, :, :]
-        intersection = (masks & truth).sum(dim=(-2, -1))
-        union = masks.sum(dim=(-2, -1)) + truth.sum(dim=(-2, -1)) - intersection
-        ious = torch.where(union > 0, intersection / union.clamp(min=1), 1.0)
-        return ious.float().cpu().numpy()
     masks = np.asarray(masks, dtype=bool)
     truth = np.asarray(truth, dtype=bool)[..., None, :, :]
     intersection = np.logical_and(masks, truth).sum(axis=(-2, -1))
