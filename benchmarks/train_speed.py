@@ -8,12 +8,15 @@ and 0.164, with which neither trainer moves off the targets' mean within two epo
 tokens, which would make the loss comparison empty (``--lr``/``--momentum`` change them).
 
 (a) ``usam.trainer.train_heads``: all nine heads in one vectorised model, rows in memory, per-epoch
-    validation included in its time;
+    validation included in its time; once in float32 and once in mixed precision (``--precision bfloat16``:
+    bfloat16 products, float32 weights and updates), each with its own ratio;
 (b) the paper code's way: per head a ``torch.utils.data.Dataset`` whose ``__getitem__`` concatenates the two
     tokens of one row and clips its target, a shuffling ``DataLoader`` (batch 189), an ``nn.Sequential`` MLP and
     ``torch.optim.SGD``; validated once at the end (not timed).
 
-Run: ``.venv/bin/python benchmarks/train_speed.py [--rows 100000] [--epochs 2]``
+Both run on ``--device`` (default: CUDA when available, else the CPU).
+
+Run: ``.venv/bin/python benchmarks/train_speed.py [--rows 100000] [--epochs 2] [--device cuda]``
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from usam.devices import select_device
 from usam.heads import HEAD_NAMES
 from usam.trainer import HyperParameters, TrainingData, split_by_image, train_heads
 
@@ -71,6 +75,7 @@ def baseline(
     validation_rows: dict[str, np.ndarray],
     targets: dict[str, np.ndarray],
     hyper: HyperParameters,
+    device: torch.device,
 ) -> tuple[float, float]:
     """Train the heads one after another; returns (training seconds, mean validation MSE)."""
     seconds, errors = 0.0, []
@@ -84,7 +89,7 @@ def baseline(
         loader = DataLoader(dataset, batch_size=hyper.batch_size, shuffle=True)
         model = nn.Sequential(
             nn.Linear(2 * TOKEN, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 1), nn.Sigmoid()
-        )
+        ).to(device)
         optimizer = torch.optim.SGD(
             model.parameters(), lr=hyper.lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay
         )
@@ -93,13 +98,16 @@ def baseline(
         for _ in range(hyper.epochs):
             for inputs, batch_targets in loader:
                 optimizer.zero_grad()
-                loss = loss_function(model(inputs.float()).squeeze(1), batch_targets.float())
+                inputs, batch_targets = inputs.to(device).float(), batch_targets.to(device).float()
+                loss = loss_function(model(inputs).squeeze(1), batch_targets)
                 loss.backward()
                 optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         seconds += time.perf_counter() - started
         with torch.no_grad():
             held_out = validation_rows[name]
-            predictions = model(torch.from_numpy(features[held_out])).squeeze(1).double().numpy()
+            predictions = model(torch.from_numpy(features[held_out]).to(device)).squeeze(1).double().cpu().numpy()
         errors.append(float(np.mean((predictions - targets[name][held_out]) ** 2)))
         print(f"  baseline {name}: {time.perf_counter() - started:.1f} s", flush=True)
     return seconds, float(np.mean(errors))
@@ -111,40 +119,54 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--device", help="torch device (default: CUDA when available, else the CPU)")
     args = parser.parse_args()
+    device = select_device(args.device)
 
     print(
         f"{args.rows} rows x 512 inputs, 9 heads, {args.epochs} epoch(s); torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}"
+        f"{torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}, device {device}"
     )
     features, image_keys, targets = synthetic_rows(args.rows)
     data = TrainingData.from_arrays(features, image_keys, targets)
     hyper = HyperParameters(lr=args.lr, epochs=args.epochs, batch_size=189, momentum=args.momentum)
     print(f"hyper-parameters {hyper.to_dict()}; load average {os.getloadavg()[0]:.2f} (other processes slow both)")
 
-    started = time.perf_counter()
-    _, report = train_heads(
-        data, hyper_parameters=hyper, seed=0, validation_fraction=VALIDATION_FRACTION, progress=False
-    )
-    usam_seconds = time.perf_counter() - started
-    usam_best = float(np.mean([report["heads"][name]["validation"]["mse"] for name in HEAD_NAMES]))
-    usam_last = float(np.mean([report["heads"][name]["validation_mse_per_epoch"][-1] for name in HEAD_NAMES]))
+    usam_runs = {}
+    for precision in ("float32", "bfloat16"):
+        started = time.perf_counter()
+        _, report = train_heads(
+            data,
+            hyper_parameters=hyper,
+            seed=0,
+            validation_fraction=VALIDATION_FRACTION,
+            progress=False,
+            device=device,
+            precision=precision,
+        )
+        seconds = time.perf_counter() - started
+        best = float(np.mean([report["heads"][name]["validation"]["mse"] for name in HEAD_NAMES]))
+        last = float(np.mean([report["heads"][name]["validation_mse_per_epoch"][-1] for name in HEAD_NAMES]))
+        usam_runs[precision] = (seconds / args.epochs, best, last)
+        print(f"  usam {precision}: {seconds:.1f} s", flush=True)
 
     # The baseline gets the same by-image split.
     is_validation = split_by_image(data, VALIDATION_FRACTION, seed=0)
     held_out = is_validation[data.image_ids]
     train_rows = {name: np.flatnonzero(~held_out) for name in HEAD_NAMES}
     validation_rows = {name: np.flatnonzero(held_out) for name in HEAD_NAMES}
-    baseline_seconds, baseline_mse = baseline(features, train_rows, validation_rows, targets, hyper)
-
-    usam_per_epoch = usam_seconds / args.epochs
+    baseline_seconds, baseline_mse = baseline(features, train_rows, validation_rows, targets, hyper, device)
     baseline_per_epoch = baseline_seconds / args.epochs
-    print(f"usam trainer: {usam_per_epoch:.2f} s/epoch (9 heads, validation included)")
-    print(f"per-head DataLoader baseline: {baseline_per_epoch:.2f} s/epoch (9 heads, validation not included)")
-    print(f"speed-up: {baseline_per_epoch / usam_per_epoch:.2f} x (load average now {os.getloadavg()[0]:.2f})")
-    print(
-        f"validation MSE usam {usam_best:.6f} (best epoch; last epoch {usam_last:.6f}) vs baseline {baseline_mse:.6f}"
-    )
+
+    print(f"per-head DataLoader baseline (float32): {baseline_per_epoch:.2f} s/epoch (validation not included)")
+    for precision, (per_epoch, best, last) in usam_runs.items():
+        verdict = "no worse" if best <= baseline_mse else "WORSE"
+        print(
+            f"usam trainer ({precision}): {per_epoch:.2f} s/epoch (9 heads, validation included) | "
+            f"speed-up {baseline_per_epoch / per_epoch:.2f} x | validation MSE {best:.6f} (best epoch; last "
+            f"{last:.6f}) vs baseline {baseline_mse:.6f}: {verdict}"
+        )
+    print(f"load average now {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

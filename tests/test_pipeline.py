@@ -52,3 +52,18 @@ def test_train_then_evaluate_then_predict(store, tmp_path, capsys):
     model.set_image(np.zeros((40, 50, 3), np.uint8))
     result = model.predict(point_coords=[[10.0, 10.0]], point_labels=[1])
     assert set(result.uncertainty) == set(HEAD_NAMES)
+
+
+def test_train_in_mixed_precision_and_device_errors(store, tmp_path, capsys):
+    heads_path = tmp_path / "mixed.safetensors"
+    argv = ["train", "--data", str(store), "--out", str(heads_path), "--no-progress", "--heads", "iou_tiny", "task_gap"]
+    assert main([*argv, "--precision", "bfloat16", "--device", "cpu"]) == 0
+    training = load_heads(heads_path).metadata.training
+    assert training["precision"] == "bfloat16"
+    assert training["device"] == "cpu"
+    capsys.readouterr()
+
+    assert main([*argv, "--device", "tpu:x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "not a torch device" in err[0]

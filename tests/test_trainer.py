@@ -56,15 +56,21 @@ def synthetic_data(rows=6000, dim=32, rows_per_image=3, noise=0.01, seed=0, spar
     return TrainingData.from_arrays(features, image_keys, targets)
 
 
-def test_learns_a_known_function_for_all_nine_heads_at_once():
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_learns_a_known_function_for_all_nine_heads_at_once(precision):
     data = synthetic_data()
     hyper = {name: HyperParameters(lr=0.05, epochs=24, batch_size=64, momentum=0.9) for name in HEAD_NAMES}
     # Two groups (another batch size and epoch count) with their own learning rates and momenta.
     hyper["task_gap"] = HyperParameters(lr=0.08, epochs=30, batch_size=48, momentum=0.85)
     hyper["prompt_gap"] = HyperParameters(lr=0.08, epochs=30, batch_size=48, momentum=0.8)
-    heads, report = train_heads(data, hyper_parameters=hyper, seed=0, hidden_dim=64, progress=False)
+    heads, report = train_heads(
+        data, hyper_parameters=hyper, seed=0, hidden_dim=64, progress=False, precision=precision
+    )
 
     assert heads.names == list(HEAD_NAMES)
+    assert report["precision"] == precision
+    assert report["device"] == "cpu"
+    assert heads.weight1.dtype == torch.float32
     for name in HEAD_NAMES:
         entry = report["heads"][name]
         assert entry["validation"]["r2"] >= 0.9, (name, entry["validation"])
@@ -143,6 +149,58 @@ def test_hand_written_step_equals_autograd_and_torch_sgd():
         torch.testing.assert_close(state["layers.2.bias"], mlp[4].bias, rtol=1e-5, atol=1e-6)
 
 
+def _reference_mlp(module: UncertaintyHeads, name: str) -> nn.Sequential:
+    """The head as the authors' nn.Sequential, for autograd to differentiate."""
+    state = module.head_state_dict(name)
+    _, hidden, dim = module.weight1.shape
+    mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+    renamed = {"layers.0": "0", "layers.1": "2", "layers.2": "4"}
+    mlp.load_state_dict({renamed[key[:8]] + key[8:]: value for key, value in state.items()})
+    return mlp
+
+
+def test_bfloat16_step_matches_autograd_under_autocast():
+    """Mixed precision gives torch.autocast(bfloat16)'s gradients up to rounding; they differ from float32's."""
+    torch.manual_seed(0)
+    rows, dim, hidden, batch = 64, 32, 48, 16
+    features = torch.randn(rows, dim)
+    names = ["iou_tiny", "task_gap"]
+    hyper = HyperParameters(lr=0.1, epochs=1, batch_size=batch, momentum=0.0, weight_decay=0.0)
+    plans = [_HeadPlan(name, hyper, np.arange(1), np.zeros(1), np.arange(0), np.zeros(0)) for name in names]
+    module = UncertaintyHeads(HeadsMetadata(names=names, token_dim=dim // 2, hidden_dim=hidden))
+    references = [_reference_mlp(module, name) for name in names]
+    workspace = _GroupWorkspace(module, features, batch, plans, "bfloat16")
+    generator = torch.Generator().manual_seed(2)
+    index = torch.randint(0, rows, (2, batch), generator=generator)
+    targets = torch.rand(2, batch, generator=generator)
+    with torch.no_grad():
+        losses = workspace.step(2, index, targets, torch.full((2, batch), 1.0 / batch))
+
+    for head, mlp in enumerate(references):
+        gradients = {}
+        for mixed in (False, True):
+            mlp.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+                logits = mlp(features[index[head]])
+            loss = nn.functional.mse_loss(torch.sigmoid(logits.float()).squeeze(1), targets[head])
+            loss.backward()
+            gradients[mixed] = [mlp[layer].weight.grad.clone() for layer in (0, 2, 4)]
+        assert math.isclose(losses[head].item(), loss.item(), rel_tol=0.01)
+        # With no momentum and no weight decay the gradient buffers hold the plain gradients.
+        found = [workspace.gradients[0][head], workspace.gradients[2][head], workspace.gradients[4][head][None]]
+        for ours, autocast, full in zip(found, gradients[True], gradients[False], strict=True):
+            assert ours.dtype == torch.float32
+            scale = full.norm()
+            # bfloat16 keeps 8 bits: each rounding is off by up to 0.4 %, and six roundings in a chain, summed
+            # with cancellation over the batch, left up to 6 % here (autocast itself is 4 % off float32). A
+            # wrong transpose, slope or scale is off by about 100 %.
+            assert (ours - autocast).norm() < 0.1 * scale
+            assert (ours - full).norm() < 0.1 * scale
+            assert (ours - full).norm() > 1e-3 * scale  # the products did run in bfloat16
+    for parameter in module.parameters():
+        assert parameter.dtype == torch.float32
+
+
 def test_split_is_by_image_and_training_is_reproducible():
     data = synthetic_data(rows=900, rows_per_image=5)
     hyper = HyperParameters(lr=0.05, epochs=3, batch_size=32, momentum=0.9)
@@ -204,6 +262,10 @@ def test_divergence_and_bad_arguments_are_reported():
         train_heads(data, hyper_parameters={}, progress=False)
     with pytest.raises(InvalidInputError, match="validation_fraction"):
         train_heads(data, hyper_parameters=HyperParameters(0.01, 1, 8, 0.5), validation_fraction=1.0)
+    with pytest.raises(InvalidInputError, match="precision must be one of float32, bfloat16"):
+        train_heads(data, hyper_parameters=HyperParameters(0.01, 1, 8, 0.5), precision="float16", progress=False)
+    with pytest.raises(InvalidInputError, match="not a torch device"):
+        train_heads(data, hyper_parameters=HyperParameters(0.01, 1, 8, 0.5), device="gpu", progress=False)
     with pytest.raises(InvalidInputError, match="momentum"):
         HyperParameters(lr=0.01, epochs=1, batch_size=8, momentum=1.5)
     with pytest.raises(InvalidInputError, match="epochs"):

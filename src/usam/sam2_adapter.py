@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from usam.devices import select_device
 from usam.errors import CheckpointError, UsamError
 from usam.models import SAM2ModelSpec, get_model_spec
 
@@ -73,13 +74,6 @@ def _import_sam2() -> Any:
             ) from None
         raise
     return sys.modules["sam2"]
-
-
-def select_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def inference_context(device: torch.device) -> contextlib.AbstractContextManager[Any]:

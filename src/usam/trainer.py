@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from usam.devices import select_device
 from usam.errors import InvalidInputError, StoreError
 from usam.heads import (
     HEAD_NAMES,
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HPO_SEARCH_SPACE",
     "PAPER_DEFAULTS",
+    "PRECISIONS",
     "HeadRows",
     "HyperParameters",
     "TrainingData",
@@ -85,6 +87,11 @@ __all__ = [
 ]
 
 DEFAULT_VALIDATION_FRACTION = 0.1
+
+PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""Data types the large matrix products of training can run in. With ``bfloat16`` the weights, the SGD update,
+the losses and the last layer stay float32 (mixed precision); only the products of the two 512-wide layers and
+their inputs are rounded to bfloat16, which CPUs with AVX512-BF16 or AMX and recent GPUs run about twice as fast."""
 DEFAULT_WEIGHT_DECAY = 1e-3
 
 SIZE_HEADS: dict[str, str] = {"iou_" + size.replace("-", "_"): size for size in SIZES}
@@ -718,6 +725,8 @@ def train_heads(
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     progress: bool = True,
     hidden_dim: int = 512,
+    device: str | torch.device | None = None,
+    precision: str = "float32",
 ) -> tuple[UncertaintyHeads, dict[str, Any]]:
     """Train all heads of the data together and keep, per head, the epoch with the best validation loss.
 
@@ -728,9 +737,11 @@ def train_heads(
         validation_fraction: Fraction of the images held out (0: train on everything and keep the last epoch).
         progress: Show a progress bar with the losses.
         hidden_dim: Width of the heads' hidden layers (512 in the paper).
+        device: Where to train (default: CUDA when available, else the CPU). The features are copied there.
+        precision: ``"float32"``, or ``"bfloat16"`` for mixed precision (see :data:`PRECISIONS`).
 
     Returns:
-        The trained heads (in evaluation mode, in the data's head order) and the training report, which is
+        The trained heads (in evaluation mode, on the CPU, in the data's head order) and the training report, which is
         also stored as ``heads.metadata.training``: data, pairing, hyper-parameters, best epoch, loss history
         and validation metrics (MSE, MAE, R², Pearson, on the sigmoid output) per head, seed, split.
 
@@ -738,7 +749,7 @@ def train_heads(
         InvalidInputError: If hyper-parameters are missing for a head, a head has no training or no
             validation rows, or a head diverges (non-finite loss; lower its learning rate).
     """
-    heads, report = _fit(data, hyper_parameters, seed, validation_fraction, progress, hidden_dim)
+    heads, report = _fit(data, hyper_parameters, seed, validation_fraction, progress, hidden_dim, device, precision)
     diverged = [name for name, entry in report["heads"].items() if entry["best_epoch"] is None]
     if diverged:
         detail = ", ".join(f"{name} (lr {report['heads'][name]['hyper_parameters']['lr']:.3g})" for name in diverged)
@@ -767,9 +778,13 @@ def _fit(
     validation_fraction: float,
     progress: bool,
     hidden_dim: int,
+    device: str | torch.device | None = None,
+    precision: str = "float32",
 ) -> tuple[UncertaintyHeads, dict[str, Any]]:
     started = time.perf_counter()
     _check_seed(seed)
+    _check_precision(precision)
+    device = select_device(device)
     if isinstance(hidden_dim, bool) or not isinstance(hidden_dim, int) or hidden_dim < 1:
         raise InvalidInputError(f"hidden_dim must be a whole number >= 1, got {hidden_dim!r}")
     names = data.head_names
@@ -795,7 +810,7 @@ def _fit(
             )
         plans.append(plan)
 
-    features = _features_tensor(data.features)
+    features = _features_tensor(data.features).to(device)
     groups: dict[tuple[int, int], list[_HeadPlan]] = {}
     for plan in plans:
         groups.setdefault((plan.hyper.batch_size, plan.hyper.epochs), []).append(plan)
@@ -811,7 +826,7 @@ def _fit(
         for group_index, key in enumerate(sorted(groups)):
             members = sorted(groups[key], key=lambda plan: (-plan.train_rows.size, HEAD_NAMES.index(plan.name)))
             label = f"group {group_index + 1}/{len(groups)}" if len(groups) > 1 else ""
-            group_results, group_module = _train_group(members, data, features, seed, hidden_dim, bar, label)
+            group_results, group_module = _train_group(members, data, features, seed, hidden_dim, precision, bar, label)
             results.update(group_results)
             for plan in members:
                 states[plan.name] = group_module.head_state_dict(plan.name)
@@ -849,6 +864,8 @@ def _fit(
         "validation_images": int(is_validation_image.sum()),
         "loss": "MSE of the sigmoid output (gap heads: target clip(gap + 0.5, 0, 1))",
         "optimizer": "SGD with momentum and weight decay, rows reshuffled every epoch",
+        "precision": precision,
+        "device": str(device),
         "heads": {name: results[name] for name in names},
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -862,6 +879,7 @@ def _train_group(
     features: torch.Tensor,
     seed: int,
     hidden_dim: int,
+    precision: str,
     bar: Any,
     label: str,
 ) -> tuple[dict[str, dict[str, Any]], UncertaintyHeads]:
@@ -873,7 +891,8 @@ def _train_group(
     )
     for plan in members:
         module.load_head_state_dict(plan.name, _initial_head_state(plan.name, data, hidden_dim, seed))
-    workspace = _GroupWorkspace(module, features, batch_size, members)
+    module.to(features.device)
+    workspace = _GroupWorkspace(module, features, batch_size, members, precision)
     shufflers = [
         torch.Generator().manual_seed(_derived_seed(seed, _STREAM_SHUFFLE, HEAD_NAMES.index(plan.name)))
         for plan in members
@@ -895,8 +914,9 @@ def _train_group(
 
     with torch.no_grad():
         for epoch in range(1, epochs + 1):
-            row_index, targets, weights = _epoch_batches(train_rows, train_targets, shufflers, batch_size, num_steps)
-            loss_sums = torch.zeros(len(members), dtype=torch.float64)
+            batches = _epoch_batches(train_rows, train_targets, shufflers, batch_size, num_steps)
+            row_index, targets, weights = (tensor.to(features.device) for tensor in batches)
+            loss_sums = torch.zeros(len(members), dtype=_loss_dtype(features.device), device=features.device)
             for step in range(num_steps):
                 active = active_heads[step]
                 losses = workspace.step(
@@ -905,9 +925,10 @@ def _train_group(
                 loss_sums[:active] += losses
                 bar.update(1)
                 if step % 50 == 0 or step == num_steps - 1:
-                    running = (loss_sums / torch.tensor([min(step + 1, s) for s in steps_per_head])).mean().item()
+                    done_steps = torch.tensor([min(step + 1, s) for s in steps_per_head], device=features.device)
+                    running = (loss_sums / done_steps).mean().item()
                     bar.set_postfix_str(f"{label} epoch {epoch}/{epochs} loss {running:.4f}".strip(), refresh=False)
-            train_loss = (loss_sums / torch.tensor(steps_per_head, dtype=torch.float64)).tolist()
+            train_loss = (loss_sums.cpu().double() / torch.tensor(steps_per_head, dtype=torch.float64)).tolist()
             if has_validation:
                 predictions = _predict(module, features, [plan.validation_rows for plan in members])
                 losses_now = [
@@ -1006,37 +1027,74 @@ class _GroupWorkspace:
     Computes, for the first ``k`` heads of the group, exactly what autograd and ``torch.optim.SGD`` (momentum,
     no dampening, weight decay on all parameters) would for the loss ``sum_h sum_b w_hb (sigmoid(z_hb) -
     y_hb)^2``; the heads share no parameters, so each head gets the gradient of its own weighted mean.
+
+    With ``precision="bfloat16"`` the inputs, the hidden activations and their gradients are kept in bfloat16
+    and the two 512-wide layers multiply bfloat16 copies of their weights, refreshed every step; the weights,
+    their gradients, the SGD state, the last layer and the loss stay float32, as under ``torch.autocast``.
     """
 
     def __init__(
-        self, module: UncertaintyHeads, features: torch.Tensor, batch_size: int, members: Sequence[_HeadPlan]
+        self,
+        module: UncertaintyHeads,
+        features: torch.Tensor,
+        batch_size: int,
+        members: Sequence[_HeadPlan],
+        precision: str = "float32",
     ) -> None:
         self.features = features
         self.batch_size = batch_size
         num_heads, hidden, inputs = module.weight1.shape
+        device, compute = features.device, PRECISIONS[_check_precision(precision)]
         self.parameters = [
             parameter.detach()
             for parameter in (module.weight1, module.bias1, module.weight2, module.bias2, module.weight3, module.bias3)
         ]
         self.gradients = [torch.zeros_like(parameter) for parameter in self.parameters]
         self.velocities = [torch.zeros_like(parameter) for parameter in self.parameters]
-        self.learning_rates = torch.tensor([plan.hyper.lr for plan in members], dtype=torch.float32)
-        self.momenta = torch.tensor([plan.hyper.momentum for plan in members], dtype=torch.float32)
-        self.weight_decays = torch.tensor([plan.hyper.weight_decay for plan in members], dtype=torch.float32)
-        self.inputs = torch.empty(num_heads * batch_size, inputs)
-        self.hidden1 = torch.empty(num_heads, batch_size, hidden)
-        self.hidden2 = torch.empty(num_heads, batch_size, hidden)
-        self.grad_hidden1 = torch.empty(num_heads, batch_size, hidden)
-        self.grad_hidden2 = torch.empty(num_heads, batch_size, hidden)
-        self.relu_slope = torch.empty(num_heads, batch_size, hidden)
+        self.learning_rates = self._per_head([plan.hyper.lr for plan in members], device)
+        self.momenta = self._per_head([plan.hyper.momentum for plan in members], device)
+        self.weight_decays = self._per_head([plan.hyper.weight_decay for plan in members], device)
+        self.gathered = torch.empty(num_heads * batch_size, inputs, device=device)
+        self.mixed = compute != torch.float32
+        # What the two wide layers read, in the compute type; in float32 these are the tensors themselves.
+        self.inputs = torch.empty_like(self.gathered, dtype=compute) if self.mixed else self.gathered
+        self.compute_weights = [torch.empty_like(self.parameters[i], dtype=compute) for i in (0, 2)]
+        self.compute_gradients = [torch.empty_like(self.parameters[i], dtype=compute) for i in (0, 2)]
+        activations = (num_heads, batch_size, hidden)
+        self.hidden1 = torch.empty(activations, dtype=compute, device=device)
+        self.hidden2 = torch.empty(activations, dtype=compute, device=device)
+        self.grad_hidden1 = torch.empty(activations, dtype=compute, device=device)
+        self.grad_hidden2 = torch.empty(activations, dtype=compute, device=device)
+        self.relu_slope = torch.empty(activations, dtype=compute, device=device)
+
+    @staticmethod
+    def _per_head(values: list[float], device: torch.device) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=device)
+
+    def _wide_weights(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """weight1 and weight2 of the first ``k`` heads as the matrix products read them."""
+        if not self.mixed:
+            return self.parameters[0][:k], self.parameters[2][:k]
+        for parameter, copy in zip((self.parameters[0], self.parameters[2]), self.compute_weights, strict=True):
+            copy[:k].copy_(parameter[:k])
+        return self.compute_weights[0][:k], self.compute_weights[1][:k]
+
+    def _weight_gradient(self, index: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(buffer the product writes, float32 gradient) of weight1 (index 0) or weight2 (index 1)."""
+        gradient = self.gradients[2 * index][:k]
+        return (self.compute_gradients[index][:k] if self.mixed else gradient), gradient
 
     def step(self, k: int, row_index: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """One SGD step of the first ``k`` heads on ``(k, batch)`` rows; returns their ``(k,)`` batch losses."""
         batch = self.batch_size
+        gathered = self.gathered[: k * batch]
+        torch.index_select(self.features, 0, row_index.reshape(-1), out=gathered)
         inputs = self.inputs[: k * batch]
-        torch.index_select(self.features, 0, row_index.reshape(-1), out=inputs)
+        if self.mixed:
+            inputs.copy_(gathered)
         inputs = inputs.view(k, batch, -1)
-        weight1, bias1, weight2, bias2, weight3, bias3 = (parameter[:k] for parameter in self.parameters)
+        _, bias1, _, bias2, weight3, bias3 = (parameter[:k] for parameter in self.parameters)
+        weight1, weight2 = self._wide_weights(k)
         hidden1, hidden2 = self.hidden1[:k], self.hidden2[:k]
 
         # Forward, as UncertaintyHeads.logits computes it, but into the preallocated buffers.
@@ -1044,30 +1102,35 @@ class _GroupWorkspace:
         hidden1.add_(bias1.unsqueeze(1)).relu_()
         torch.bmm(hidden1, weight2.transpose(1, 2), out=hidden2)
         hidden2.add_(bias2.unsqueeze(1)).relu_()
-        logits = torch.bmm(hidden2, weight3.unsqueeze(2)).squeeze(2).add_(bias3.unsqueeze(1))
+        last_hidden = hidden2.float()  # the same tensor in float32 mode
+        logits = torch.bmm(last_hidden, weight3.unsqueeze(2)).squeeze(2).add_(bias3.unsqueeze(1))
         predictions = torch.sigmoid(logits)
         errors = predictions - targets
         losses = (weights * errors * errors).sum(1)
 
         # Backward: d loss / d logit = 2 w (p - y) p (1 - p), then through the layers.
         grad_logits = 2 * weights * errors * predictions * (1 - predictions)
-        grad_weight1, grad_bias1, grad_weight2, grad_bias2, grad_weight3, grad_bias3 = (
-            gradient[:k] for gradient in self.gradients
-        )
-        torch.bmm(grad_logits.unsqueeze(1), hidden2, out=grad_weight3.unsqueeze(1))
+        _, grad_bias1, _, grad_bias2, grad_weight3, grad_bias3 = (gradient[:k] for gradient in self.gradients)
+        torch.bmm(grad_logits.unsqueeze(1), last_hidden, out=grad_weight3.unsqueeze(1))
         torch.sum(grad_logits, 1, out=grad_bias3)
         relu_slope = self.relu_slope[:k]
         grad_hidden2 = self.grad_hidden2[:k]
         torch.mul(grad_logits.unsqueeze(2), weight3.unsqueeze(1), out=grad_hidden2)
         # sign(relu(z)) is the ReLU's slope (0 where z <= 0, as autograd has it), written into a reused buffer.
         grad_hidden2.mul_(torch.sign(hidden2, out=relu_slope))
-        torch.bmm(grad_hidden2.transpose(1, 2), hidden1, out=grad_weight2)
-        torch.sum(grad_hidden2, 1, out=grad_bias2)
+        written, grad_weight2 = self._weight_gradient(1, k)
+        torch.bmm(grad_hidden2.transpose(1, 2), hidden1, out=written)
+        if self.mixed:
+            grad_weight2.copy_(written)
+        torch.sum(grad_hidden2, 1, dtype=torch.float32, out=grad_bias2)
         grad_hidden1 = self.grad_hidden1[:k]
         torch.bmm(grad_hidden2, weight2, out=grad_hidden1)
         grad_hidden1.mul_(torch.sign(hidden1, out=relu_slope))
-        torch.bmm(grad_hidden1.transpose(1, 2), inputs, out=grad_weight1)
-        torch.sum(grad_hidden1, 1, out=grad_bias1)
+        written, grad_weight1 = self._weight_gradient(0, k)
+        torch.bmm(grad_hidden1.transpose(1, 2), inputs, out=written)
+        if self.mixed:
+            grad_weight1.copy_(written)
+        torch.sum(grad_hidden1, 1, dtype=torch.float32, out=grad_bias1)
 
         # SGD as torch.optim.SGD: d = g + wd p; v = momentum v + d (v starts at 0, so v = d at first); p -= lr v.
         for parameter, gradient, velocity in zip(self.parameters, self.gradients, self.velocities, strict=True):
@@ -1078,7 +1141,7 @@ class _GroupWorkspace:
             gradient.addcmul_(parameter, self.weight_decays[:k].view(shape))
             velocity.mul_(self.momenta[:k].view(shape)).add_(gradient)
             parameter.addcmul_(velocity, self.learning_rates[:k].view(shape), value=-1.0)
-        return losses.double()
+        return losses.to(_loss_dtype(losses.device))
 
 
 def _predict(module: UncertaintyHeads, features: torch.Tensor, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -1092,7 +1155,7 @@ def _predict(module: UncertaintyHeads, features: torch.Tensor, rows: Sequence[np
             for head, head_rows in enumerate(rows):
                 chunk = head_rows[start:stop]
                 index[head, : len(chunk)] = torch.from_numpy(chunk)
-            values = torch.sigmoid(module.logits(features[index])).double().numpy()
+            values = torch.sigmoid(module.logits(features[index.to(features.device)])).cpu().double().numpy()
             for head, head_rows in enumerate(rows):
                 count = max(0, min(stop, len(head_rows)) - start)
                 outputs[head][start : start + count] = values[head, :count]
@@ -1175,6 +1238,8 @@ def tune_hyper_parameters(
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
     hidden_dim: int = 512,
     progress: bool = False,
+    device: str | torch.device | None = None,
+    precision: str = "float32",
 ) -> HyperParameters:
     """Search the paper's space (:data:`HPO_SEARCH_SPACE`) for one head with Optuna's seeded TPE sampler.
 
@@ -1189,6 +1254,8 @@ def tune_hyper_parameters(
         weight_decay: Weight decay of every trial (not searched, as in the paper).
         hidden_dim: Width of the heads' hidden layers.
         progress: Show a progress bar over the trials.
+        device: Where to train (see :func:`train_heads`).
+        precision: ``"float32"`` or ``"bfloat16"`` (see :data:`PRECISIONS`).
 
     Returns:
         The best trial's hyper-parameters.
@@ -1214,7 +1281,7 @@ def tune_hyper_parameters(
             momentum=trial.suggest_float("momentum", *HPO_SEARCH_SPACE["momentum"]),
             weight_decay=weight_decay,
         )
-        _, report = _fit(single, hyper, seed, validation_fraction, False, hidden_dim)
+        _, report = _fit(single, hyper, seed, validation_fraction, False, hidden_dim, device, precision)
         best = report["heads"][head]["best_validation_mse"]
         # A diverged trial is the worst possible rather than a failure, so the search goes on.
         return math.inf if best is None else best
@@ -1262,6 +1329,8 @@ def train_from_store(
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     inputs: Sequence[str] = TOKEN_INPUTS,
     cache_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "float32",
 ) -> Path:
     """Train heads on a token store and write them to a heads file (:func:`usam.load_heads` reads it).
 
@@ -1280,6 +1349,8 @@ def train_from_store(
         validation_fraction: Fraction of images held out for validation.
         inputs: Tokens the heads read (ablations: ``["iou_token"]`` or ``["mask_token"]``).
         cache_dir: Memory-map the features from a file in this directory (for stores larger than the RAM).
+        device: Where to train (default: CUDA when available, else the CPU).
+        precision: ``"float32"``, or ``"bfloat16"`` for mixed precision (see :data:`PRECISIONS`).
 
     Returns:
         The path of the written heads file.
@@ -1290,6 +1361,7 @@ def train_from_store(
     """
     if isinstance(hpo_trials, bool) or not isinstance(hpo_trials, int) or hpo_trials < 0:
         raise InvalidInputError(f"hpo_trials must be a whole number >= 0, got {hpo_trials!r}")
+    _check_precision(precision)
     data = load_training_data(
         store, heads, pairing=pairing, models=models, pool_sizes=pool_sizes, inputs=inputs, cache_dir=cache_dir
     )
@@ -1298,11 +1370,24 @@ def train_from_store(
     hpo_record: dict[str, Any] = {}
     for name in data.head_names if hpo_trials else []:
         hyper[name] = tune_hyper_parameters(
-            data, name, hpo_trials, seed, validation_fraction=validation_fraction, progress=progress
+            data,
+            name,
+            hpo_trials,
+            seed,
+            validation_fraction=validation_fraction,
+            progress=progress,
+            device=device,
+            precision=precision,
         )
         hpo_record[name] = hyper[name].to_dict()
     heads_module, report = train_heads(
-        data, hyper_parameters=hyper, seed=seed, validation_fraction=validation_fraction, progress=progress
+        data,
+        hyper_parameters=hyper,
+        seed=seed,
+        validation_fraction=validation_fraction,
+        progress=progress,
+        device=device,
+        precision=precision,
     )
     if hpo_trials:
         report["hyper_parameter_source"] = {
@@ -1335,6 +1420,17 @@ def _derived_seed(seed: int, *words: int) -> int:
 def _check_seed(seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InvalidInputError(f"seed must be a non-negative whole number, got {seed!r}")
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def _loss_dtype(device: torch.device) -> torch.dtype:
+    """Losses are summed in float64 where the device has it (Apple's MPS does not)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _check_pairing(pairing: str) -> str:

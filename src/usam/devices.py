@@ -1,0 +1,28 @@
+"""Which torch device to run on (model-agnostic)."""
+
+from __future__ import annotations
+
+import torch
+
+from usam.errors import InvalidInputError
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """The given device, else CUDA when available, else the CPU.
+
+    Raises:
+        InvalidInputError: If the name is not a torch device, or names a CUDA or MPS device this machine lacks.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidInputError(f"{device!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {device} asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise InvalidInputError(f"device {device} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) exist")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError(f"device {device} asked for, but MPS is not available here; use --device cpu")
+    return chosen
