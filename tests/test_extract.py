@@ -140,7 +140,7 @@ def test_rows_do_not_depend_on_the_prompt_batch_size(dataset, sam_models):
 
 
 def test_default_prompt_batch_size_depends_on_the_device():
-    assert default_prompt_batch_size("cpu") == 4
+    assert default_prompt_batch_size("cpu") == 2
     assert default_prompt_batch_size(torch.device("cuda", 0)) == 32
     assert default_prompt_batch_size("mps") == 32
     for wrong in (0, -4, 2.5):

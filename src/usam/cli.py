@@ -392,7 +392,7 @@ def _add_extract(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of prompt sampling and image noise")
     parser.add_argument("--token-dtype", choices=["float32", "float16"], default="float32")
     parser.add_argument(
-        "--prompt-batch-size", type=int, help="prompts per decoder call (default: 4 on a CPU, 32 on a GPU)"
+        "--prompt-batch-size", type=int, help="prompts per decoder call (default: 2 on a CPU, 32 on a GPU)"
     )
     parser.add_argument(
         "--rows-per-part", type=int, default=2048, help="rows per Parquet part (smaller loses less on a crash)"

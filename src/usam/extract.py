@@ -32,10 +32,10 @@ from usam.targets import MonteCarloEntropies, mask_ious
 
 logger = logging.getLogger(__name__)
 
-CPU_PROMPT_BATCH = 4
+CPU_PROMPT_BATCH = 2
 """Prompts per decoder call on a CPU. SAM2's decoder copies the image embedding and its high-resolution features
-for every prompt of a call, so on a CPU a large call spills out of the caches: measured on a 2-core EPYC at 1024 px,
-about 55 ms per prompt for calls of 1 to 4 prompts against 111 ms for calls of 32."""
+for every prompt of a call, so on a CPU a large call spills out of the caches: measured on a 2-core EPYC at 1024 px
+(sam2.1 tiny, medians), 58, 61, 73, 99 and 111 ms per prompt in calls of 1, 2, 4, 8 and 32 prompts."""
 ACCELERATOR_PROMPT_BATCH = 32
 """Prompts per decoder call on a GPU, where larger calls keep the device busy; also bounds the memory of the
 full-resolution masks (B x 3 x H x W)."""
