@@ -68,6 +68,11 @@ def main() -> None:
         f"models {args.models}, {args.images} image(s) of {samples[0].image.shape[1]}x{samples[0].image.shape[0]} "
         f"with 4 objects, input size {args.image_size}, CPU, {torch.get_num_threads()} threads"
     )
+    # Untimed warm-up: the first calls of a model pay one-off costs (kernel selection, allocations) that would
+    # otherwise land on whichever loop runs first.
+    for model in models.values():
+        model.set_image(samples[0].image)
+        model.predict(point_coords=[[10.0, 10.0]], point_labels=[1])
     for monte_carlo in (False, True):
         extractor = Extractor(models, ExtractionOptions(monte_carlo=monte_carlo))
         timings = {}
