@@ -1362,6 +1362,7 @@ def train_from_store(
     if isinstance(hpo_trials, bool) or not isinstance(hpo_trials, int) or hpo_trials < 0:
         raise InvalidInputError(f"hpo_trials must be a whole number >= 0, got {hpo_trials!r}")
     _check_precision(precision)
+    device = select_device(device)  # before reading the store, so that a wrong device fails at once
     data = load_training_data(
         store, heads, pairing=pairing, models=models, pool_sizes=pool_sizes, inputs=inputs, cache_dir=cache_dir
     )
