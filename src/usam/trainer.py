@@ -1056,10 +1056,16 @@ class _GroupWorkspace:
         self.weight_decays = self._per_head([plan.hyper.weight_decay for plan in members], device)
         self.gathered = torch.empty(num_heads * batch_size, inputs, device=device)
         self.mixed = compute != torch.float32
-        # What the two wide layers read, in the compute type; in float32 these are the tensors themselves.
-        self.inputs = torch.empty_like(self.gathered, dtype=compute) if self.mixed else self.gathered
-        self.compute_weights = [torch.empty_like(self.parameters[i], dtype=compute) for i in (0, 2)]
-        self.compute_gradients = [torch.empty_like(self.parameters[i], dtype=compute) for i in (0, 2)]
+        self.loss_dtype = _loss_dtype(device)
+
+        # What the two wide layers read and write, in the compute type: the inputs, weight1 and weight2 and
+        # their gradients. In float32 these are the float32 tensors themselves, so nothing is copied.
+        def in_compute_type(tensor: torch.Tensor) -> torch.Tensor:
+            return torch.empty_like(tensor, dtype=compute) if self.mixed else tensor
+
+        self.inputs = in_compute_type(self.gathered)
+        self.compute_weights = [in_compute_type(self.parameters[index]) for index in (0, 2)]
+        self.compute_gradients = [in_compute_type(self.gradients[index]) for index in (0, 2)]
         activations = (num_heads, batch_size, hidden)
         self.hidden1 = torch.empty(activations, dtype=compute, device=device)
         self.hidden2 = torch.empty(activations, dtype=compute, device=device)
@@ -1071,19 +1077,6 @@ class _GroupWorkspace:
     def _per_head(values: list[float], device: torch.device) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32, device=device)
 
-    def _wide_weights(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """weight1 and weight2 of the first ``k`` heads as the matrix products read them."""
-        if not self.mixed:
-            return self.parameters[0][:k], self.parameters[2][:k]
-        for parameter, copy in zip((self.parameters[0], self.parameters[2]), self.compute_weights, strict=True):
-            copy[:k].copy_(parameter[:k])
-        return self.compute_weights[0][:k], self.compute_weights[1][:k]
-
-    def _weight_gradient(self, index: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(buffer the product writes, float32 gradient) of weight1 (index 0) or weight2 (index 1)."""
-        gradient = self.gradients[2 * index][:k]
-        return (self.compute_gradients[index][:k] if self.mixed else gradient), gradient
-
     def step(self, k: int, row_index: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """One SGD step of the first ``k`` heads on ``(k, batch)`` rows; returns their ``(k,)`` batch losses."""
         batch = self.batch_size
@@ -1093,8 +1086,11 @@ class _GroupWorkspace:
         if self.mixed:
             inputs.copy_(gathered)
         inputs = inputs.view(k, batch, -1)
-        _, bias1, _, bias2, weight3, bias3 = (parameter[:k] for parameter in self.parameters)
-        weight1, weight2 = self._wide_weights(k)
+        weight1, bias1, weight2, bias2, weight3, bias3 = (parameter[:k] for parameter in self.parameters)
+        if self.mixed:
+            for compute_weight, weight in zip(self.compute_weights, (weight1, weight2), strict=True):
+                compute_weight[:k].copy_(weight)
+        weight1, weight2 = (compute_weight[:k] for compute_weight in self.compute_weights)
         hidden1, hidden2 = self.hidden1[:k], self.hidden2[:k]
 
         # Forward, as UncertaintyHeads.logits computes it, but into the preallocated buffers.
@@ -1110,7 +1106,10 @@ class _GroupWorkspace:
 
         # Backward: d loss / d logit = 2 w (p - y) p (1 - p), then through the layers.
         grad_logits = 2 * weights * errors * predictions * (1 - predictions)
-        _, grad_bias1, _, grad_bias2, grad_weight3, grad_bias3 = (gradient[:k] for gradient in self.gradients)
+        grad_weight1, grad_bias1, grad_weight2, grad_bias2, grad_weight3, grad_bias3 = (
+            gradient[:k] for gradient in self.gradients
+        )
+        compute_grad_weight1, compute_grad_weight2 = (gradient[:k] for gradient in self.compute_gradients)
         torch.bmm(grad_logits.unsqueeze(1), last_hidden, out=grad_weight3.unsqueeze(1))
         torch.sum(grad_logits, 1, out=grad_bias3)
         relu_slope = self.relu_slope[:k]
@@ -1118,18 +1117,16 @@ class _GroupWorkspace:
         torch.mul(grad_logits.unsqueeze(2), weight3.unsqueeze(1), out=grad_hidden2)
         # sign(relu(z)) is the ReLU's slope (0 where z <= 0, as autograd has it), written into a reused buffer.
         grad_hidden2.mul_(torch.sign(hidden2, out=relu_slope))
-        written, grad_weight2 = self._weight_gradient(1, k)
-        torch.bmm(grad_hidden2.transpose(1, 2), hidden1, out=written)
+        torch.bmm(grad_hidden2.transpose(1, 2), hidden1, out=compute_grad_weight2)
         if self.mixed:
-            grad_weight2.copy_(written)
+            grad_weight2.copy_(compute_grad_weight2)
         torch.sum(grad_hidden2, 1, dtype=torch.float32, out=grad_bias2)
         grad_hidden1 = self.grad_hidden1[:k]
         torch.bmm(grad_hidden2, weight2, out=grad_hidden1)
         grad_hidden1.mul_(torch.sign(hidden1, out=relu_slope))
-        written, grad_weight1 = self._weight_gradient(0, k)
-        torch.bmm(grad_hidden1.transpose(1, 2), inputs, out=written)
+        torch.bmm(grad_hidden1.transpose(1, 2), inputs, out=compute_grad_weight1)
         if self.mixed:
-            grad_weight1.copy_(written)
+            grad_weight1.copy_(compute_grad_weight1)
         torch.sum(grad_hidden1, 1, dtype=torch.float32, out=grad_bias1)
 
         # SGD as torch.optim.SGD: d = g + wd p; v = momentum v + d (v starts at 0, so v = d at first); p -= lr v.
@@ -1141,7 +1138,7 @@ class _GroupWorkspace:
             gradient.addcmul_(parameter, self.weight_decays[:k].view(shape))
             velocity.mul_(self.momenta[:k].view(shape)).add_(gradient)
             parameter.addcmul_(velocity, self.learning_rates[:k].view(shape), value=-1.0)
-        return losses.to(_loss_dtype(losses.device))
+        return losses.to(self.loss_dtype)
 
 
 def _predict(module: UncertaintyHeads, features: torch.Tensor, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
