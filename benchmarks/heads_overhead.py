@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from usam import sam2_adapter
-from usam.heads import HEAD_NAMES, random_heads
+from usam.head_table import HEAD_NAMES
+from usam.heads import random_heads
 from usam.predictor import UncertainSAM, head_features
 
 

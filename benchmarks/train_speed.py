@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from usam.devices import select_device
-from usam.heads import HEAD_NAMES
+from usam.head_table import HEAD_NAMES
 from usam.trainer import HyperParameters, TrainingData, split_by_image, train_heads
 
 TOKEN = 256

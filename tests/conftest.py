@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from usam import sam2_adapter
-from usam.heads import HEAD_NAMES
+from usam.head_table import HEAD_NAMES
 
 SMALL_IMAGE_SIZE = 128
 

@@ -10,7 +10,8 @@ from PIL import Image
 from conftest import build_small_sam2, write_authors_heads
 from usam import sam2_adapter
 from usam.cli import main
-from usam.heads import HEAD_NAMES, random_heads
+from usam.head_table import HEAD_NAMES
+from usam.heads import random_heads
 
 SMALL = [f"--hydra-override={override}" for override in sam2_adapter.small_model_overrides(128)]
 

@@ -12,7 +12,8 @@ import torch
 
 from usam.errors import InvalidInputError
 from usam.evaluate import ABLATION_VARIANTS, AUC_RANGES, ENTROPY_MEASURES, run_evaluation
-from usam.heads import HEAD_NAMES, random_heads
+from usam.head_table import HEAD_NAMES
+from usam.heads import random_heads
 from usam.metrics import CORRECTION_SCENARIOS, correction_curve, no_correction_curve, oracle_curve, relative_auc
 from usam.store import StoreWriter, row_schema
 from usam.trainer import HyperParameters

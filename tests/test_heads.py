@@ -6,15 +6,8 @@ import torch
 
 from conftest import reference_head, write_authors_heads
 from usam.errors import HeadsFileError
-from usam.heads import (
-    GAP_HEAD_NAMES,
-    HEAD_NAMES,
-    PAIRING_AS_RELEASED,
-    HeadsMetadata,
-    UncertaintyHeads,
-    load_heads,
-    random_heads,
-)
+from usam.head_table import GAP_HEAD_NAMES, HEAD_NAMES, Pairing
+from usam.heads import HeadsMetadata, UncertaintyHeads, load_heads, random_heads
 
 
 def test_fused_heads_equal_nine_separate_mlps(tmp_path):
@@ -51,13 +44,13 @@ def test_authors_folder_metadata(tmp_path):
     write_authors_heads(tmp_path / "mlps" / "sam2.0", names=["iou_tiny", "task_gap"])
     heads = load_heads(tmp_path / "mlps" / "sam2.0")
     assert heads.names == ["iou_tiny", "task_gap"]
-    assert heads.metadata.pairing == PAIRING_AS_RELEASED
+    assert heads.metadata.pairing == Pairing.AS_RELEASED
     assert heads.metadata.sam2_version == "sam2"
     assert not any(parameter.requires_grad for parameter in heads.parameters())
 
 
 def test_save_load_round_trip_is_exact(tmp_path):
-    heads = random_heads(seed=5, pairing=PAIRING_AS_RELEASED, sam2_version="sam2.1")
+    heads = random_heads(seed=5, pairing=Pairing.AS_RELEASED, sam2_version="sam2.1")
     heads.metadata.training = {"lr": 0.0087, "note": "x"}
     path = heads.save(tmp_path / "heads.safetensors")
     loaded = load_heads(path)

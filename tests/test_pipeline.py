@@ -10,7 +10,8 @@ from usam import sam2_adapter
 from usam.cli import main
 from usam.datasets import open_dataset
 from usam.extract import ExtractionOptions, run_extraction
-from usam.heads import HEAD_NAMES, load_heads
+from usam.head_table import HEAD_NAMES
+from usam.heads import load_heads
 from usam.predictor import UncertainSAM
 
 

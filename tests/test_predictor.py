@@ -7,7 +7,8 @@ import torch
 from conftest import build_small_sam2, reference_head, write_authors_heads
 from usam import sam2_adapter
 from usam.errors import HeadsFileError, InvalidInputError
-from usam.heads import GAP_HEAD_NAMES, HEAD_NAMES, PAIRING_AS_RELEASED, PAIRING_TRUE, load_heads, random_heads
+from usam.head_table import GAP_HEAD_NAMES, HEAD_NAMES, Pairing
+from usam.heads import load_heads, random_heads
 from usam.predictor import UncertainSAM
 
 
@@ -29,7 +30,7 @@ def _recompute(result, states, pairing):
     iou_token = result.iou_token.reshape(-1, 256)
     mask_tokens = result.mask_tokens.reshape(-1, 4, 256)
     produced = result.mask_token_index.reshape(iou_token.shape[0], -1)
-    paired = np.maximum(produced - 1, 0) if pairing == PAIRING_AS_RELEASED else produced
+    paired = np.maximum(produced - 1, 0) if pairing == Pairing.AS_RELEASED else produced
     features = np.concatenate(
         [
             np.repeat(iou_token[:, None], paired.shape[1], 1),
@@ -43,7 +44,7 @@ def _recompute(result, states, pairing):
     }
 
 
-@pytest.mark.parametrize("pairing", [PAIRING_AS_RELEASED, PAIRING_TRUE])
+@pytest.mark.parametrize("pairing", [Pairing.AS_RELEASED, Pairing.TRUE])
 @pytest.mark.parametrize(
     "prompt",
     [
@@ -73,7 +74,7 @@ def test_estimates_equal_recomputation_from_captured_tokens(
         assert result.uncertainty[name].shape == result.sam_scores.shape
         np.testing.assert_allclose(result.uncertainty[name], expected[name], atol=3e-5, err_msg=name)
     if multimask_output:
-        expected_tokens = [0, 1, 2] if pairing == PAIRING_AS_RELEASED else [1, 2, 3]
+        expected_tokens = [0, 1, 2] if pairing == Pairing.AS_RELEASED else [1, 2, 3]
         assert (result.head_token_index.reshape(-1, 3) == expected_tokens).all()
 
 
@@ -87,7 +88,7 @@ def test_mask_input_prompts(predictor, rgb_image, authors_heads):
     with_click = model.predict(point_coords=[[30.0, 40.0]], point_labels=[1], mask_input=best)
     for result in (only_mask, with_click):
         assert result.sam_scores.shape == (3,)
-        expected = _recompute(result, states, PAIRING_AS_RELEASED)
+        expected = _recompute(result, states, Pairing.AS_RELEASED)
         for name in HEAD_NAMES:
             np.testing.assert_allclose(result.uncertainty[name], expected[name], atol=3e-5)
     assert not np.allclose(with_click.iou_token, first.iou_token), "the mask input must change the tokens"

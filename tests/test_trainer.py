@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from usam.errors import InvalidInputError, StoreError
-from usam.heads import GAP_HEAD_NAMES, HEAD_NAMES, HeadsMetadata, UncertaintyHeads, load_heads
+from usam.head_table import GAP_HEAD_NAMES, HEAD_NAMES
+from usam.heads import HeadsMetadata, UncertaintyHeads, load_heads
 from usam.store import StoreWriter, row_schema
 from usam.trainer import (
     HPO_SEARCH_SPACE,
@@ -262,7 +263,7 @@ def test_divergence_and_bad_arguments_are_reported():
         train_heads(data, hyper_parameters={}, progress=False)
     with pytest.raises(InvalidInputError, match="validation_fraction"):
         train_heads(data, hyper_parameters=HyperParameters(0.01, 1, 8, 0.5), validation_fraction=1.0)
-    with pytest.raises(InvalidInputError, match="precision must be one of float32, bfloat16"):
+    with pytest.raises(InvalidInputError, match="precision must be one of 'float32', 'bfloat16'"):
         train_heads(data, hyper_parameters=HyperParameters(0.01, 1, 8, 0.5), precision="float16", progress=False)
     with pytest.raises(InvalidInputError, match="not a torch device"):
         train_heads(data, hyper_parameters=HyperParameters(0.01, 1, 8, 0.5), device="gpu", progress=False)

@@ -13,12 +13,12 @@ from usam.errors import (
     StoreError,
     UsamError,
 )
-from usam.heads import HEAD_NAMES, HeadsMetadata, UncertaintyHeads, load_heads, random_heads
+from usam.head_table import HEAD_NAMES
+from usam.heads import HeadsMetadata, UncertaintyHeads, load_heads, random_heads
 from usam.images import as_rgb_uint8, load_image
 from usam.models import SAM2_MODELS, get_model_spec
 from usam.predictor import UncertainPrediction, UncertainSAM
-
-__version__ = "0.1.0"
+from usam.version import __version__
 
 __all__ = [
     "HEAD_NAMES",

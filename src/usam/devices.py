@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from usam.errors import InvalidInputError
+from usam.validation import StrEnum
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -26,3 +27,17 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     if chosen.type == "mps" and not torch.backends.mps.is_available():
         raise InvalidInputError(f"device {device} asked for, but MPS is not available here; use --device cpu")
     return chosen
+
+
+class Precision(StrEnum):
+    """Number type of the large matrix products of a computation (training heads, extracting tokens)."""
+
+    FLOAT32 = "float32"
+    """Full precision everywhere."""
+    BFLOAT16 = "bfloat16"
+    """Mixed precision: the large products and their inputs in bfloat16, weights, updates and losses float32."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch type of the products."""
+        return torch.float32 if self is Precision.FLOAT32 else torch.bfloat16

@@ -59,7 +59,8 @@ import numpy as np
 import torch
 
 from usam.errors import InvalidInputError
-from usam.heads import HEAD_NAMES, UncertaintyHeads, is_gap_head, load_heads
+from usam.head_table import HEAD_NAMES, is_gap_head
+from usam.heads import UncertaintyHeads, load_heads
 from usam.metrics import (
     CORRECTION_SCENARIOS,
     DEFAULT_NUM_POINTS,

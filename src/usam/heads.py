@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,27 +25,8 @@ import torch
 from torch import nn
 
 from usam.errors import HeadsFileError
-
-HEAD_NAMES: tuple[str, ...] = (
-    "iou_tiny",
-    "iou_small",
-    "iou_base_plus",
-    "iou_large",
-    "iou_unsupervised",
-    "iou_dense_prompt",
-    "model_gap",
-    "prompt_gap",
-    "task_gap",
-)
-"""The nine heads of UncertainSAM, in their canonical order."""
-
-GAP_HEAD_NAMES: tuple[str, ...] = ("model_gap", "prompt_gap", "task_gap")
-
-PAIRING_TRUE = "true"
-"""Returned mask k of a multimask call is scored with mask token k + 1, the token that produced it."""
-PAIRING_AS_RELEASED = "as-released"
-"""Returned mask k is scored with mask token k, as the paper's code does and its released heads were trained."""
-PAIRINGS: tuple[str, ...] = (PAIRING_TRUE, PAIRING_AS_RELEASED)
+from usam.files import atomic_path
+from usam.head_table import HEAD_NAMES, HEADS, Pairing
 
 TOKEN_INPUTS: tuple[str, ...] = ("iou_token", "mask_token")
 """What a head reads, in order. Ablations may train heads on one of the two tokens only."""
@@ -62,11 +42,6 @@ _HEAD_STATE_KEYS = (
     "layers.2.weight",
     "layers.2.bias",
 )
-
-
-def is_gap_head(name: str) -> bool:
-    """Whether a head predicts a gap (reported as ``sigmoid - 0.5``) rather than an IoU."""
-    return name.endswith("_gap")
 
 
 @dataclasses.dataclass
@@ -87,7 +62,7 @@ class HeadsMetadata:
     token_dim: int = 256
     hidden_dim: int = 512
     inputs: list[str] = dataclasses.field(default_factory=lambda: list(TOKEN_INPUTS))
-    pairing: str = PAIRING_TRUE
+    pairing: Pairing = Pairing.TRUE
     sam2_version: str | None = None
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -99,8 +74,9 @@ class HeadsMetadata:
             raise HeadsFileError(f"head names must be unique, got {self.names}")
         if not self.names:
             raise HeadsFileError("a heads file must contain at least one head")
-        if self.pairing not in PAIRINGS:
-            raise HeadsFileError(f"unknown token pairing {self.pairing!r}; use one of {list(PAIRINGS)}")
+        if self.pairing not in Pairing.values():
+            raise HeadsFileError(f"unknown token pairing {self.pairing!r}; use one of {Pairing.values()}")
+        self.pairing = Pairing(self.pairing)
         if not self.inputs or any(part not in TOKEN_INPUTS for part in self.inputs):
             raise HeadsFileError(f"heads inputs must be a non-empty subset of {list(TOKEN_INPUTS)}, got {self.inputs}")
 
@@ -152,7 +128,7 @@ class UncertaintyHeads(nn.Module):
         # 1 for gap heads: they report sigmoid - 0.5. A buffer so the subtraction stays inside the fused pass.
         self.register_buffer(
             "output_offset",
-            torch.tensor([0.5 if is_gap_head(name) else 0.0 for name in metadata.names]),
+            torch.tensor([HEADS[name].output_offset for name in metadata.names]),
             persistent=False,
         )
         self.reset_parameters()
@@ -260,16 +236,8 @@ class UncertaintyHeads(nn.Module):
         for name in self.metadata.names:
             for key, tensor in self.head_state_dict(name).items():
                 tensors[f"{name}.{key}"] = tensor.float().cpu().contiguous()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write next to the target and rename, so a crash never leaves a half-written heads file.
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(descriptor)
-        try:
-            save_file(tensors, temporary, metadata={_METADATA_KEY: self.metadata.to_json()})
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as temporary:
+            save_file(tensors, str(temporary), metadata={_METADATA_KEY: self.metadata.to_json()})
         return path
 
 
@@ -356,7 +324,7 @@ def _load_authors_folder(folder: Path, names: Sequence[str] | None, sam2_version
         raise HeadsFileError(f"{folder}: requested head(s) {missing} not found; it has {sorted(head_folders)}")
     metadata = HeadsMetadata(
         names=wanted,
-        pairing=PAIRING_AS_RELEASED,
+        pairing=Pairing.AS_RELEASED,
         sam2_version=sam2_version or _guess_sam2_version(folder),
         training={"source": "UncertainSAM authors' released heads", "folder": str(folder)},
     )
@@ -419,7 +387,7 @@ def random_heads(
     names: Sequence[str] = HEAD_NAMES,
     *,
     seed: int = 0,
-    pairing: str = PAIRING_TRUE,
+    pairing: Pairing | str = Pairing.TRUE,
     token_dim: int = 256,
     sam2_version: str | None = None,
 ) -> UncertaintyHeads:

@@ -19,7 +19,8 @@ import torch
 from usam import sam2_adapter
 from usam.entropy import mask_entropy, pixel_entropy
 from usam.errors import HeadsFileError, InvalidInputError
-from usam.heads import PAIRING_AS_RELEASED, UncertaintyHeads, load_heads
+from usam.head_table import Pairing
+from usam.heads import UncertaintyHeads, load_heads
 from usam.images import as_rgb_uint8
 
 
@@ -84,7 +85,7 @@ def head_token_indices(mask_token_index: torch.Tensor, pairing: str) -> torch.Te
     multimask call with token k, i.e. the token before the producing one; for a single returned mask it reads
     token 0 when token 0 produced it and otherwise, like for multimask output, the token before.
     """
-    if pairing == PAIRING_AS_RELEASED:
+    if pairing == Pairing.AS_RELEASED:
         return (mask_token_index - 1).clamp(min=0)
     return mask_token_index
 

@@ -51,19 +51,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from usam.devices import select_device
+from usam.devices import Precision, select_device
 from usam.errors import InvalidInputError, StoreError
-from usam.heads import (
-    HEAD_NAMES,
-    PAIRING_AS_RELEASED,
-    PAIRING_TRUE,
-    PAIRINGS,
-    TOKEN_INPUTS,
-    HeadsMetadata,
-    UncertaintyHeads,
-    is_gap_head,
-)
+from usam.head_table import HEAD_NAMES, SIZE_HEADS, Pairing, is_gap_head
+from usam.heads import TOKEN_INPUTS, HeadsMetadata, UncertaintyHeads
 from usam.models import SIZES, get_model_spec
+from usam.validation import check_choice
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -71,7 +64,6 @@ if TYPE_CHECKING:
 __all__ = [
     "HPO_SEARCH_SPACE",
     "PAPER_DEFAULTS",
-    "PRECISIONS",
     "HeadRows",
     "HyperParameters",
     "TrainingData",
@@ -88,14 +80,7 @@ __all__ = [
 
 DEFAULT_VALIDATION_FRACTION = 0.1
 
-PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-"""Data types the large matrix products of training can run in. With ``bfloat16`` the weights, the SGD update,
-the losses and the last layer stay float32 (mixed precision); only the products of the two 512-wide layers and
-their inputs are rounded to bfloat16, which CPUs with AVX512-BF16 or AMX and recent GPUs run about twice as fast."""
 DEFAULT_WEIGHT_DECAY = 1e-3
-
-SIZE_HEADS: dict[str, str] = {"iou_" + size.replace("-", "_"): size for size in SIZES}
-"""IoU head of each SAM2 size, e.g. ``iou_base_plus`` -> ``base-plus``."""
 
 _TARGET_COLUMNS: dict[str, str] = {
     **dict.fromkeys(SIZE_HEADS, "iou"),
@@ -281,7 +266,7 @@ class TrainingData:
     image_keys: np.ndarray
     heads: dict[str, HeadRows]
     inputs: tuple[str, ...] = TOKEN_INPUTS
-    pairing: str = PAIRING_TRUE
+    pairing: Pairing | str = Pairing.TRUE
     token_dim: int = 256
     sam2_version: str | None = None
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -338,7 +323,7 @@ class TrainingData:
         targets: Mapping[str, np.ndarray],
         *,
         inputs: Sequence[str] = TOKEN_INPUTS,
-        pairing: str = PAIRING_TRUE,
+        pairing: Pairing | str = Pairing.TRUE,
         source: Mapping[str, Any] | None = None,
     ) -> TrainingData:
         """Training data from plain arrays, e.g. features computed elsewhere or synthetic ones.
@@ -394,7 +379,7 @@ def load_training_data(
     store: str | os.PathLike[str] | pa.Table,
     heads: Sequence[str] | None = None,
     *,
-    pairing: str = PAIRING_TRUE,
+    pairing: Pairing | str = Pairing.TRUE,
     models: Sequence[str] | None = None,
     pool_sizes: bool = False,
     inputs: Sequence[str] = TOKEN_INPUTS,
@@ -581,7 +566,7 @@ def best_mask_token(mask_ious: np.ndarray, pairing: str) -> np.ndarray:
     """
     scores = np.where(np.isnan(mask_ious), -np.inf, mask_ious)
     best = np.argmax(scores, axis=1).astype(np.int64)
-    return best + 1 if _check_pairing(pairing) == PAIRING_TRUE else best
+    return best + 1 if _check_pairing(pairing) == Pairing.TRUE else best
 
 
 def fill_head_features(table: pa.Table, out: np.ndarray, inputs: tuple[str, ...], pairing: str) -> None:
@@ -738,7 +723,7 @@ def train_heads(
         progress: Show a progress bar with the losses.
         hidden_dim: Width of the heads' hidden layers (512 in the paper).
         device: Where to train (default: CUDA when available, else the CPU). The features are copied there.
-        precision: ``"float32"``, or ``"bfloat16"`` for mixed precision (see :data:`PRECISIONS`).
+        precision: ``"float32"``, or ``"bfloat16"`` for mixed precision (see :class:`usam.devices.Precision`).
 
     Returns:
         The trained heads (in evaluation mode, on the CPU, in the data's head order) and the training report, which is
@@ -1044,7 +1029,7 @@ class _GroupWorkspace:
         self.features = features
         self.batch_size = batch_size
         num_heads, hidden, inputs = module.weight1.shape
-        device, compute = features.device, PRECISIONS[_check_precision(precision)]
+        device, compute = features.device, _check_precision(precision).dtype
         self.parameters = [
             parameter.detach()
             for parameter in (module.weight1, module.bias1, module.weight2, module.bias2, module.weight3, module.bias3)
@@ -1252,7 +1237,7 @@ def tune_hyper_parameters(
         hidden_dim: Width of the heads' hidden layers.
         progress: Show a progress bar over the trials.
         device: Where to train (see :func:`train_heads`).
-        precision: ``"float32"`` or ``"bfloat16"`` (see :data:`PRECISIONS`).
+        precision: ``"float32"`` or ``"bfloat16"`` (see :class:`usam.devices.Precision`).
 
     Returns:
         The best trial's hyper-parameters.
@@ -1316,7 +1301,7 @@ def train_from_store(
     out_path: str | os.PathLike[str],
     *,
     heads: Sequence[str] | None = None,
-    pairing: str = PAIRING_TRUE,
+    pairing: Pairing | str = Pairing.TRUE,
     models: Sequence[str] | None = None,
     hpo_trials: int = 0,
     dataset_defaults: str = "coco",
@@ -1347,7 +1332,7 @@ def train_from_store(
         inputs: Tokens the heads read (ablations: ``["iou_token"]`` or ``["mask_token"]``).
         cache_dir: Memory-map the features from a file in this directory (for stores larger than the RAM).
         device: Where to train (default: CUDA when available, else the CPU).
-        precision: ``"float32"``, or ``"bfloat16"`` for mixed precision (see :data:`PRECISIONS`).
+        precision: ``"float32"``, or ``"bfloat16"`` for mixed precision (see :class:`usam.devices.Precision`).
 
     Returns:
         The path of the written heads file.
@@ -1420,10 +1405,8 @@ def _check_seed(seed: int) -> None:
         raise InvalidInputError(f"seed must be a non-negative whole number, got {seed!r}")
 
 
-def _check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise InvalidInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision
+def _check_precision(precision: str) -> Precision:
+    return check_choice(Precision, precision, "precision")
 
 
 def _loss_dtype(device: torch.device) -> torch.dtype:
@@ -1431,13 +1414,8 @@ def _loss_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _check_pairing(pairing: str) -> str:
-    if pairing not in PAIRINGS:
-        raise InvalidInputError(
-            f"unknown pairing {pairing!r}; use {PAIRING_TRUE!r} (mask k with token k + 1, the token that "
-            f"produced it) or {PAIRING_AS_RELEASED!r} (token k, as the paper's released heads)"
-        )
-    return pairing
+def _check_pairing(pairing: str) -> Pairing:
+    return check_choice(Pairing, pairing, "pairing")
 
 
 def _check_inputs(inputs: Sequence[str]) -> tuple[str, ...]:

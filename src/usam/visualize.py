@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from usam.heads import is_gap_head
+from usam.head_table import is_gap_head
 from usam.predictor import UncertainPrediction
 
 _HEAD_WORDS = {

@@ -1,0 +1,73 @@
+"""The ``usam`` command line: one module per group of subcommands, wired together here.
+
+Every user error (a bad image, prompt, heads file or checkpoint, no network) is printed as one line on stderr and
+ends the command with exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from usam.cli import benchmark, evaluate, extract, heads, predict, train
+from usam.cli.common import EXIT_USER_ERROR, UsageParser
+from usam.errors import UsamError
+
+_SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
+    predict.add_predict,
+    predict.add_selfcheck,
+    heads.add_models,
+    heads.add_convert_heads,
+    heads.add_heads_info,
+    extract.add_extract,
+    extract.add_store_info,
+    train.add_train,
+    evaluate.add_evaluate,
+    benchmark.add_benchmark,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``usam`` argument parser with all subcommands."""
+    from usam import __version__
+
+    parser = UsageParser(
+        prog="usam",
+        description="UncertainSAM: uncertainty estimates for every mask of Segment Anything 2.",
+        epilog="Run 'usam COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"usam {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=UsageParser)
+    for add in _SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``usam`` command; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help, --version, or a usage error already printed
+        return int(exit_request.code or 0)
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        with warnings.catch_warnings():
+            # SAM2's predictor scripts a function with torch.jit, which torch deprecates; not the user's business.
+            warnings.filterwarnings("ignore", message=".*torch.jit.*", category=DeprecationWarning)
+            return args.handler(args)
+    except UsamError as error:
+        print(f"usam: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("usam: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
