@@ -21,7 +21,7 @@ import torch
 
 from usam import sam2_adapter
 from usam.datasets.base import Sample
-from usam.extract import ExtractionOptions, Extractor
+from usam.extraction import ExtractionOptions, Extractor
 from usam.predictor import UncertainSAM
 
 

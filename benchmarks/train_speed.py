@@ -7,7 +7,7 @@ the same by-image train/validation split and the same number of epochs. The batc
 and 0.164, with which neither trainer moves off the targets' mean within two epochs on these unit-variance
 tokens, which would make the loss comparison empty (``--lr``/``--momentum`` change them).
 
-(a) ``usam.trainer.train_heads``: all nine heads in one vectorised model, rows in memory, per-epoch
+(a) ``usam.training.train_heads``: all nine heads in one vectorised model, rows in memory, per-epoch
     validation included in its time; once in float32 and once in mixed precision (``--precision bfloat16``:
     bfloat16 products, float32 weights and updates), each with its own ratio;
 (b) the paper code's way: per head a ``torch.utils.data.Dataset`` whose ``__getitem__`` concatenates the two
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from usam.devices import select_device
 from usam.head_table import HEAD_NAMES
-from usam.trainer import HyperParameters, TrainingData, split_by_image, train_heads
+from usam.training import HyperParameters, TrainingData, split_by_image, train_heads
 
 TOKEN = 256
 ROWS_PER_IMAGE = 4

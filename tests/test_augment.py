@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from usam.augment import AUGMENTATIONS, augment_image, augmented_images, gaussian_blur, jpeg_compress
+from usam.extraction.augment import AUGMENTATIONS, augment_image, augmented_images, gaussian_blur, jpeg_compress
 
 
 @pytest.fixture

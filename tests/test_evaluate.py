@@ -1,4 +1,4 @@
-"""Tests for usam.evaluate on a small synthetic token store whose true values are known."""
+"""Tests for usam.evaluation on a small synthetic token store whose true values are known."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from usam.errors import InvalidInputError
-from usam.evaluate import ABLATION_VARIANTS, AUC_RANGES, ENTROPY_MEASURES, run_evaluation
+from usam.evaluation import ABLATION_VARIANTS, AUC_RANGES, ENTROPY_MEASURES, run_evaluation
 from usam.head_table import HEAD_NAMES
 from usam.heads import random_heads
 from usam.metrics import CORRECTION_SCENARIOS, correction_curve, no_correction_curve, oracle_curve, relative_auc
 from usam.store import StoreWriter, row_schema
-from usam.trainer import HyperParameters
+from usam.training import HyperParameters
 
 NUM_IMAGES = 16
 OBJECTS_PER_IMAGE = 5

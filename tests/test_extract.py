@@ -14,9 +14,9 @@ from conftest import build_small_sam2, write_folder_dataset
 from usam import sam2_adapter
 from usam.datasets import open_dataset
 from usam.errors import InvalidInputError
-from usam.extract import ExtractionOptions, Extractor, default_prompt_batch_size, parse_shard, run_extraction
+from usam.extraction import ExtractionOptions, Extractor, default_prompt_batch_size, parse_shard, run_extraction
+from usam.extraction.prompts import sample_prompts
 from usam.predictor import UncertainSAM
-from usam.prompts import sample_prompts
 from usam.store import read_table, token_arrays
 
 MODELS = ("sam2.1-tiny", "sam2.1-large")

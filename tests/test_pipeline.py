@@ -9,7 +9,7 @@ from conftest import build_small_sam2, write_folder_dataset
 from usam import sam2_adapter
 from usam.cli import main
 from usam.datasets import open_dataset
-from usam.extract import ExtractionOptions, run_extraction
+from usam.extraction import ExtractionOptions, run_extraction
 from usam.head_table import HEAD_NAMES
 from usam.heads import load_heads
 from usam.predictor import UncertainSAM

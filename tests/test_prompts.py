@@ -1,4 +1,4 @@
-"""Tests for usam.prompts: erosion, center click, seeded sampling and user-given clicks."""
+"""Tests for usam.extraction.prompts: erosion, center click, seeded sampling and user-given clicks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from usam.errors import InvalidInputError
-from usam.prompts import (
+from usam.extraction.prompts import (
     ObjectPrompts,
     center_point,
     erode_mask,
@@ -184,7 +184,7 @@ def test_prompt_rng_is_reproducible_and_distinguishes_its_inputs():
 
 def test_prompt_rng_is_the_same_in_another_process():
     # Python's hash() of a str differs between processes; a stable hash must not.
-    code = "from usam.prompts import prompt_rng; print(repr(prompt_rng(7, 'image.jpg', '42').random()))"
+    code = "from usam.extraction.prompts import prompt_rng; print(repr(prompt_rng(7, 'image.jpg', '42').random()))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(other.stdout) == prompt_rng(7, "image.jpg", "42").random()
 

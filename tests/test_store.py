@@ -468,7 +468,7 @@ writer.close()
 
 def start_crash_job(root: Path, shard_index: int, num_shards: int) -> subprocess.Popen:
     script = CRASH_JOB_SCRIPT.format(
-        package_dir=str(Path(usam.store.__file__).parent),
+        package_dir=str(Path(usam.store.__file__).parent.parent),
         tests_dir=str(Path(__file__).parent),
         root=str(root),
         shard_index=shard_index,

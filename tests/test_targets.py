@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from usam.entropy import entropy_from_probabilities, mask_entropy
-from usam.targets import MonteCarloEntropies, mask_ious, normalized_scores, picked
+from usam.extraction.targets import MonteCarloEntropies, mask_ious, normalized_scores, picked
 
 
 def test_mask_ious_hand_computed():

@@ -1,4 +1,4 @@
-"""Tests for usam.trainer: learning, split by image, reproducibility, store reading, pairing, targets, HPO."""
+"""Tests for usam.training: learning, split by image, reproducibility, store reading, pairing, targets, HPO."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from usam.errors import InvalidInputError, StoreError
 from usam.head_table import GAP_HEAD_NAMES, HEAD_NAMES
 from usam.heads import HeadsMetadata, UncertaintyHeads, load_heads
 from usam.store import StoreWriter, row_schema
-from usam.trainer import (
+from usam.training import (
     HPO_SEARCH_SPACE,
     PAPER_DEFAULTS,
     HyperParameters,

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from usam.augment import augmented_images
 from usam.entropy import entropy_from_probabilities, mask_entropy
+from usam.extraction.augment import augmented_images
 from usam.predictor import UncertainSAM
 
 VARIANTS: tuple[str, ...] = ("sam2", "entropy", "augmentations", "prompts", "usam")

@@ -33,7 +33,7 @@ def add_evaluate(subparsers: Any) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from usam.evaluate import run_evaluation
+    from usam.evaluation import run_evaluation
 
     run_evaluation(
         args.data,

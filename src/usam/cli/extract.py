@@ -69,7 +69,7 @@ def _run_extract(args: argparse.Namespace) -> int:
     import os
 
     from usam.datasets import open_dataset
-    from usam.extract import ExtractionOptions, build_models, extraction_metadata, parse_shard, run_extraction
+    from usam.extraction import ExtractionOptions, build_models, extraction_metadata, parse_shard, run_extraction
 
     shard = parse_shard(args.shard)
     reader = open_dataset(

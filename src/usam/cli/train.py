@@ -60,7 +60,7 @@ def add_train(subparsers: Any) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from usam.heads import load_heads
-    from usam.trainer import train_from_store
+    from usam.training import train_from_store
 
     if args.hpo < 0:
         raise UsamError("--hpo must be 0 or more trials")

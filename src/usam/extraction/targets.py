@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from usam.entropy import entropy_from_probabilities, mask_entropy
+from usam.presets import TieRule
 
 
 def mask_ious(masks: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -42,6 +43,30 @@ def mask_ious(masks: np.ndarray, truth: np.ndarray) -> np.ndarray:
     intersection = np.logical_and(masks, truth).sum(axis=(-2, -1))
     union = masks.sum(axis=(-2, -1)) + truth.sum(axis=(-2, -1)) - intersection
     return np.where(union > 0, intersection / np.maximum(union, 1), 1.0).astype(np.float32)
+
+
+def best_output(mask_ious: np.ndarray, tie_rule: TieRule | str = TieRule.FIRST) -> np.ndarray:
+    """Index of the output that is best against the truth, per row; NaN counts as worst.
+
+    This is the one definition of "the best mask" that extraction, training and evaluation share.
+
+    Args:
+        mask_ious: ``(..., K)`` IoU of each output with the truth.
+        tie_rule: Which of several equally good outputs wins: the first (usam) or the last (the authors' code).
+
+    Returns:
+        ``(...)`` int64 indices into the last axis.
+
+    Example:
+        >>> ious = np.array([[0.5, 0.9, 0.9], [np.nan, 0.2, 0.1]])
+        >>> best_output(ious).tolist(), best_output(ious, "last").tolist()
+        ([1, 1], [2, 1])
+    """
+    scores = np.where(np.isnan(mask_ious), -np.inf, np.asarray(mask_ious, dtype=np.float64))
+    if TieRule(tie_rule) is TieRule.LAST:
+        last = scores.shape[-1] - 1
+        return (last - np.argmax(scores[..., ::-1], axis=-1)).astype(np.int64)
+    return np.argmax(scores, axis=-1).astype(np.int64)
 
 
 def normalized_scores(sam_scores: torch.Tensor) -> torch.Tensor:

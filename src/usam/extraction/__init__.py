@@ -2,7 +2,7 @@
 
 For each image and each model of a list (default sam2.1 tiny, small, base-plus, large) the image is encoded once
 per image version, and all objects' prompts run in batches. One row per (image, object, model) goes into a
-:mod:`usam.store` token store; see :mod:`usam.targets` for what the targets and entropies mean.
+:mod:`usam.store` token store; see :mod:`usam.extraction.targets` for what the targets and entropies mean.
 
 Work splits into N disjoint shards by image key (``--shard I/N``), so N processes (one per GPU, a SLURM array,
 torchrun) write into one store without coordination, and a killed run resumes where it stopped.
@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from usam import __version__
-from usam.augment import AUGMENTATIONS, augmented_images
 from usam.datasets import DatasetReader, Sample
 from usam.errors import DatasetError, InvalidInputError
+from usam.extraction.augment import AUGMENTATIONS, augmented_images
+from usam.extraction.prompts import ObjectPrompts, sample_prompts
+from usam.extraction.targets import MonteCarloEntropies, mask_ious
 from usam.models import DEFAULT_MODELS, SAM2ModelSpec, get_model_spec
 from usam.predictor import UncertainSAM
-from usam.prompts import ObjectPrompts, sample_prompts
-from usam.targets import MonteCarloEntropies, mask_ious
 
 logger = logging.getLogger(__name__)
 

@@ -53,9 +53,11 @@ import torch
 
 from usam.devices import Precision, select_device
 from usam.errors import InvalidInputError, StoreError
+from usam.extraction.targets import best_output
 from usam.head_table import HEAD_NAMES, SIZE_HEADS, Pairing, is_gap_head
 from usam.heads import TOKEN_INPUTS, HeadsMetadata, UncertaintyHeads
 from usam.models import SIZES, get_model_spec
+from usam.presets import TieRule
 from usam.validation import check_choice
 
 if TYPE_CHECKING:
@@ -553,19 +555,21 @@ def load_training_data(
     )
 
 
-def best_mask_token(mask_ious: np.ndarray, pairing: str) -> np.ndarray:
+def best_mask_token(
+    mask_ious: np.ndarray, pairing: Pairing | str, tie_rule: TieRule | str = TieRule.FIRST
+) -> np.ndarray:
     """Index (0..3) of the mask token paired with the best of the three multimask outputs.
 
     Args:
         mask_ious: ``(N, 3)`` IoU with the truth of the three multimask outputs; NaN counts as worst.
         pairing: ``"true"``: output k was produced by token k + 1; ``"as-released"``: token k, as the paper's
             code pairs them.
+        tie_rule: Which of several equally good outputs is the best (see :func:`usam.extraction.targets.best_output`).
 
     Returns:
         ``(N,)`` int64 token indices.
     """
-    scores = np.where(np.isnan(mask_ious), -np.inf, mask_ious)
-    best = np.argmax(scores, axis=1).astype(np.int64)
+    best = best_output(mask_ious, tie_rule)
     return best + 1 if _check_pairing(pairing) == Pairing.TRUE else best
 
 
@@ -833,7 +837,7 @@ def _fit(
     from usam import __version__
 
     report: dict[str, Any] = {
-        "trainer": f"usam {__version__} (usam.trainer)",
+        "trainer": f"usam {__version__} (usam.training)",
         "data": {
             **data.source,
             "rows": {name: int(data.heads[name].rows.size) for name in names},

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from usam.errors import InvalidInputError
+from usam.extraction.targets import best_output
 from usam.head_table import HEAD_NAMES, is_gap_head
 from usam.heads import UncertaintyHeads, load_heads
 from usam.metrics import (
@@ -74,7 +75,7 @@ from usam.metrics import (
     relative_auc,
 )
 from usam.models import SIZES, get_model_spec
-from usam.trainer import (
+from usam.training import (
     HyperParameters,
     TrainingData,
     fill_head_features,
@@ -676,14 +677,9 @@ def _measure_values(
         scores = rows.sam_scores[indices]
         if measure.source.startswith("highest"):
             return np.max(np.where(np.isnan(scores), -np.inf, scores), axis=1)
-        return scores[np.arange(indices.size), _best_output(rows.mask_ious[indices])]
+        return scores[np.arange(indices.size), best_output(rows.mask_ious[indices])]
     column = measure.source.removeprefix("column ")
     return rows.values[column][indices] if column in rows.values else None
-
-
-def _best_output(mask_ious: np.ndarray) -> np.ndarray:
-    """Index of the best multimask output; NaN counts as worst, as in the trainer's ``best_mask_token``."""
-    return np.argmax(np.where(np.isnan(mask_ious), -np.inf, mask_ious), axis=1)
 
 
 def _ranking_result(
@@ -795,7 +791,7 @@ def _correlation(rows: _Rows, indices: np.ndarray, head_names: Sequence[str]) ->
     """Pearson matrix of true IoU and gaps, SAM's score, entropies and heads on some rows (Table 5)."""
     candidates: dict[str, tuple[str, np.ndarray]] = {
         "true_iou": ("True IoU", rows.values["iou"][indices]),
-        "sam_score": ("SAM score", rows.sam_scores[indices, _best_output(rows.mask_ious[indices])]),
+        "sam_score": ("SAM score", rows.sam_scores[indices, best_output(rows.mask_ious[indices])]),
     }
     for name in ENTROPY_MEASURES:
         if name in rows.values:
@@ -839,7 +835,7 @@ def _check_hyper_parameters_type(hyper_parameters: object) -> None:
         isinstance(value, HyperParameters) for value in hyper_parameters.values()
     ):
         raise InvalidInputError(
-            "ablation_hyper_parameters must be a usam.trainer.HyperParameters, a mapping from head name to "
+            "ablation_hyper_parameters must be a usam.training.HyperParameters, a mapping from head name to "
             "HyperParameters, or None for the paper's"
         )
 
@@ -947,7 +943,7 @@ def _run_ablation(
             {name: targets[name] for name in trained_heads},
             inputs=inputs,
             pairing=heads.metadata.pairing,
-            source={"source": "usam.evaluate token ablation", "variant": variant},
+            source={"source": "usam.evaluation token ablation", "variant": variant},
         )
         try:
             module, report = train_heads(
@@ -1281,7 +1277,7 @@ def _report(results: Mapping[str, Any]) -> str:
             f"The images of the store are split at random (seed {protocol['seed']}): "
             f"{protocol['train_images']} train the heads and {protocol['test_images']} "
             f"({protocol['test_fraction']:.0%}) score them; no image is on both sides. For each variant the "
-            "heads of the four scenarios are trained from scratch with usam.trainer on the training images "
+            "heads of the four scenarios are trained from scratch with usam.training on the training images "
             f"({protocol['rows']}), keeping each head's epoch with the best loss on "
             f"{protocol['validation_fraction_of_training_images']:.0%} of the training images; hyper-parameters: "
             f"{protocol['hyper_parameter_source']}. Mask tokens are paired as `{protocol['pairing']}`. "

@@ -12,7 +12,7 @@ import io
 import numpy as np
 
 from usam.errors import InvalidInputError
-from usam.prompts import prompt_rng
+from usam.extraction.prompts import prompt_rng
 
 AUGMENTATIONS: tuple[str, ...] = ("unchanged", "jpeg_quality_10", "jpeg_quality_30", "gaussian_noise_5000", "blur_5x5")
 NOISE_VARIANCE = 5000.0
