@@ -45,7 +45,9 @@ class SAM2ModelSpec:
     @property
     def head_name(self) -> str:
         """The IoU head trained for this size, e.g. ``iou_base_plus``."""
-        return "iou_" + self.size.replace("-", "_")
+        from usam.head_table import size_head_name  # the head table imports this module's SIZES
+
+        return size_head_name(self.size)
 
 
 def _make_spec(version: str, size: str) -> SAM2ModelSpec:
