@@ -30,15 +30,20 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask_022):
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     path = files.write_text_atomically(tmp_path / "keep.txt", "old")
-    with pytest.raises(RuntimeError), files.atomic_path(path) as temporary:
-        temporary.write_text("half")
-        raise RuntimeError("crash while writing")
+
+    def crash_while_writing():
+        with files.atomic_path(path) as temporary:
+            temporary.write_text("half")
+            raise RuntimeError("crash while writing")
+
+    with pytest.raises(RuntimeError, match="crash while writing"):
+        crash_while_writing()
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
 
 
 def test_json_is_strict():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         files.json_text({"value": float("nan")})
     assert files.json_text([1, 2], indent=None) == "[1,2]\n"
 
@@ -64,5 +69,7 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     removed = files.remove_stale_temporaries(tmp_path)
 
     assert sorted(removed) == sorted([stale, old])
-    assert alive.exists() and other_host.exists() and user_file.exists()
+    assert alive.exists()
+    assert other_host.exists()
+    assert user_file.exists()
     assert files.remove_stale_temporaries(tmp_path / "missing") == []

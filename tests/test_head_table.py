@@ -27,9 +27,11 @@ def test_the_table_has_the_nine_heads_of_the_paper_in_order():
 
 
 def test_head_properties():
-    assert HEADS["task_gap"].kind is HeadKind.GAP and HEADS["task_gap"].output_offset == 0.5
+    assert HEADS["task_gap"].kind is HeadKind.GAP
+    assert HEADS["task_gap"].output_offset == 0.5
     assert HEADS["task_gap"].higher_is_uncertain
-    assert not HEADS["iou_large"].higher_is_uncertain and HEADS["iou_large"].output_offset == 0.0
+    assert not HEADS["iou_large"].higher_is_uncertain
+    assert HEADS["iou_large"].output_offset == 0.0
     assert HEADS["iou_unsupervised"].target_column == "unsupervised_iou"
     np.testing.assert_allclose(HEADS["model_gap"].training_target(np.array([-0.6, 0.0, 0.2, 0.9])), [0, 0.5, 0.7, 1])
     np.testing.assert_allclose(HEADS["iou_tiny"].training_target(np.array([0.25])), [0.25])
@@ -48,7 +50,8 @@ def test_the_paper_preset_differs_from_usam_where_the_departures_say():
     usam, paper = PRESETS[Preset.USAM], PRESETS[Preset.PAPER]
     assert all(name.startswith("sam2-") for name in paper.models)
     assert all(name.startswith("sam2.1-") for name in usam.models)
-    assert paper.tie_rule is TieRule.LAST and usam.tie_rule is TieRule.FIRST
+    assert paper.tie_rule is TieRule.LAST
+    assert usam.tie_rule is TieRule.FIRST
     assert paper.evaluation_model == "large"
     switched = [departure for departure in PAPER_DEPARTURES if departure.preset_paper]
     assert len(switched) == 5  # version, precision, tie rule, DAVIS frames, correlation model
