@@ -54,4 +54,4 @@ def test_the_paper_preset_differs_from_usam_where_the_departures_say():
     assert usam.tie_rule is TieRule.FIRST
     assert paper.evaluation_model == "large"
     switched = [departure for departure in PAPER_DEPARTURES if departure.preset_paper]
-    assert len(switched) == 5  # version, precision, tie rule, DAVIS frames, correlation model
+    assert len(switched) == 6  # version, precision, tie rule, DAVIS frames, correlation model, pooled size heads

@@ -127,6 +127,13 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
         True,
     ),
     Departure(
+        "training rows of the iou_<size> heads",
+        "the rows of that size's model, with their own IoU",
+        "every row (the tokens of every model), with that size's IoU of the same object",
+        "a head then sees only the tokens it is applied to; --pool-sizes gives the paper's targets",
+        True,
+    ),
+    Departure(
         "token pairing of usam-trained heads",
         "returned mask k is scored with mask token k + 1, the token that produced it",
         "mask token k (one token too early for multimask outputs)",
@@ -136,7 +143,7 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
     Departure(
         "validation split",
         "by image, seeded, rows shuffled every epoch",
-        "not by image: rows of one image can fall on both sides",
+        "a split of the stored rows (not by image), rows never shuffled",
         "rows of one image in both splits would leak the image into validation",
         False,
     ),
@@ -148,10 +155,10 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
         False,
     ),
     Departure(
-        "learning-rate search",
-        "log-uniform over the paper's range",
-        "uniform over the same range",
-        "a uniform draw over 1e-4..0.1 almost never tries small rates",
+        "hyper-parameter search",
+        "Optuna's TPE sampler, learning rate log-uniform over the paper's range, one seeded stream per head",
+        "SMAC, learning rate uniform over the same range",
+        "Optuna is a lighter dependency; a uniform draw over 1e-4..0.1 almost never tries small rates",
         False,
     ),
     Departure(
@@ -170,3 +177,20 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
     ),
 )
 """Every deliberate difference from the paper authors' code, for the README and the evaluation report."""
+
+
+def departures_markdown() -> str:
+    """:data:`PAPER_DEPARTURES` as a Markdown table (the README's table is this text).
+
+    Example:
+        >>> print(departures_markdown().splitlines()[0])
+        | choice | usam | the paper's code | why | `--preset paper` |
+    """
+    lines = [
+        "| choice | usam | the paper's code | why | `--preset paper` |",
+        "|---|---|---|---|---|",
+    ]
+    for departure in PAPER_DEPARTURES:
+        switched = "switches to the paper's" if departure.preset_paper else "keeps usam's"
+        lines.append(f"| {departure.topic} | {departure.usam} | {departure.paper} | {departure.why} | {switched} |")
+    return "\n".join(lines)
