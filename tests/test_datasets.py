@@ -210,6 +210,55 @@ def test_coco_unknown_key(tmp_path: Path) -> None:
         CocoReader(tmp_path, "val").load("nope")
 
 
+# A segmentation pycocotools rejects or would decode into garbage, added to image 3 (which also has a valid object).
+MALFORMED_SEGMENTATIONS = {
+    "uncompressed counts short of h*w": {"size": [HEIGHT, WIDTH], "counts": [1, 2]},
+    "uncompressed counts past h*w": {"size": [HEIGHT, WIDTH], "counts": [HEIGHT * WIDTH, 5]},
+    "negative uncompressed count": {"size": [HEIGHT, WIDTH], "counts": [-4, HEIGHT * WIDTH + 4]},
+    "garbage compressed counts": {"size": [HEIGHT, WIDTH], "counts": "abc"},
+    "compressed counts of another size": compressed_rle(box(0, 0, 2, 2, height=10, width=10)),
+    "RLE without size": {"counts": "abc"},
+    "polygon of strings": [["a", "b", "c", "d", "e", "f"]],
+    "segmentation is a number": 5,
+    "segmentation is missing": None,
+}
+
+
+@pytest.mark.parametrize("segmentation", MALFORMED_SEGMENTATIONS.values(), ids=MALFORMED_SEGMENTATIONS)
+def test_coco_malformed_annotation_skips_its_image_and_names_the_annotation(
+    tmp_path: Path, segmentation: object
+) -> None:
+    make_coco(tmp_path)
+    annotation_file = tmp_path / "annotations" / "instances_val2017.json"
+    content = json.loads(annotation_file.read_text())
+    bad = {"id": 302, "image_id": 3, "iscrowd": 0}
+    if segmentation is not None:
+        bad["segmentation"] = segmentation
+    content["annotations"].append(bad)
+    annotation_file.write_text(json.dumps(content))
+    reader = CocoReader(tmp_path, "val")
+    # listed, so that extraction counts it as skipped instead of losing it without a word
+    assert reader.keys() == ["000000000001", "000000000003", "000000000004"]
+    assert [sample.image_key for sample in reader] == ["000000000001", "000000000004"]
+    assert len(reader.skipped) == 1
+    skipped = reader.skipped[0]
+    assert skipped.image_key == "000000000003"
+    assert skipped.path == str(annotation_file)
+    assert "annotation 302" in skipped.reason
+    assert str(annotation_file) in skipped.reason
+    with pytest.raises(DatasetFileError, match="annotation 302"):
+        reader.load("000000000003")
+
+
+def test_coco_valid_compressed_and_uncompressed_rle_of_every_shape_still_decode(tmp_path: Path) -> None:
+    """The run-length checks accept what pycocotools itself writes, including long and empty runs."""
+    rng = np.random.default_rng(3)
+    noisy = rng.random((HEIGHT, WIDTH)) > 0.5
+    for mask in (noisy, np.ones((HEIGHT, WIDTH), bool), box(19, 29, 20, 30)):
+        assert CocoReader._rle_problem(compressed_rle(mask), HEIGHT, WIDTH) is None
+        assert CocoReader._rle_problem(uncompressed_rle(mask), HEIGHT, WIDTH) is None
+
+
 # ------------------------------------------------------------------------------------------------ ADE20K
 
 

@@ -10,6 +10,12 @@ Layout (as extracted from the official zips)::
 Every non-crowd annotation (``iscrowd`` 0) whose decoded mask has at least :data:`MIN_MASK_PIXELS` foreground
 pixels is one object, keyed by its annotation id. Polygons, uncompressed and compressed RLE are decoded with
 pycocotools. Images without such an annotation are left out of :meth:`CocoReader.keys`.
+
+An annotation whose segmentation is malformed (run lengths that do not add up to the image's pixels, an RLE of
+another size, a polygon pycocotools rejects, no polygon or RLE at all) makes its whole image a skipped sample,
+recorded with the annotation id and the annotation file: dropping just that object would store the image as
+done, so a rerun after fixing the annotation file would not redo it. Such an image stays in
+:meth:`CocoReader.keys` so that extraction counts it as skipped rather than leaving it out without a word.
 """
 
 from __future__ import annotations
@@ -28,6 +34,38 @@ logger = logging.getLogger(__name__)
 
 #: Masks with fewer foreground pixels are too small to prompt reliably and are left out.
 MIN_MASK_PIXELS = 10
+
+
+def _counts_from_compressed(counts: str | bytes) -> list[int]:
+    """The run lengths of COCO's compressed RLE string, decoded as pycocotools' ``rleFrString`` does.
+
+    Each count is a little-endian sequence of 6-bit characters (offset 48) holding 5 bits each, with 0x20 meaning
+    "more follow" and 0x10 in the last one the sign; from the fourth count on, the count two back is added.
+
+    Raises:
+        ValueError: A character outside the alphabet, or a count cut off at the end.
+    """
+    text = counts.decode("ascii", errors="replace") if isinstance(counts, bytes) else counts
+    values: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(text):
+                raise ValueError("the last run length is cut off")
+            code = ord(text[position]) - 48
+            if not 0 <= code < 64:
+                raise ValueError(f"character {text[position]!r} at {position} is not in the RLE alphabet")
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            position += 1
+            shift += 5
+            if not more and code & 0x10:
+                value |= -1 << shift
+        if len(values) > 2:
+            value += values[-2]
+        values.append(value)
+    return values
 
 
 class CocoReader(DatasetReader):
@@ -103,38 +141,72 @@ class CocoReader(DatasetReader):
         self._images_by_key = images_by_key
         return images_by_key
 
+    @staticmethod
+    def _rle_problem(segmentation: dict[str, Any], height: int, width: int) -> str | None:
+        """What is wrong with an RLE segmentation of an image of ``height`` x ``width``, or None if nothing.
+
+        pycocotools trusts the run lengths: counts that stop short of ``height * width`` decode into uninitialised
+        memory and broken compressed counts into errors or nonsense, so they are checked here first.
+        """
+        size = segmentation.get("size")
+        if size != [height, width]:
+            return f"RLE size {size!r} is not the image's [height, width] [{height}, {width}]"
+        counts = segmentation.get("counts")
+        if isinstance(counts, (str, bytes)):
+            try:
+                counts = _counts_from_compressed(counts)
+            except ValueError as error:
+                return f"compressed RLE counts are malformed ({error})"
+        elif not isinstance(counts, list) or not all(
+            isinstance(count, int) and not isinstance(count, bool) for count in counts
+        ):
+            return "RLE counts are neither a compressed string nor a list of integers"
+        if any(count < 0 for count in counts):
+            return "RLE counts hold a negative run length"
+        if sum(counts) != height * width:
+            return f"RLE run lengths add up to {sum(counts)} pixels but the image has {height}x{width}={height * width}"
+        return None
+
     def _rle(self, annotation: dict[str, Any], height: int, width: int) -> Any:
-        """The annotation's mask as one compressed RLE, or None (with a warning) when it is malformed."""
+        """The annotation's mask as one compressed RLE, or None when it has only degenerate polygons.
+
+        Raises:
+            DatasetFileError: The segmentation is malformed; the message names the annotation id and the file.
+        """
         mask_api = pycocotools_mask("COCO")
         segmentation = annotation.get("segmentation")
-        try:
-            if isinstance(segmentation, list):
-                # A polygon list may hold several parts of one object: merge them into one mask.
+        problem: str | None
+        if isinstance(segmentation, list):
+            # A polygon list may hold several parts of one object: merge them into one mask. Polygons of fewer
+            # than three points (a few in COCO itself) enclose nothing; pycocotools would read four numbers as a box.
+            try:
                 polygons = [polygon for polygon in segmentation if len(polygon) >= 6]
                 if not polygons:
                     return None
                 return mask_api.merge(mask_api.frPyObjects(polygons, height, width))
-            if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-                return mask_api.frPyObjects(segmentation, height, width)
-            if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), (str, bytes)):
+            except Exception as error:  # pycocotools raises bare Exceptions and TypeErrors for malformed input
+                problem = f"pycocotools rejects its polygons ({type(error).__name__}: {error})"
+        elif isinstance(segmentation, dict):
+            problem = self._rle_problem(segmentation, height, width)
+            if problem is None:
+                if isinstance(segmentation["counts"], list):
+                    return mask_api.frPyObjects(segmentation, height, width)
                 return segmentation
-        except Exception as error:  # pycocotools raises bare Exceptions and TypeErrors for malformed input
-            logger.warning(
-                "%s: ignoring annotation %s with malformed segmentation (%s)",
-                self.annotation_file,
-                annotation.get("id"),
-                error,
-            )
-            return None
-        logger.warning(
-            "%s: ignoring annotation %s without a polygon or RLE segmentation",
+        else:
+            problem = f"has no polygon list or RLE but {type(segmentation).__name__} {segmentation!r:.80}"
+        raise DatasetFileError(
             self.annotation_file,
-            annotation.get("id"),
+            f"annotation {annotation.get('id')} of image id {annotation.get('image_id')} has a malformed "
+            f"segmentation: {problem}",
+            "fix or remove that annotation",
         )
-        return None
 
-    def _valid_annotations(self, record: dict[str, Any]) -> Iterator[tuple[dict[str, Any], Any]]:
-        """Non-crowd annotations of an image with their RLE, in annotation-id order; size not yet checked."""
+    def _annotation_rles(self, record: dict[str, Any]) -> Iterator[tuple[dict[str, Any], Any]]:
+        """Non-crowd annotations of an image with their RLE, in annotation-id order; size not yet checked.
+
+        Raises:
+            DatasetFileError: An annotation of the image is malformed.
+        """
         height, width = int(record["height"]), int(record["width"])
         annotations = sorted(self._annotations_by_image.get(record["id"], []), key=lambda a: a.get("id", 0))
         for annotation in annotations:
@@ -144,7 +216,11 @@ class CocoReader(DatasetReader):
 
     def _has_objects(self, record: dict[str, Any]) -> bool:
         mask_api = pycocotools_mask("COCO")
-        return any(int(mask_api.area(rle)) >= MIN_MASK_PIXELS for _, rle in self._valid_annotations(record))
+        try:
+            return any(int(mask_api.area(rle)) >= MIN_MASK_PIXELS for _, rle in self._annotation_rles(record))
+        except DatasetFileError:
+            # Listed, so that load() raises and the image is skipped and counted, not left out without a word.
+            return True
 
     # ------------------------------------------------------------------------------------------ interface
 
@@ -157,11 +233,19 @@ class CocoReader(DatasetReader):
         """Load one COCO image with its non-crowd masks of at least ``MIN_MASK_PIXELS`` pixels.
 
         Raises:
-            DatasetError: The key is not in the annotation file, or the image file is missing or broken.
+            DatasetError: The key is not in the annotation file, an annotation of the image is malformed, or the
+                image file is missing or broken.
         """
         record = self._index().get(image_key)
         if record is None:
             raise DatasetError(f"COCO image key {image_key!r} is not in {self.annotation_file}")
+        # Annotations first: a malformed one makes decoding the image pointless.
+        mask_api = pycocotools_mask("COCO")
+        masks: dict[str, np.ndarray] = {}
+        for annotation, rle in self._annotation_rles(record):
+            mask = mask_api.decode(rle).astype(bool)
+            if int(mask.sum()) >= MIN_MASK_PIXELS:
+                masks[str(annotation["id"])] = mask
         image_path = self.image_folder / record["file_name"]
         image = read_rgb_image(image_path)
         height, width = int(record["height"]), int(record["width"])
@@ -171,10 +255,4 @@ class CocoReader(DatasetReader):
                 f"image is {image.shape[1]}x{image.shape[0]} but {self.annotation_file.name} says {width}x{height}",
                 "the image file does not belong to this annotation file",
             )
-        mask_api = pycocotools_mask("COCO")
-        masks: dict[str, np.ndarray] = {}
-        for annotation, rle in self._valid_annotations(record):
-            mask = mask_api.decode(rle).astype(bool)
-            if int(mask.sum()) >= MIN_MASK_PIXELS:
-                masks[str(annotation["id"])] = mask
         return self._sample(image_key, image, masks, self.annotation_file)
