@@ -259,6 +259,92 @@ def test_coco_valid_compressed_and_uncompressed_rle_of_every_shape_still_decode(
         assert CocoReader._rle_problem(uncompressed_rle(mask), HEIGHT, WIDTH) is None
 
 
+def rewrite_coco(root: Path, change) -> Path:
+    """Apply ``change`` to the parsed val annotation file of :func:`make_coco` and write it back."""
+    annotation_file = root / "annotations" / "instances_val2017.json"
+    content = json.loads(annotation_file.read_text())
+    change(content)
+    annotation_file.write_text(json.dumps(content))
+    return annotation_file
+
+
+@pytest.mark.parametrize("side", ["images", "annotations", "both"])
+def test_coco_ids_match_whether_written_as_numbers_or_strings(tmp_path: Path, side: str) -> None:
+    make_coco(tmp_path)
+
+    def stringify(content: dict) -> None:
+        if side in ("images", "both"):
+            for image in content["images"]:
+                image["id"] = str(image["id"])
+        if side in ("annotations", "both"):
+            for annotation in content["annotations"]:
+                annotation["image_id"] = str(annotation["image_id"])
+                annotation["id"] = str(annotation["id"])
+
+    rewrite_coco(tmp_path, stringify)
+    reader = CocoReader(tmp_path, "val")
+    assert reader.keys() == ["000000000001", "000000000003", "000000000004"]
+    sample = reader.load("000000000001")
+    assert list(sample.masks) == ["101", "102", "105"]
+    np.testing.assert_array_equal(sample.masks["102"], COCO_RLE_MASK)
+
+
+def test_coco_annotation_ids_of_mixed_types_are_ordered_without_error(tmp_path: Path) -> None:
+    make_coco(tmp_path)
+
+    def rename(content: dict) -> None:
+        content["annotations"][0]["id"] = "poly-a"  # 101
+        content["annotations"][4]["id"] = 9  # 105
+
+    rewrite_coco(tmp_path, rename)
+    # numbers first, in numeric order (9 before 102), then the other names
+    assert list(CocoReader(tmp_path, "val").load("000000000001").masks) == ["9", "102", "poly-a"]
+
+
+def test_coco_annotations_that_name_no_listed_image_are_an_error(tmp_path: Path) -> None:
+    make_coco(tmp_path)
+
+    def rename_images(content: dict) -> None:
+        for image in content["images"]:
+            image["id"] = f"img-{image['id']}"
+
+    annotation_file = rewrite_coco(tmp_path, rename_images)
+    with pytest.raises(DatasetFileError, match=r"none of the 9 annotations has the id of an image") as raised:
+        CocoReader(tmp_path, "val").keys()
+    assert raised.value.path == str(annotation_file)
+    assert "'img-1'" in str(raised.value)
+    assert "1" in str(raised.value)
+
+
+def test_coco_images_without_any_object_are_an_error_not_an_empty_dataset(tmp_path: Path) -> None:
+    make_coco(tmp_path)
+
+    def crowd_only(content: dict) -> None:
+        for annotation in content["annotations"]:
+            annotation["iscrowd"] = 1
+
+    rewrite_coco(tmp_path, crowd_only)
+    with pytest.raises(DatasetFileError, match=r"none of its 4 images has a non-crowd annotation"):
+        CocoReader(tmp_path, "val").keys()
+    # a selection that stops early never walks the whole list and is not judged
+    assert CocoReader(tmp_path, "val", limit=0).keys() == []
+
+
+@pytest.mark.parametrize("image_id", [None, True, [1], 1.5])
+def test_coco_image_id_that_is_no_id_is_an_error(tmp_path: Path, image_id: object) -> None:
+    make_coco(tmp_path)
+    rewrite_coco(tmp_path, lambda content: content["images"][0].update(id=image_id))
+    with pytest.raises(DatasetFileError, match="id"):
+        CocoReader(tmp_path, "val").keys()
+
+
+def test_coco_two_images_with_one_id_are_an_error(tmp_path: Path) -> None:
+    make_coco(tmp_path)
+    rewrite_coco(tmp_path, lambda content: content["images"][1].update(id="1"))
+    with pytest.raises(DatasetFileError, match="two images have the id 1"):
+        CocoReader(tmp_path, "val").keys()
+
+
 # ------------------------------------------------------------------------------------------------ ADE20K
 
 

@@ -21,6 +21,7 @@ done, so a rerun after fixing the annotation file would not redo it. Such an ima
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +35,31 @@ logger = logging.getLogger(__name__)
 
 #: Masks with fewer foreground pixels are too small to prompt reliably and are left out.
 MIN_MASK_PIXELS = 10
+
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _coco_id(value: Any) -> str | None:
+    """An image or annotation id as text, so that ``1``, ``1.0`` and ``"1"`` name the same image; None if no id.
+
+    COCO writes ids as integers, but converted datasets often write them as strings on one side only.
+    """
+    if isinstance(value, bool):  # a bool is an int to Python but never an id
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str) and value:
+        return value
+    return None
+
+
+def _id_order(text: str) -> tuple[int, int, str]:
+    """Sort key of an id from :func:`_coco_id`: numbers first, in numeric order, then other names."""
+    if _INTEGER.fullmatch(text):
+        return (0, int(text), text)
+    return (1, 0, text)
 
 
 def _counts_from_compressed(counts: str | bytes) -> list[int]:
@@ -71,7 +97,8 @@ def _counts_from_compressed(counts: str | bytes) -> list[int]:
 class CocoReader(DatasetReader):
     """COCO 2017 instance masks. Splits: ``"train"`` and ``"val"`` (``"train2017"``/``"val2017"`` accepted).
 
-    Image keys are file stems (``"000000000139"``); object ids are annotation ids (``"1768"``).
+    Image keys are file stems (``"000000000139"``); object ids are annotation ids (``"1768"``). Ids may be
+    integers or strings: an annotation belongs to the image whose id has the same text as its ``image_id``.
     """
 
     name: ClassVar[str] = "coco"
@@ -88,7 +115,7 @@ class CocoReader(DatasetReader):
         if not self.annotation_file.is_file():
             raise DatasetError(f"COCO annotation file {self.annotation_file} does not exist; {self.layout_hint()}")
         self._images_by_key: dict[str, dict[str, Any]] | None = None
-        self._annotations_by_image: dict[Any, list[dict[str, Any]]] = {}
+        self._annotations_by_image: dict[str, list[dict[str, Any]]] = {}
 
     @classmethod
     def layout_hint(cls) -> str:
@@ -102,7 +129,12 @@ class CocoReader(DatasetReader):
     # --------------------------------------------------------------------------------------------- index
 
     def _index(self) -> dict[str, dict[str, Any]]:
-        """Image records by key (and non-crowd annotations by image id), built once from the json."""
+        """Image records by key (and non-crowd annotations by image id text), built once from the json.
+
+        Raises:
+            DatasetFileError: The file is not a COCO instances file, an image record is malformed, two images share
+                an id or a file stem, or the file has annotations but none names an image of it.
+        """
         if self._images_by_key is not None:
             return self._images_by_key
         content = read_json(self.annotation_file, what="COCO annotation file")
@@ -114,29 +146,63 @@ class CocoReader(DatasetReader):
                 'has no "annotations" list; use instances_<split>2017.json, not an image-info file',
             )
         images_by_key: dict[str, dict[str, Any]] = {}
+        keys_by_id: dict[str, str] = {}
         for record in content["images"]:
             try:
                 key = Path(record["file_name"]).stem
-                record_id = record["id"]
+                image_id = _coco_id(record["id"])
                 int(record["height"]), int(record["width"])
             except (KeyError, TypeError, ValueError):
                 raise DatasetFileError(
-                    self.annotation_file, f"image record {record!r} lacks id, file_name, height or width"
+                    self.annotation_file, f"image record {record!r:.200} lacks id, file_name, height or width"
                 ) from None
+            if image_id is None:
+                raise DatasetFileError(
+                    self.annotation_file,
+                    f"image {record['file_name']!r} has the id {record['id']!r}; an id must be an integer or a string",
+                )
+            if image_id in keys_by_id:
+                raise DatasetFileError(
+                    self.annotation_file, f"two images have the id {image_id} ({keys_by_id[image_id]} and {key})"
+                )
             if key in images_by_key:
                 raise DatasetFileError(
                     self.annotation_file,
-                    f"two images share the file stem {key!r} (ids {images_by_key[key]['id']} and {record_id})",
+                    f"two images share the file stem {key!r} (ids {images_by_key[key]['id']} and {record['id']})",
                 )
+            keys_by_id[image_id] = key
             images_by_key[key] = record
-        annotations_by_image: dict[Any, list[dict[str, Any]]] = {}
-        for annotation in content["annotations"]:
-            if not isinstance(annotation, dict) or annotation.get("iscrowd", 0):
+        annotations_by_image: dict[str, list[dict[str, Any]]] = {}
+        unmatched: list[dict[str, Any]] = []
+        annotations = [annotation for annotation in content["annotations"] if isinstance(annotation, dict)]
+        for annotation in annotations:
+            image_id = _coco_id(annotation.get("image_id"))
+            if image_id not in keys_by_id:
+                unmatched.append(annotation)
                 continue
-            if "id" not in annotation:
+            if annotation.get("iscrowd", 0):
+                continue
+            if _coco_id(annotation.get("id")) is None:
                 logger.warning("%s: ignoring an annotation without an id: %.200r", self.annotation_file, annotation)
                 continue
-            annotations_by_image.setdefault(annotation.get("image_id"), []).append(annotation)
+            annotations_by_image.setdefault(image_id, []).append(annotation)
+        if unmatched and len(unmatched) == len(annotations):
+            example_image = (
+                f" (image ids such as {content['images'][0]['id']!r}" if content["images"] else " (no images"
+            )
+            raise DatasetFileError(
+                self.annotation_file,
+                f'none of the {len(annotations)} annotations has the id of an image in its "images" list'
+                f"{example_image}, annotation image_ids such as {unmatched[0].get('image_id')!r})",
+                "each annotation's image_id must equal the id of its image",
+            )
+        if unmatched:
+            logger.warning(
+                "%s: ignoring %d annotation(s) whose image_id is the id of no image, e.g. %r",
+                self.annotation_file,
+                len(unmatched),
+                unmatched[0].get("image_id"),
+            )
         self._annotations_by_image = annotations_by_image
         self._images_by_key = images_by_key
         return images_by_key
@@ -208,7 +274,9 @@ class CocoReader(DatasetReader):
             DatasetFileError: An annotation of the image is malformed.
         """
         height, width = int(record["height"]), int(record["width"])
-        annotations = sorted(self._annotations_by_image.get(record["id"], []), key=lambda a: a.get("id", 0))
+        annotations = sorted(
+            self._annotations_by_image.get(_coco_id(record["id"]), []), key=lambda a: _id_order(_coco_id(a["id"]))
+        )
         for annotation in annotations:
             rle = self._rle(annotation, height, width)
             if rle is not None:
@@ -225,9 +293,28 @@ class CocoReader(DatasetReader):
     # ------------------------------------------------------------------------------------------ interface
 
     def _key_groups(self) -> Iterable[Iterable[str]]:
-        images_by_key = self._index()
         # Decoding annotations is the expensive part; a generator keeps keys() with a small limit cheap.
-        yield (key for key in sorted(images_by_key) if self._has_objects(images_by_key[key]))
+        yield self._keys_with_objects(self._index())
+
+    def _keys_with_objects(self, images_by_key: dict[str, dict[str, Any]]) -> Iterator[str]:
+        """Keys of the images with at least one object, in order.
+
+        Raises:
+            DatasetFileError: Once the whole list is walked, when the file lists images but none has an object:
+                an empty dataset from a non-empty file is a mistake to report, not a result.
+        """
+        found = False
+        for key in sorted(images_by_key):
+            if self._has_objects(images_by_key[key]):
+                found = True
+                yield key
+        if images_by_key and not found:
+            raise DatasetFileError(
+                self.annotation_file,
+                f"none of its {len(images_by_key)} images has a non-crowd annotation with a mask of at least "
+                f"{MIN_MASK_PIXELS} pixels",
+                "use an instance segmentation file (instances_<split>2017.json) with polygon or RLE masks",
+            )
 
     def load(self, image_key: str) -> Sample:
         """Load one COCO image with its non-crowd masks of at least ``MIN_MASK_PIXELS`` pixels.
@@ -245,7 +332,7 @@ class CocoReader(DatasetReader):
         for annotation, rle in self._annotation_rles(record):
             mask = mask_api.decode(rle).astype(bool)
             if int(mask.sum()) >= MIN_MASK_PIXELS:
-                masks[str(annotation["id"])] = mask
+                masks[_coco_id(annotation["id"])] = mask
         image_path = self.image_folder / record["file_name"]
         image = read_rgb_image(image_path)
         height, width = int(record["height"]), int(record["width"])
