@@ -24,6 +24,7 @@ from usam.datasets import (
     SavReader,
     open_dataset,
 )
+from usam.datasets.base import path_inside
 from usam.errors import DatasetError, InvalidInputError, UsamError
 
 # pycocotools 2.0.x trips numpy 2's __array__ copy deprecation inside its Cython decoder; not ours to fix.
@@ -343,6 +344,23 @@ def test_coco_two_images_with_one_id_are_an_error(tmp_path: Path) -> None:
     rewrite_coco(tmp_path, lambda content: content["images"][1].update(id="1"))
     with pytest.raises(DatasetFileError, match="two images have the id 1"):
         CocoReader(tmp_path, "val").keys()
+
+
+@pytest.mark.parametrize("how", ["dot-dot", "absolute"])
+def test_coco_file_name_outside_the_dataset_is_refused(tmp_path: Path, how: str) -> None:
+    root = tmp_path / "coco"
+    make_coco(root)
+    outside = tmp_path / "outside.jpg"
+    write_jpeg(outside, flat_image((30, 30, 200)))  # a readable image of the right size: only the check refuses it
+    file_name = "../../outside.jpg" if how == "dot-dot" else str(outside)
+    annotation_file = rewrite_coco(root, lambda content: content["images"][2].update(file_name=file_name))
+    reader = CocoReader(root, "val")
+    assert [sample.image_key for sample in reader] == ["000000000001", "000000000004"]
+    [skipped] = reader.skipped
+    assert skipped.image_key == "outside"
+    assert skipped.path == str(annotation_file)
+    assert repr(file_name) in skipped.reason
+    assert "outside" in skipped.reason
 
 
 # ------------------------------------------------------------------------------------------------ ADE20K
@@ -882,6 +900,88 @@ def test_keys_do_not_decode_images(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr("PIL.Image.open", forbidden)
     assert FolderReader(tmp_path).keys() == FOLDER_KEYS
     assert len(DavisReader(tmp_path / "davis", "val").keys()) == 8
+
+
+# ------------------------------------------------------------------------------------ names from data files
+
+
+@pytest.mark.parametrize(
+    "name", ["a.jpg", "sub/a.jpg", "sub/./a.jpg", "a..b.jpg", ".hidden"], ids=lambda name: repr(name)
+)
+def test_path_inside_accepts_relative_names(tmp_path: Path, name: str) -> None:
+    assert path_inside(tmp_path, name, source=tmp_path / "list.txt", what="image") == tmp_path / name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "..",
+        "../a.jpg",
+        "sub/../../a.jpg",
+        "/etc/passwd",
+        "..\\a.jpg",
+        "\\\\server\\share\\a.jpg",
+        "C:\\a.jpg",
+        "C:a",
+    ],
+    ids=lambda name: repr(name),
+)
+def test_path_inside_refuses_names_that_leave_the_folder(tmp_path: Path, name: str) -> None:
+    source = tmp_path / "list.txt"
+    with pytest.raises(DatasetFileError, match="not a relative path inside") as raised:
+        path_inside(tmp_path, name, source=source, what="image")
+    assert raised.value.path == str(source)
+    assert repr(name) in str(raised.value)
+
+
+def write_stolen_annotations(folder: Path) -> None:
+    """Annotation PNGs outside a dataset, which a video name with ``..`` or an absolute path would reach."""
+    labels = np.zeros((HEIGHT, WIDTH), np.uint8)
+    labels[0:4, 0:4] = 1
+    write_palette_png(folder / "00000.png", labels)
+    write_gray_png(folder / "000" / "00000.png", labels * 255)  # SA-V's per-object layout
+
+
+@pytest.mark.parametrize("how", ["dot-dot", "absolute"])
+def test_video_names_outside_the_dataset_are_refused(tmp_path: Path, how: str) -> None:
+    stolen = tmp_path / "stolen"
+    write_stolen_annotations(stolen)
+
+    def name_for(annotation_folder: Path) -> str:
+        """A video name that leads from ``annotation_folder`` to ``stolen``."""
+        if how == "absolute":
+            return str(stolen)
+        return "/".join([".."] * len(annotation_folder.relative_to(tmp_path).parts) + ["stolen"])
+
+    make_davis(tmp_path / "davis")
+    davis_list = tmp_path / "davis" / "ImageSets" / "2017" / "val.txt"
+    davis_name = name_for(tmp_path / "davis" / "Annotations" / "480p")
+    davis_list.write_text(f"bear\n{davis_name}\n")
+
+    (tmp_path / "mose").mkdir()
+    make_mose(tmp_path / "mose")
+    mose_meta = tmp_path / "mose" / "meta_train.json"
+    mose_name = name_for(tmp_path / "mose" / "train" / "Annotations")
+    meta = json.loads(mose_meta.read_text())
+    meta["videos"] = {"0f2c": meta["videos"]["0f2c"], mose_name: {"objects": {}, "length": 1}}
+    mose_meta.write_text(json.dumps(meta))
+
+    split = make_sav_val(tmp_path / "sav")
+    sav_list = split / "sav_val.txt"
+    sav_name = name_for(split / "Annotations_6fps")
+    sav_list.write_text(f"sav_000456\n{sav_name}\n")
+
+    for reader, source, name, good_keys in (
+        (DavisReader(tmp_path / "davis", "val", every=5), davis_list, davis_name, ["bear/00000"]),
+        (MoseReader(tmp_path / "mose", "train", every=5), mose_meta, mose_name, ["0f2c/00000"]),
+        (SavReader(tmp_path / "sav", "val"), sav_list, sav_name, ["sav_000456/00000"]),
+    ):
+        assert reader.keys() == good_keys, reader.name
+        assert [sample.image_key for sample in reader] == good_keys
+        [skipped] = reader.skipped
+        assert (skipped.image_key, skipped.path) == (name, str(source))
+        assert "not a relative path inside" in skipped.reason
 
 
 # ---------------------------------------------------------------------------------------- shared behaviour

@@ -15,7 +15,8 @@ An annotation whose segmentation is malformed (run lengths that do not add up to
 another size, a polygon pycocotools rejects, no polygon or RLE at all) makes its whole image a skipped sample,
 recorded with the annotation id and the annotation file: dropping just that object would store the image as
 done, so a rerun after fixing the annotation file would not redo it. Such an image stays in
-:meth:`CocoReader.keys` so that extraction counts it as skipped rather than leaving it out without a word.
+:meth:`CocoReader.keys` so that extraction counts it as skipped rather than leaving it out without a word. So is an
+image whose ``file_name`` is absolute or climbs out of ``root/<split>2017`` with ``..``: it is not read.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from usam.datasets.base import DatasetFileError, DatasetReader, Sample, pycocotools_mask, read_json, read_rgb_image
+from usam.datasets.base import (
+    DatasetFileError,
+    DatasetReader,
+    Sample,
+    path_inside,
+    pycocotools_mask,
+    read_json,
+    read_rgb_image,
+)
 from usam.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -320,8 +329,8 @@ class CocoReader(DatasetReader):
         """Load one COCO image with its non-crowd masks of at least ``MIN_MASK_PIXELS`` pixels.
 
         Raises:
-            DatasetError: The key is not in the annotation file, an annotation of the image is malformed, or the
-                image file is missing or broken.
+            DatasetError: The key is not in the annotation file, an annotation of the image is malformed, the
+                image's ``file_name`` leads outside the image folder, or the image file is missing or broken.
         """
         record = self._index().get(image_key)
         if record is None:
@@ -333,7 +342,9 @@ class CocoReader(DatasetReader):
             mask = mask_api.decode(rle).astype(bool)
             if int(mask.sum()) >= MIN_MASK_PIXELS:
                 masks[_coco_id(annotation["id"])] = mask
-        image_path = self.image_folder / record["file_name"]
+        image_path = path_inside(
+            self.image_folder, record["file_name"], source=self.annotation_file, what=f"file_name of image {image_key}"
+        )
         image = read_rgb_image(image_path)
         height, width = int(record["height"]), int(record["width"])
         if image.shape[:2] != (height, width):

@@ -61,7 +61,7 @@ class DavisReader(PaletteVideoReader):
     def _open(self) -> None:
         """Find the sequence list (under ``root`` or ``root/DAVIS``) and the folders of the resolution."""
         base = self.root / "DAVIS" if (self.root / "DAVIS" / "ImageSets").is_dir() else self.root
-        self.sequence_list = base / "ImageSets" / "2017" / f"{self.split}.txt"
+        self.sequence_list = self.video_list = base / "ImageSets" / "2017" / f"{self.split}.txt"
         self.frame_folder = base / "JPEGImages" / self.resolution
         self.annotation_folder = base / "Annotations" / self.resolution
         if not self.sequence_list.is_file():
