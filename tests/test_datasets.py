@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -874,6 +875,32 @@ def test_folder_broken_files_are_skipped(tmp_path: Path, caplog: pytest.LogCaptu
     # a second pass starts a fresh record
     list(reader)
     assert len(reader.skipped) == 5
+
+
+def test_images_above_the_pixel_limit_are_skipped_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_folder(tmp_path)
+    monkeypatch.delenv("USAM_MAX_IMAGE_PIXELS", raising=False)
+    # Pillow's own guard, lowered so the 20x30 images are in its warning band (above the limit, below twice it)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", HEIGHT * WIDTH - 1)
+    reader = FolderReader(tmp_path, limit=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning may not escape
+        assert list(reader) == []
+    assert [(s.image_key, Path(s.path).name) for s in reader.skipped] == [
+        ("a_rgb", "a_rgb.png"),
+        ("b_gray", "b_gray.png"),
+    ]
+    reason = reader.skipped[0].reason
+    assert "image is 30x20 = 600 pixels, more than Pillow's safety limit against decompression bombs of 599" in reason
+    assert "USAM_MAX_IMAGE_PIXELS" in reason
+    # raising the limit lets them through; a malformed limit stops the run instead of skipping every image
+    monkeypatch.setenv("USAM_MAX_IMAGE_PIXELS", "600")
+    assert [sample.image_key for sample in reader] == ["a_rgb", "b_gray"]
+    monkeypatch.setenv("USAM_MAX_IMAGE_PIXELS", "many")
+    with pytest.raises(InvalidInputError, match="USAM_MAX_IMAGE_PIXELS"):
+        list(reader)
 
 
 def test_folder_layout_errors(tmp_path: Path) -> None:

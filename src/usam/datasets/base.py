@@ -396,16 +396,25 @@ def pycocotools_mask(dataset: str) -> Any:
 
 
 def _open_picture(path: Path, what: str):
-    """Open and fully decode an image file with Pillow, turning every failure into a DatasetFileError."""
-    from PIL import Image, UnidentifiedImageError
+    """Open and fully decode an image file with Pillow, turning every failure into a DatasetFileError.
+
+    An image with more pixels than :func:`usam.images.max_image_pixels` is refused before it is decoded.
+    """
+    from PIL import UnidentifiedImageError
+
+    from usam.images import ImageTooLargeError, open_image_file
 
     try:
-        picture = Image.open(path)
+        picture = open_image_file(path)
         picture.load()
     except FileNotFoundError:
         raise DatasetFileError(path, f"{what} does not exist") from None
     except UnidentifiedImageError:
         raise
+    except ImageTooLargeError as error:
+        raise DatasetFileError(path, f"{what} {error.problem}") from None
+    except InvalidInputError:
+        raise  # $USAM_MAX_IMAGE_PIXELS is malformed: a setting to fix, not a broken file to skip
     except Exception as error:
         # Pillow reports broken files as OSError, SyntaxError, ValueError, EOFError, zlib.error, ... depending
         # on the format; all of them mean the same thing here.
