@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import shutil
 import warnings
 from pathlib import Path
 
@@ -505,6 +506,22 @@ def test_davis_resolution_and_missing_files(tmp_path: Path) -> None:
         DavisReader(tmp_path, "val", resolution="1080p")
     with pytest.raises(DatasetError, match=r"ImageSets[/\\]2017[/\\]train\.txt"):
         DavisReader(tmp_path, "train", resolution="Full-Resolution")
+
+
+def test_davis_missing_resolution_names_the_real_options(tmp_path: Path) -> None:
+    make_davis(tmp_path, resolution="Full-Resolution")
+    with pytest.raises(DatasetError) as raised:
+        DavisReader(tmp_path, "val")  # 480p, the default, is not there
+    message = str(raised.value)
+    assert str(tmp_path / "JPEGImages" / "480p") in message
+    # the resolution that is there, as the command line and the Python API spell it
+    assert "--davis-resolution Full-Resolution" in message
+    assert 'resolution="Full-Resolution"' in message
+    for folder in ("JPEGImages", "Annotations"):
+        shutil.rmtree(tmp_path / folder / "Full-Resolution")
+    with pytest.raises(DatasetError, match=r"--davis-resolution \{480p,Full-Resolution\}") as raised:
+        DavisReader(tmp_path, "val")
+    assert "resolution=" in str(raised.value)
 
 
 def test_davis_sequence_without_annotations_is_reported(tmp_path: Path) -> None:
