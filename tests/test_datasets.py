@@ -221,6 +221,7 @@ MALFORMED_SEGMENTATIONS = {
     "garbage compressed counts": {"size": [HEIGHT, WIDTH], "counts": "abc"},
     "compressed counts of another size": compressed_rle(box(0, 0, 2, 2, height=10, width=10)),
     "RLE without size": {"counts": "abc"},
+    "RLE size of floats": {**compressed_rle(COCO_RLE_MASK), "size": [float(HEIGHT), float(WIDTH)]},
     "polygon of strings": [["a", "b", "c", "d", "e", "f"]],
     "segmentation is a number": 5,
     "segmentation is missing": None,

@@ -15,8 +15,8 @@ An annotation whose segmentation is malformed (run lengths that do not add up to
 another size, a polygon pycocotools rejects, no polygon or RLE at all) makes its whole image a skipped sample,
 recorded with the annotation id and the annotation file: dropping just that object would store the image as
 done, so a rerun after fixing the annotation file would not redo it. Such an image stays in
-:meth:`CocoReader.keys` so that extraction counts it as skipped rather than leaving it out without a word. So is an
-image whose ``file_name`` is absolute or climbs out of ``root/<split>2017`` with ``..``: it is not read.
+:meth:`CocoReader.keys` so that extraction counts it as skipped rather than leaving it out without a word. An image
+whose ``file_name`` is absolute or climbs out of ``root/<split>2017`` with ``..`` is skipped the same way, unread.
 """
 
 from __future__ import annotations
@@ -224,7 +224,8 @@ class CocoReader(DatasetReader):
         memory and broken compressed counts into errors or nonsense, so they are checked here first.
         """
         size = segmentation.get("size")
-        if size != [height, width]:
+        # Exactly two ints: pycocotools' C code rejects [20.0, 30.0], which would compare equal to [20, 30].
+        if not isinstance(size, list) or [type(value) for value in size] != [int, int] or size != [height, width]:
             return f"RLE size {size!r} is not the image's [height, width] [{height}, {width}]"
         counts = segmentation.get("counts")
         if isinstance(counts, (str, bytes)):
