@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from usam.datasets import (
     SavReader,
     open_dataset,
 )
+from usam.datasets.base import path_inside
 from usam.errors import DatasetError, InvalidInputError, UsamError
 
 # pycocotools 2.0.x trips numpy 2's __array__ copy deprecation inside its Cython decoder; not ours to fix.
@@ -210,6 +213,159 @@ def test_coco_unknown_key(tmp_path: Path) -> None:
         CocoReader(tmp_path, "val").load("nope")
 
 
+# A segmentation pycocotools rejects or would decode into garbage, added to image 3 (which also has a valid object).
+MALFORMED_SEGMENTATIONS = {
+    "uncompressed counts short of h*w": {"size": [HEIGHT, WIDTH], "counts": [1, 2]},
+    "uncompressed counts past h*w": {"size": [HEIGHT, WIDTH], "counts": [HEIGHT * WIDTH, 5]},
+    "negative uncompressed count": {"size": [HEIGHT, WIDTH], "counts": [-4, HEIGHT * WIDTH + 4]},
+    "garbage compressed counts": {"size": [HEIGHT, WIDTH], "counts": "abc"},
+    "compressed counts of another size": compressed_rle(box(0, 0, 2, 2, height=10, width=10)),
+    "RLE without size": {"counts": "abc"},
+    "RLE size of floats": {**compressed_rle(COCO_RLE_MASK), "size": [float(HEIGHT), float(WIDTH)]},
+    "polygon of strings": [["a", "b", "c", "d", "e", "f"]],
+    "segmentation is a number": 5,
+    "segmentation is missing": None,
+}
+
+
+@pytest.mark.parametrize("segmentation", MALFORMED_SEGMENTATIONS.values(), ids=MALFORMED_SEGMENTATIONS)
+def test_coco_malformed_annotation_skips_its_image_and_names_the_annotation(
+    tmp_path: Path, segmentation: object
+) -> None:
+    make_coco(tmp_path)
+    annotation_file = tmp_path / "annotations" / "instances_val2017.json"
+    content = json.loads(annotation_file.read_text())
+    bad = {"id": 302, "image_id": 3, "iscrowd": 0}
+    if segmentation is not None:
+        bad["segmentation"] = segmentation
+    content["annotations"].append(bad)
+    annotation_file.write_text(json.dumps(content))
+    reader = CocoReader(tmp_path, "val")
+    # listed, so that extraction counts it as skipped instead of losing it without a word
+    assert reader.keys() == ["000000000001", "000000000003", "000000000004"]
+    assert [sample.image_key for sample in reader] == ["000000000001", "000000000004"]
+    assert len(reader.skipped) == 1
+    skipped = reader.skipped[0]
+    assert skipped.image_key == "000000000003"
+    assert skipped.path == str(annotation_file)
+    assert "annotation 302" in skipped.reason
+    assert str(annotation_file) in skipped.reason
+    with pytest.raises(DatasetFileError, match="annotation 302"):
+        reader.load("000000000003")
+
+
+def test_coco_valid_compressed_and_uncompressed_rle_of_every_shape_still_decode(tmp_path: Path) -> None:
+    """The run-length checks accept what pycocotools itself writes, including long and empty runs."""
+    rng = np.random.default_rng(3)
+    noisy = rng.random((HEIGHT, WIDTH)) > 0.5
+    for mask in (noisy, np.ones((HEIGHT, WIDTH), bool), box(19, 29, 20, 30)):
+        assert CocoReader._rle_problem(compressed_rle(mask), HEIGHT, WIDTH) is None
+        assert CocoReader._rle_problem(uncompressed_rle(mask), HEIGHT, WIDTH) is None
+
+
+def rewrite_coco(root: Path, change) -> Path:
+    """Apply ``change`` to the parsed val annotation file of :func:`make_coco` and write it back."""
+    annotation_file = root / "annotations" / "instances_val2017.json"
+    content = json.loads(annotation_file.read_text())
+    change(content)
+    annotation_file.write_text(json.dumps(content))
+    return annotation_file
+
+
+@pytest.mark.parametrize("side", ["images", "annotations", "both"])
+def test_coco_ids_match_whether_written_as_numbers_or_strings(tmp_path: Path, side: str) -> None:
+    make_coco(tmp_path)
+
+    def stringify(content: dict) -> None:
+        if side in ("images", "both"):
+            for image in content["images"]:
+                image["id"] = str(image["id"])
+        if side in ("annotations", "both"):
+            for annotation in content["annotations"]:
+                annotation["image_id"] = str(annotation["image_id"])
+                annotation["id"] = str(annotation["id"])
+
+    rewrite_coco(tmp_path, stringify)
+    reader = CocoReader(tmp_path, "val")
+    assert reader.keys() == ["000000000001", "000000000003", "000000000004"]
+    sample = reader.load("000000000001")
+    assert list(sample.masks) == ["101", "102", "105"]
+    np.testing.assert_array_equal(sample.masks["102"], COCO_RLE_MASK)
+
+
+def test_coco_annotation_ids_of_mixed_types_are_ordered_without_error(tmp_path: Path) -> None:
+    make_coco(tmp_path)
+
+    def rename(content: dict) -> None:
+        content["annotations"][0]["id"] = "poly-a"  # 101
+        content["annotations"][4]["id"] = 9  # 105
+
+    rewrite_coco(tmp_path, rename)
+    # numbers first, in numeric order (9 before 102), then the other names
+    assert list(CocoReader(tmp_path, "val").load("000000000001").masks) == ["9", "102", "poly-a"]
+
+
+def test_coco_annotations_that_name_no_listed_image_are_an_error(tmp_path: Path) -> None:
+    make_coco(tmp_path)
+
+    def rename_images(content: dict) -> None:
+        for image in content["images"]:
+            image["id"] = f"img-{image['id']}"
+
+    annotation_file = rewrite_coco(tmp_path, rename_images)
+    with pytest.raises(DatasetFileError, match=r"none of the 9 annotations has the id of an image") as raised:
+        CocoReader(tmp_path, "val").keys()
+    assert raised.value.path == str(annotation_file)
+    assert "'img-1'" in str(raised.value)
+    assert "1" in str(raised.value)
+
+
+def test_coco_images_without_any_object_are_an_error_not_an_empty_dataset(tmp_path: Path) -> None:
+    make_coco(tmp_path)
+
+    def crowd_only(content: dict) -> None:
+        for annotation in content["annotations"]:
+            annotation["iscrowd"] = 1
+
+    rewrite_coco(tmp_path, crowd_only)
+    with pytest.raises(DatasetFileError, match=r"none of its 4 images has a non-crowd annotation"):
+        CocoReader(tmp_path, "val").keys()
+    # a selection that stops early never walks the whole list and is not judged
+    assert CocoReader(tmp_path, "val", limit=0).keys() == []
+
+
+@pytest.mark.parametrize("image_id", [None, True, [1], 1.5])
+def test_coco_image_id_that_is_no_id_is_an_error(tmp_path: Path, image_id: object) -> None:
+    make_coco(tmp_path)
+    rewrite_coco(tmp_path, lambda content: content["images"][0].update(id=image_id))
+    with pytest.raises(DatasetFileError, match="id"):
+        CocoReader(tmp_path, "val").keys()
+
+
+def test_coco_two_images_with_one_id_are_an_error(tmp_path: Path) -> None:
+    make_coco(tmp_path)
+    rewrite_coco(tmp_path, lambda content: content["images"][1].update(id="1"))
+    with pytest.raises(DatasetFileError, match="two images have the id 1"):
+        CocoReader(tmp_path, "val").keys()
+
+
+@pytest.mark.parametrize("how", ["dot-dot", "absolute"])
+def test_coco_file_name_outside_the_dataset_is_refused(tmp_path: Path, how: str) -> None:
+    root = tmp_path / "coco"
+    make_coco(root)
+    outside = tmp_path / "outside.jpg"
+    write_jpeg(outside, flat_image((30, 30, 200)))  # a readable image of the right size: only the check refuses it
+    file_name = "../../outside.jpg" if how == "dot-dot" else str(outside)
+    annotation_file = rewrite_coco(root, lambda content: content["images"][2].update(file_name=file_name))
+    reader = CocoReader(root, "val")
+    assert [sample.image_key for sample in reader] == ["000000000001", "000000000004"]
+    [skipped] = reader.skipped
+    assert skipped.image_key == "outside"
+    assert skipped.path == str(annotation_file)
+    assert repr(file_name) in skipped.reason
+    assert "outside" in skipped.reason
+
+
 # ------------------------------------------------------------------------------------------------ ADE20K
 
 
@@ -351,6 +507,22 @@ def test_davis_resolution_and_missing_files(tmp_path: Path) -> None:
         DavisReader(tmp_path, "val", resolution="1080p")
     with pytest.raises(DatasetError, match=r"ImageSets[/\\]2017[/\\]train\.txt"):
         DavisReader(tmp_path, "train", resolution="Full-Resolution")
+
+
+def test_davis_missing_resolution_names_the_real_options(tmp_path: Path) -> None:
+    make_davis(tmp_path, resolution="Full-Resolution")
+    with pytest.raises(DatasetError) as raised:
+        DavisReader(tmp_path, "val")  # 480p, the default, is not there
+    message = str(raised.value)
+    assert str(tmp_path / "JPEGImages" / "480p") in message
+    # the resolution that is there, as the command line and the Python API spell it
+    assert "--davis-resolution Full-Resolution" in message
+    assert 'resolution="Full-Resolution"' in message
+    for folder in ("JPEGImages", "Annotations"):
+        shutil.rmtree(tmp_path / folder / "Full-Resolution")
+    with pytest.raises(DatasetError, match=r"--davis-resolution \{480p,Full-Resolution\}") as raised:
+        DavisReader(tmp_path, "val")
+    assert "resolution=" in str(raised.value)
 
 
 def test_davis_sequence_without_annotations_is_reported(tmp_path: Path) -> None:
@@ -723,6 +895,32 @@ def test_folder_broken_files_are_skipped(tmp_path: Path, caplog: pytest.LogCaptu
     assert len(reader.skipped) == 5
 
 
+def test_images_above_the_pixel_limit_are_skipped_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_folder(tmp_path)
+    monkeypatch.delenv("USAM_MAX_IMAGE_PIXELS", raising=False)
+    # Pillow's own guard, lowered so the 20x30 images are in its warning band (above the limit, below twice it)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", HEIGHT * WIDTH - 1)
+    reader = FolderReader(tmp_path, limit=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning may not escape
+        assert list(reader) == []
+    assert [(s.image_key, Path(s.path).name) for s in reader.skipped] == [
+        ("a_rgb", "a_rgb.png"),
+        ("b_gray", "b_gray.png"),
+    ]
+    reason = reader.skipped[0].reason
+    assert "image is 30x20 = 600 pixels, more than Pillow's safety limit against decompression bombs of 599" in reason
+    assert "USAM_MAX_IMAGE_PIXELS" in reason
+    # raising the limit lets them through; a malformed limit stops the run instead of skipping every image
+    monkeypatch.setenv("USAM_MAX_IMAGE_PIXELS", "600")
+    assert [sample.image_key for sample in reader] == ["a_rgb", "b_gray"]
+    monkeypatch.setenv("USAM_MAX_IMAGE_PIXELS", "many")
+    with pytest.raises(InvalidInputError, match="USAM_MAX_IMAGE_PIXELS"):
+        list(reader)
+
+
 def test_folder_layout_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="does not exist"):
         FolderReader(tmp_path / "nowhere")
@@ -747,6 +945,88 @@ def test_keys_do_not_decode_images(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr("PIL.Image.open", forbidden)
     assert FolderReader(tmp_path).keys() == FOLDER_KEYS
     assert len(DavisReader(tmp_path / "davis", "val").keys()) == 8
+
+
+# ------------------------------------------------------------------------------------ names from data files
+
+
+@pytest.mark.parametrize(
+    "name", ["a.jpg", "sub/a.jpg", "sub/./a.jpg", "a..b.jpg", ".hidden"], ids=lambda name: repr(name)
+)
+def test_path_inside_accepts_relative_names(tmp_path: Path, name: str) -> None:
+    assert path_inside(tmp_path, name, source=tmp_path / "list.txt", what="image") == tmp_path / name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "..",
+        "../a.jpg",
+        "sub/../../a.jpg",
+        "/etc/passwd",
+        "..\\a.jpg",
+        "\\\\server\\share\\a.jpg",
+        "C:\\a.jpg",
+        "C:a",
+    ],
+    ids=lambda name: repr(name),
+)
+def test_path_inside_refuses_names_that_leave_the_folder(tmp_path: Path, name: str) -> None:
+    source = tmp_path / "list.txt"
+    with pytest.raises(DatasetFileError, match="not a relative path inside") as raised:
+        path_inside(tmp_path, name, source=source, what="image")
+    assert raised.value.path == str(source)
+    assert repr(name) in str(raised.value)
+
+
+def write_stolen_annotations(folder: Path) -> None:
+    """Annotation PNGs outside a dataset, which a video name with ``..`` or an absolute path would reach."""
+    labels = np.zeros((HEIGHT, WIDTH), np.uint8)
+    labels[0:4, 0:4] = 1
+    write_palette_png(folder / "00000.png", labels)
+    write_gray_png(folder / "000" / "00000.png", labels * 255)  # SA-V's per-object layout
+
+
+@pytest.mark.parametrize("how", ["dot-dot", "absolute"])
+def test_video_names_outside_the_dataset_are_refused(tmp_path: Path, how: str) -> None:
+    stolen = tmp_path / "stolen"
+    write_stolen_annotations(stolen)
+
+    def name_for(annotation_folder: Path) -> str:
+        """A video name that leads from ``annotation_folder`` to ``stolen``."""
+        if how == "absolute":
+            return str(stolen)
+        return "/".join([".."] * len(annotation_folder.relative_to(tmp_path).parts) + ["stolen"])
+
+    make_davis(tmp_path / "davis")
+    davis_list = tmp_path / "davis" / "ImageSets" / "2017" / "val.txt"
+    davis_name = name_for(tmp_path / "davis" / "Annotations" / "480p")
+    davis_list.write_text(f"bear\n{davis_name}\n")
+
+    (tmp_path / "mose").mkdir()
+    make_mose(tmp_path / "mose")
+    mose_meta = tmp_path / "mose" / "meta_train.json"
+    mose_name = name_for(tmp_path / "mose" / "train" / "Annotations")
+    meta = json.loads(mose_meta.read_text())
+    meta["videos"] = {"0f2c": meta["videos"]["0f2c"], mose_name: {"objects": {}, "length": 1}}
+    mose_meta.write_text(json.dumps(meta))
+
+    split = make_sav_val(tmp_path / "sav")
+    sav_list = split / "sav_val.txt"
+    sav_name = name_for(split / "Annotations_6fps")
+    sav_list.write_text(f"sav_000456\n{sav_name}\n")
+
+    for reader, source, name, good_keys in (
+        (DavisReader(tmp_path / "davis", "val", every=5), davis_list, davis_name, ["bear/00000"]),
+        (MoseReader(tmp_path / "mose", "train", every=5), mose_meta, mose_name, ["0f2c/00000"]),
+        (SavReader(tmp_path / "sav", "val"), sav_list, sav_name, ["sav_000456/00000"]),
+    ):
+        assert reader.keys() == good_keys, reader.name
+        assert [sample.image_key for sample in reader] == good_keys
+        [skipped] = reader.skipped
+        assert (skipped.image_key, skipped.path) == (name, str(source))
+        assert "not a relative path inside" in skipped.reason
 
 
 # ---------------------------------------------------------------------------------------- shared behaviour

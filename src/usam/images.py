@@ -2,19 +2,111 @@
 
 Grayscale images are repeated to three channels, an alpha channel is dropped, 16-bit images are scaled to 8 bits.
 Anything else (floats, other integer types, other shapes, empty images) is rejected with a message that says what
-to do.
+to do. Any size from 1 x 1 up works: SAM2 resizes every image to its input size.
+
+Image files with more pixels than :func:`max_image_pixels` (by default Pillow's guard against decompression bombs,
+about 89 million pixels) are refused from their header, before any pixel is decoded; set the environment variable
+``USAM_MAX_IMAGE_PIXELS`` to a larger number, or to 0 for no limit, to read larger images you trust.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from usam.errors import InvalidInputError
 
+if TYPE_CHECKING:
+    from PIL.Image import Image as PillowImage
+
 _EIGHT_BIT_FROM_SIXTEEN = 257.0  # 65535 / 255: maps 0..65535 exactly onto 0..255
+
+#: Environment variable holding the largest image, in pixels, usam decodes; 0 means no limit.
+MAX_PIXELS_VARIABLE = "USAM_MAX_IMAGE_PIXELS"
+
+# Serialises the moments in which Pillow's own pixel limit is switched off (see open_image_file).
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+class ImageTooLargeError(InvalidInputError):
+    """An image file has more pixels than :func:`max_image_pixels` allows.
+
+    Attributes:
+        path: The image file as a string.
+        problem: What is wrong and how to allow it, without the path.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"image {path} {problem}")
+
+
+def max_image_pixels() -> int | None:
+    """The largest image, in pixels, that usam decodes; None for no limit.
+
+    ``$USAM_MAX_IMAGE_PIXELS`` when set (0: no limit), else Pillow's ``Image.MAX_IMAGE_PIXELS`` (its guard against
+    decompression bombs, which code using usam may have changed).
+
+    Raises:
+        InvalidInputError: The variable is set to something other than a whole number >= 0.
+    """
+    return _pixel_limit()[0]
+
+
+def _pixel_limit() -> tuple[int | None, str]:
+    """:func:`max_image_pixels` and, for messages, where it comes from; the one place the variable is read."""
+    from PIL import Image
+
+    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not text:
+        return Image.MAX_IMAGE_PIXELS, "Pillow's safety limit against decompression bombs"
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise InvalidInputError(
+            f"{MAX_PIXELS_VARIABLE} must be a whole number of pixels, or 0 for no limit; got {text!r}"
+        )
+    return limit or None, f"the limit set by {MAX_PIXELS_VARIABLE}"
+
+
+def open_image_file(path: str | os.PathLike[str]) -> PillowImage:
+    """Open an image file with Pillow, reading only its header, and refuse it if it is too large to decode.
+
+    Pillow's own check (a warning above its limit, an error above twice it) is switched off while the header is
+    read, so that one limit, :func:`max_image_pixels`, applies with one message that says how to raise it. The
+    switch is made under a lock and undone at once; nothing is decoded while it lasts.
+
+    Raises:
+        ImageTooLargeError: The image has more pixels than :func:`max_image_pixels`.
+        InvalidInputError: ``$USAM_MAX_IMAGE_PIXELS`` is malformed.
+        Exception: Whatever ``PIL.Image.open`` raises for a missing or unreadable file.
+    """
+    from PIL import Image
+
+    with _PILLOW_LIMIT_LOCK:
+        limit, limit_source = _pixel_limit()  # in the lock: it may read Pillow's limit, switched off below
+        pillow_limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            picture = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow_limit
+    width, height = picture.size
+    if limit is not None and width * height > limit:
+        picture.close()
+        raise ImageTooLargeError(
+            path,
+            f"is {width}x{height} = {width * height} pixels, more than {limit_source} of {limit} pixels; if you trust "
+            f"the file, set the environment variable {MAX_PIXELS_VARIABLE} to a larger number, or to 0 for no limit",
+        )
+    return picture
 
 
 def as_rgb_uint8(image: np.ndarray, *, name: str = "image") -> np.ndarray:
@@ -85,15 +177,16 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as H x W x 3 uint8 RGB, honouring its EXIF orientation.
 
     Raises:
-        InvalidInputError: The file does not exist, is not an image, or has an unsupported pixel format.
+        InvalidInputError: The file does not exist, is not an image, has an unsupported pixel format, or has more
+            pixels than :func:`max_image_pixels` (an :class:`ImageTooLargeError`).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps, UnidentifiedImageError
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise InvalidInputError(f"image {path} does not exist")
     try:
-        with Image.open(path) as picture:
+        with open_image_file(path) as picture:
             picture.load()
             picture = ImageOps.exif_transpose(picture)
             array = _pil_to_array(picture)

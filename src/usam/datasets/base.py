@@ -5,6 +5,9 @@ one image with its ground-truth object masks on demand (:meth:`DatasetReader.loa
 every selected key in order; a sample whose files are missing or broken is skipped, logged and recorded in
 :attr:`DatasetReader.skipped`, so that one bad file does not stop a run over a large dataset.
 
+File and folder names read from a dataset's own files (a COCO ``file_name``, a video list) are checked to stay
+inside the dataset folder (:func:`path_inside`); one that does not is a skipped sample, never read.
+
 Pixels are read as stored: EXIF orientation tags are ignored because the datasets annotate the stored pixels.
 """
 
@@ -17,7 +20,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar, TypedDict
 
 import numpy as np
@@ -271,6 +274,21 @@ class DatasetReader(ABC):
         self.skipped.append(SkippedSample(image_key=image_key, path=str(path), reason=reason))
         logger.warning("%s %s: skipping %s: %s", self.name, self.split, image_key, reason)
 
+    def _listed_folder(self, folder: Path, name: str, *, source: Path) -> Path | None:
+        """``folder / name`` for a video ``name`` read from the file ``source``, if it is a folder inside ``folder``.
+
+        Otherwise the video is recorded as a listing problem and None returned.
+        """
+        try:
+            listed = path_inside(folder, name, source=source, what="video")
+        except DatasetFileError as error:
+            self._record_listing_problem(name, error.path, error.problem)
+            return None
+        if not listed.is_dir():
+            self._record_listing_problem(name, listed, "annotation folder does not exist")
+            return None
+        return listed
+
     def _record_listing_problem(self, key_prefix: str, path: str | Path, reason: str) -> None:
         """Note a video or image left out of :meth:`keys` because its files are broken; never silent."""
         self._listing_problems.append(SkippedSample(image_key=key_prefix, path=str(path), reason=reason))
@@ -299,6 +317,32 @@ def split_key(image_key: str, parts: int, *, dataset: str) -> list[str]:
         example = "/".join(["<video>", "<frame>"] if parts == 2 else ["<shard>", "<video>", "<frame>"])
         raise DatasetError(f"{dataset} image key {image_key!r} is malformed; expected {example}")
     return pieces
+
+
+def path_inside(folder: Path, name: str, *, source: str | Path, what: str) -> Path:
+    """``folder / name`` for a file or folder name read from a dataset file, refusing one that leaves ``folder``.
+
+    Only the name is judged, by POSIX and Windows rules alike, so that a dataset file means the same on every
+    system and symlinked dataset folders keep working: an empty name, an absolute name, a drive and any ``..``
+    component are refused.
+
+    Args:
+        folder: The folder the name is relative to.
+        name: The name as read, e.g. a COCO ``file_name`` or a video listed in a text file.
+        source: The dataset file the name was read from, for the error.
+        what: What the name names, for the error, e.g. ``"video"``.
+
+    Raises:
+        DatasetFileError: Naming ``source``.
+    """
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    if not name or posix.is_absolute() or windows.anchor or ".." in posix.parts or ".." in windows.parts:
+        raise DatasetFileError(
+            source,
+            f"{what} {name!r} is not a relative path inside {folder}; it is not read",
+            "names in dataset files must stay inside the dataset folder",
+        )
+    return folder / name
 
 
 def sorted_files(folder: Path, suffixes: Iterable[str]) -> list[Path]:
@@ -352,16 +396,25 @@ def pycocotools_mask(dataset: str) -> Any:
 
 
 def _open_picture(path: Path, what: str):
-    """Open and fully decode an image file with Pillow, turning every failure into a DatasetFileError."""
-    from PIL import Image, UnidentifiedImageError
+    """Open and fully decode an image file with Pillow, turning every failure into a DatasetFileError.
+
+    An image with more pixels than :func:`usam.images.max_image_pixels` is refused before it is decoded.
+    """
+    from PIL import UnidentifiedImageError
+
+    from usam.images import ImageTooLargeError, open_image_file
 
     try:
-        picture = Image.open(path)
+        picture = open_image_file(path)
         picture.load()
     except FileNotFoundError:
         raise DatasetFileError(path, f"{what} does not exist") from None
     except UnidentifiedImageError:
         raise
+    except ImageTooLargeError as error:
+        raise DatasetFileError(path, f"{what} {error.problem}") from None
+    except InvalidInputError:
+        raise  # $USAM_MAX_IMAGE_PIXELS is malformed: a setting to fix, not a broken file to skip
     except Exception as error:
         # Pillow reports broken files as OSError, SyntaxError, ValueError, EOFError, zlib.error, ... depending
         # on the format; all of them mean the same thing here.
@@ -509,13 +562,16 @@ def is_frame_stem(stem: str) -> bool:
 class PaletteVideoReader(DatasetReader):
     """Shared reader for DAVIS-style video datasets: JPEG frames and one palette PNG per annotated frame.
 
-    Subclasses set :attr:`frame_folder` and :attr:`annotation_folder` (each holding one folder per video) in
-    :meth:`_open` and list the videos. Every annotation PNG is one sample keyed ``"<video>/<frame stem>"``; each
-    palette index except 0 (background) and 255 (void, unannotated pixels) is one object.
+    Subclasses set :attr:`frame_folder` and :attr:`annotation_folder` (each holding one folder per video) and
+    :attr:`video_list` (the file naming the videos) in :meth:`_open` and list the videos. Every annotation PNG is
+    one sample keyed ``"<video>/<frame stem>"``; each palette index except 0 (background) and 255 (void,
+    unannotated pixels) is one object. A video whose name leads outside :attr:`annotation_folder` is left out and
+    reported, like one without annotations.
     """
 
     frame_folder: Path
     annotation_folder: Path
+    video_list: Path
 
     @abstractmethod
     def _videos(self) -> list[str]:
@@ -523,9 +579,8 @@ class PaletteVideoReader(DatasetReader):
 
     def _key_groups(self) -> Iterable[Iterable[str]]:
         for video in self._videos():
-            video_annotations = self.annotation_folder / video
-            if not video_annotations.is_dir():
-                self._record_listing_problem(video, video_annotations, "annotation folder does not exist")
+            video_annotations = self._listed_folder(self.annotation_folder, video, source=self.video_list)
+            if video_annotations is None:
                 continue
             frames = [path.stem for path in sorted_files(video_annotations, (".png",))]
             if not frames:

@@ -11,6 +11,10 @@ Layout (as extracted from ``DAVIS-2017-trainval-480p.zip`` and friends)::
 ``root`` may be ``DAVIS`` itself or the folder containing it. Every frame with an annotation PNG is one sample
 keyed ``"<sequence>/<frame stem>"`` (test-dev and test-challenge annotate only the first frame); every palette
 index except 0 and 255 is one object, keyed by the index.
+
+The resolution is chosen with ``resolution=`` (command line: ``--davis-resolution {480p,Full-Resolution}``).
+480p is the default because it is the standard DAVIS 2017 trainval download; the paper's authors read
+Full-Resolution, which the command line's ``--preset paper`` selects.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ class DavisReader(PaletteVideoReader):
     def _open(self) -> None:
         """Find the sequence list (under ``root`` or ``root/DAVIS``) and the folders of the resolution."""
         base = self.root / "DAVIS" if (self.root / "DAVIS" / "ImageSets").is_dir() else self.root
-        self.sequence_list = base / "ImageSets" / "2017" / f"{self.split}.txt"
+        self.sequence_list = self.video_list = base / "ImageSets" / "2017" / f"{self.split}.txt"
         self.frame_folder = base / "JPEGImages" / self.resolution
         self.annotation_folder = base / "Annotations" / self.resolution
         if not self.sequence_list.is_file():
@@ -70,11 +74,24 @@ class DavisReader(PaletteVideoReader):
             raise DatasetError(f"DAVIS sequence list {self.sequence_list} does not exist{known}; {self.layout_hint()}")
         for required in (self.frame_folder, self.annotation_folder):
             if not required.is_dir():
-                raise DatasetError(
-                    f"DAVIS folder {required} does not exist; download the {self.resolution} frames and "
-                    "annotations "
-                    f"or pass the resolution you have ({' or '.join(RESOLUTIONS)})"
-                )
+                raise DatasetError(f"DAVIS folder {required} does not exist; {self._resolution_hint(base)}")
+
+    def _resolution_hint(self, base: Path) -> str:
+        """What to do when the folders of the chosen resolution are missing, naming the one that is there if any."""
+        present = [
+            resolution
+            for resolution in RESOLUTIONS
+            if (base / "JPEGImages" / resolution).is_dir() and (base / "Annotations" / resolution).is_dir()
+        ]
+        if present:
+            return (
+                f"this DAVIS has {present[0]}: choose it with --davis-resolution {present[0]} "
+                f'(resolution="{present[0]}" in Python), or download the {self.resolution} frames and annotations'
+            )
+        return (
+            f"download the {self.resolution} frames and annotations, or choose the resolution you have with "
+            f"--davis-resolution {{{','.join(RESOLUTIONS)}}} (resolution= in Python)"
+        )
 
     @classmethod
     def layout_hint(cls) -> str:

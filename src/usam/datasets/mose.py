@@ -50,7 +50,7 @@ class MoseReader(PaletteVideoReader):
         if found is None:
             looked = ", ".join(str(path) for path in dict.fromkeys(candidates))
             raise DatasetError(f"MOSE meta file {meta_name} not found (looked at {looked}); {self.layout_hint()}")
-        self.meta_file = found
+        self.meta_file = self.video_list = found
 
     @classmethod
     def layout_hint(cls) -> str:

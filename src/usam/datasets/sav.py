@@ -144,6 +144,8 @@ class SavReader(DatasetReader):
             self.split_folder = self._find_split_folder()
             self.frame_folder = self.split_folder / "JPEGImages_24fps"
             self.annotation_folder = self.split_folder / "Annotations_6fps"
+            # Optional: without it, the videos are the annotation folders.
+            self.video_list = self.split_folder / f"sav_{self.split}.txt"
 
     @classmethod
     def layout_hint(cls) -> str:
@@ -226,9 +228,8 @@ class SavReader(DatasetReader):
 
     def _eval_key_groups(self) -> Iterator[list[str]]:
         for video in self._eval_videos():
-            video_annotations = self.annotation_folder / video
-            if not video_annotations.is_dir():
-                self._record_listing_problem(video, video_annotations, "annotation folder does not exist")
+            video_annotations = self._listed_folder(self.annotation_folder, video, source=self.video_list)
+            if video_annotations is None:
                 continue
             frames: set[str] = set()
             for object_folder in self._object_folders(video):
@@ -239,9 +240,8 @@ class SavReader(DatasetReader):
             yield [f"{video}/{frame}" for frame in sorted(frames, key=lambda stem: (int(stem), stem))]
 
     def _eval_videos(self) -> list[str]:
-        video_list = self.split_folder / f"sav_{self.split}.txt"
-        if video_list.is_file():
-            return read_name_list(video_list, what="SA-V video list")
+        if self.video_list.is_file():
+            return read_name_list(self.video_list, what="SA-V video list")
         return sorted(path.name for path in self.annotation_folder.iterdir() if path.is_dir())
 
     def _object_folders(self, video: str) -> list[Path]:
