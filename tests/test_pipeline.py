@@ -15,6 +15,10 @@ from usam.heads import load_heads
 from usam.predictor import UncertainSAM
 
 
+def _reject_non_finite(literal):
+    raise AssertionError(f"results.json holds the non-standard literal {literal}")
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipeline")
@@ -42,8 +46,9 @@ def test_train_then_evaluate_then_predict(store, tmp_path, capsys):
     status = main(["evaluate", "--data", str(store), "--heads", str(heads_path), "--out", str(report), "--no-progress"])
     assert status == 0, capsys.readouterr().err
     assert (report / "report.md").read_text().count("|") > 20
-    results = json.loads((report / "results.json").read_text())
-    assert json.dumps(results)  # plain JSON
+    # Strict JSON: a NaN or Infinity literal (which JavaScript's JSON.parse rejects) fails the parse.
+    results = json.loads((report / "results.json").read_text(), parse_constant=_reject_non_finite)
+    assert "task_supervision" in json.dumps(results)
     plots = sorted(path.name for path in report.glob("*.png"))
     assert "correlation.png" in plots
     assert sum(name.startswith("curves_") for name in plots) == 4
