@@ -119,7 +119,7 @@ def evaluation(tmp_path_factory):
         ablation=True,
         ablation_hyper_parameters=FAST_TRAINING,
         progress=False,
-    )
+    ).to_json()
     return {"folder": folder, "truth": truth, "heads": heads, "results": results}
 
 
@@ -276,7 +276,7 @@ def test_heads_read_the_mask_token_of_their_pairing(evaluation, tmp_path):
     heads = random_heads(["iou_tiny"], seed=7, pairing="as-released")
     heads.save(tmp_path / "released.st")
     results = run_evaluation(folder / "store", tmp_path / "released.st", tmp_path / "out", seeds=1, ablation=False,
-                             progress=False)  # fmt: skip
+                             progress=False).to_json()  # fmt: skip
     rows = [truth[key]["tiny"] for key in sorted(truth) if "tiny" in truth[key]]
     base = as_stored([row["iou"] for row in rows])
     for offset, should_match in ((0, True), (1, False)):
@@ -343,13 +343,13 @@ def test_token_ablation(evaluation):
 def test_without_ablation_results_are_reproducible(evaluation, tmp_path):
     folder = evaluation["folder"]
     first = run_evaluation(folder / "store", folder / "heads.safetensors", tmp_path / "a", seeds=4, ablation=False,
-                           progress=False)  # fmt: skip
+                           progress=False).to_json()  # fmt: skip
     assert first["ablation"] is None
     assert not (tmp_path / "a" / "ablation.png").exists()
     assert "Not run" in (tmp_path / "a" / "report.md").read_text()
     assert first["scenarios"] == evaluation["results"]["scenarios"]
     second = run_evaluation(folder / "store", folder / "heads.safetensors", tmp_path / "b", seeds=4, ablation=False,
-                            progress=False)  # fmt: skip
+                            progress=False).to_json()  # fmt: skip
     assert (tmp_path / "a" / "results.json").read_text().replace("/a/", "/b/") == (
         tmp_path / "b" / "results.json"
     ).read_text().replace("/a/", "/b/")
@@ -360,7 +360,7 @@ def test_large_model_and_heads_missing_some_names(evaluation, tmp_path):
     folder = evaluation["folder"]
     random_heads(["iou_large", "model_gap", "task_gap"], seed=1, pairing="as-released").save(tmp_path / "few.st")
     results = run_evaluation(folder / "store", tmp_path / "few.st", tmp_path / "out", model="sam2.1-large",
-                             seeds=2, ablation=False, progress=False)  # fmt: skip
+                             seeds=2, ablation=False, progress=False).to_json()  # fmt: skip
     assert results["model"] == LARGE
     # Model selection still goes tiny -> large; its measures come from the tiny rows.
     selection = results["scenarios"]["model_selection"]
@@ -380,7 +380,7 @@ def test_heads_trained_on_the_evaluated_store_are_flagged(evaluation, tmp_path):
     heads.metadata.training = {"data": {"store": str(folder / "store")}}
     heads.save(tmp_path / "own.st")
     results = run_evaluation(folder / "store", tmp_path / "own.st", tmp_path / "out", seeds=1, ablation=False,
-                             progress=False)  # fmt: skip
+                             progress=False).to_json()  # fmt: skip
     assert any("trained on this store" in note for note in results["warnings"])
     assert "## Warnings" in (tmp_path / "out" / "report.md").read_text()
     assert not any("trained on this store" in note for note in evaluation["results"]["warnings"])
@@ -399,7 +399,7 @@ def test_invalid_arguments(evaluation, tmp_path):
         run_evaluation(store, heads, tmp_path / "x", ablation_hyper_parameters={"lr": 0.1}, progress=False)
     with pytest.raises(InvalidInputError, match="no entry for head"):
         run_evaluation(store, heads, tmp_path / "x", ablation_hyper_parameters={"model_gap": FAST_TRAINING},
-                       progress=False)  # fmt: skip
+                       progress=False).to_json()  # fmt: skip
     (tmp_path / "file").write_text("")
     with pytest.raises(InvalidInputError, match="is a file"):
         run_evaluation(store, heads, tmp_path / "file", ablation=False, progress=False)
