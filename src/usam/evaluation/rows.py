@@ -180,7 +180,7 @@ def read_rows(
     *,
     keep_features: bool,
     progress: bool,
-) -> tuple[Rows, int]:
+) -> Rows:
     """Read the rows of the models an evaluation uses; run the heads (and keep both-token features) on their tokens.
 
     Args:
@@ -191,7 +191,7 @@ def read_rows(
         progress: Show a progress bar.
 
     Returns:
-        The rows, and the store's token size.
+        The rows, sorted by dataset, image, object and model.
 
     Raises:
         InvalidInputError: If the heads read tokens of another size than the store holds.
@@ -267,7 +267,7 @@ def read_rows(
 
     # The store returns rows in no guaranteed order; random baselines depend on the order of the objects.
     order = np.lexsort([keys[name] for name in reversed(KEY_COLUMNS)])
-    rows = Rows(
+    return Rows(
         dataset=keys["dataset"][order],
         image_key=keys["image_key"][order],
         object_id=keys["object_id"][order],
@@ -280,7 +280,6 @@ def read_rows(
         nonfinite_tokens=nonfinite_all[order],
         features=joined(features, (0, 2 * token_dim), np.float32) if keep_features else None,
     )
-    return rows, token_dim
 
 
 def _select_inputs(both: np.ndarray, inputs: tuple[str, ...], token_dim: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from usam.errors import InvalidInputError
 from usam.evaluation.ablation import AblationResult, HyperParameterChoice, check_hyper_parameters_type, run_ablation
 from usam.evaluation.correlation import CorrelationResult, correlation_table
 from usam.evaluation.departures import RunDeparture, RunFacts, recorded_choices, run_departures
-from usam.evaluation.measures import Measure, off_distribution_note, scenario_measures
+from usam.evaluation.measures import SIZE_TARGETS_KEY, Measure, off_distribution_note, scenario_measures
 from usam.evaluation.plots import remove_earlier_plots, write_plots
 from usam.evaluation.report import report_markdown
 from usam.evaluation.rows import EvaluatedModels, read_rows, resolve_models, size_and_version, store_metadata
@@ -172,7 +172,7 @@ def run_evaluation(
     store = Path(store).expanduser()
     heads = load_heads(heads_path)
     models = resolve_models(model or PRESETS[preset].evaluation_model, models_of_store(store), store)
-    rows, _ = read_rows(store, models, heads, keep_features=ablation, progress=progress)
+    rows = read_rows(store, models, heads, keep_features=ablation, progress=progress)
     metadata = store_metadata(store)
 
     fractions = np.linspace(0.0, 1.0, DEFAULT_NUM_POINTS)
@@ -264,8 +264,6 @@ def _earlier_files(out_dir: Path) -> list[str]:
 
 
 def _heads_description(heads: UncertaintyHeads) -> dict[str, Any]:
-    from usam.evaluation.measures import SIZE_TARGETS_KEY
-
     return {
         "names": list(heads.names),
         "pairing": str(heads.metadata.pairing),
