@@ -75,6 +75,11 @@ class RunFacts:
         return bool(self.heads.training)
 
 
+def has_random_weights(heads: HeadsMetadata) -> bool:
+    """Whether a heads file records random weights (``usam.heads.random_heads``) rather than trained ones."""
+    return "random initialisation" in str(heads.training.get("source", ""))
+
+
 def first_recorded(metadata: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
     """The value of the first of ``keys`` that ``metadata`` records (not None), as text, or None."""
     return next((str(metadata[key]) for key in keys if metadata.get(key) is not None), None)
@@ -119,6 +124,8 @@ def _extraction_by_usam(facts: RunFacts) -> tuple[str, bool | None]:
 
 
 def _training_by_usam(facts: RunFacts) -> tuple[str, bool | None]:
+    if has_random_weights(facts.heads):
+        return "none (the heads have random weights)", None
     if facts.heads_record_training:
         return "usam's (the heads were trained by usam)", True
     return "unknown (the heads file does not record its training)", None

@@ -17,6 +17,7 @@ import numpy as np
 
 from usam.evaluation.ablation import AblationResult
 from usam.evaluation.correlation import CorrelationResult
+from usam.evaluation.measures import ColourRole
 from usam.evaluation.scenarios import AUC_RANGES, RANGE_LABELS, SCENARIO_TITLES, ScenarioResult, Status
 from usam.files import atomic_path
 
@@ -96,9 +97,9 @@ def plot_scenario(ax: Axes, result: ScenarioResult) -> Figure:
             style |= {"ls": "--", "lw": 2.0}
         elif measure.key == "random":
             style |= {"ls": ":", "lw": 2.2}
-        elif measure.colour_role == "primary_head":
+        elif measure.colour_role == ColourRole.PRIMARY_HEAD:
             style |= {"lw": 2.6, "zorder": 5}
-        elif measure.colour_role in ("iou_head", "head_difference"):
+        elif measure.colour_role in (ColourRole.IOU_HEAD, ColourRole.HEAD_DIFFERENCE):
             style |= {"ls": "-."}
         ax.plot(fractions, measure.mean_iou, label=label, **style)
     # Marks where the second relative-AUC range, r in [0, 0.5], ends.
@@ -166,7 +167,9 @@ def plot_ablation(ax: Axes, result: AblationResult, range_key: str = "r_0_1") ->
 
 def plot_file_names(result: EvaluationResult) -> dict[str, str]:
     """The PNG each plot of an evaluation is written to: scenario name, ``correlation`` or ``ablation`` -> file."""
-    names = {entry.name: f"curves_{entry.name}.png" for entry in result.scenarios.values() if entry.status == "done"}
+    names = {
+        entry.name: f"curves_{entry.name}.png" for entry in result.scenarios.values() if entry.status is Status.DONE
+    }
     if result.correlation.names:
         names["correlation"] = "correlation.png"
     if result.ablation is not None and result.ablation.status is Status.DONE:

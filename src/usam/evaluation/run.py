@@ -19,7 +19,7 @@ import numpy as np
 from usam.errors import InvalidInputError
 from usam.evaluation.ablation import AblationResult, HyperParameterChoice, check_hyper_parameters_type, run_ablation
 from usam.evaluation.correlation import CorrelationResult, correlation_table
-from usam.evaluation.departures import RunDeparture, RunFacts, recorded_choices, run_departures
+from usam.evaluation.departures import RunDeparture, RunFacts, has_random_weights, recorded_choices, run_departures
 from usam.evaluation.measures import SIZE_TARGETS_KEY, Measure, off_distribution_note, scenario_measures
 from usam.evaluation.plots import remove_earlier_plots, write_plots
 from usam.evaluation.report import report_markdown
@@ -286,6 +286,6 @@ def _warnings(heads: UncertaintyHeads, heads_path: str | os.PathLike[str], store
     version = size_and_version(model)[1]
     if heads.metadata.sam2_version and version and heads.metadata.sam2_version != version:
         notes.append(f"The heads were trained for {heads.metadata.sam2_version}, the evaluated rows come from {model}.")
-    if "random initialisation" in str(training.get("source", "")):
+    if has_random_weights(heads.metadata):
         notes.append(f"The heads in {heads_path} have random weights: their numbers mean nothing.")
     return notes
