@@ -9,7 +9,8 @@ order of their true gain. :func:`relative_auc` puts the area under a curve on th
 correction (0 %) to the oracle (100 %).
 
 :data:`CORRECTION_SCENARIOS` names the four kinds of correction the paper evaluates; an evaluation
-module builds the base and corrected arrays from its results table with them.
+module builds the base and corrected arrays from its results table with them. :func:`pearson` and
+:func:`pearson_matrix` are the one Pearson correlation of usam (the evaluation's table, the trainer's metrics).
 """
 
 from __future__ import annotations
@@ -163,6 +164,10 @@ def corrected_counts(fractions: np.ndarray, num_objects: int) -> np.ndarray:
 
     Returns:
         Integer array, same shape as ``fractions``, with values in [0, N].
+
+    Example:
+        >>> corrected_counts(np.array([0.0, 0.25, 0.5, 1.0]), 2).tolist()
+        [0, 1, 1, 2]
     """
     scaled = np.round(np.asarray(fractions, dtype=np.float64) * num_objects, _COUNT_DECIMALS)
     return np.clip(np.floor(scaled + 0.5), 0, num_objects).astype(np.int64)
@@ -205,6 +210,13 @@ def correction_curve(
     Raises:
         InvalidInputError: If there are no objects, the arrays differ in length or are not 1-D, an IoU is
             NaN or infinite, an uncertainty is NaN, or the fractions are invalid.
+
+    Example:
+        Two objects; the second is more uncertain, so it is corrected first:
+
+        >>> curve = correction_curve(np.array([0.5, 0.2]), np.array([0.6, 1.0]), np.array([0.1, 0.9]), num_points=3)
+        >>> curve.fractions.tolist(), curve.mean_iou.round(3).tolist()
+        ([0.0, 0.5, 1.0], [0.35, 0.75, 0.8])
     """
     base, corrected = _check_objects(base_iou, corrected_iou)
     ranking_values = _as_vector(uncertainty, "uncertainty", allow_infinite=True)
@@ -248,6 +260,10 @@ def oracle_curve(
 
     Raises:
         InvalidInputError: As :func:`correction_curve`.
+
+    Example:
+        >>> oracle_curve(np.array([0.5, 0.2]), np.array([0.6, 1.0]), num_points=3).mean_iou.round(3).tolist()
+        [0.35, 0.75, 0.8]
     """
     base, corrected = _check_objects(base_iou, corrected_iou)
     return correction_curve(base, corrected, corrected - base, fractions=fractions, num_points=num_points)
@@ -280,6 +296,12 @@ def random_curve(
 
     Raises:
         InvalidInputError: As :func:`correction_curve`, or if ``num_seeds`` is not a positive integer.
+
+    Example:
+        With one object, every order is the same:
+
+        >>> random_curve(np.array([0.5]), np.array([1.0]), num_seeds=3, num_points=3).mean_iou.tolist()
+        [0.5, 1.0, 1.0]
     """
     if isinstance(num_seeds, bool) or not isinstance(num_seeds, (int, np.integer)) or num_seeds < 1:
         raise InvalidInputError(f"num_seeds must be a positive integer, got {num_seeds!r}")
@@ -311,6 +333,10 @@ def no_correction_curve(
 
     Raises:
         InvalidInputError: If there are no objects, an IoU is NaN or infinite, or the fractions are invalid.
+
+    Example:
+        >>> no_correction_curve(np.array([0.5, 0.2]), num_points=3).mean_iou.round(3).tolist()
+        [0.35, 0.35, 0.35]
     """
     base, _ = _check_objects(base_iou, base_iou)
     grid = _fraction_grid(fractions, num_points)
@@ -334,6 +360,12 @@ def area_under_curve(fractions: np.ndarray, values: np.ndarray, *, max_fraction:
     Raises:
         InvalidInputError: If the arrays are not 1-D of equal length, contain NaN or infinity, the
             fractions are not strictly increasing or do not cover [0, max_fraction].
+
+    Example:
+        >>> area_under_curve(np.array([0.0, 0.5, 1.0]), np.array([0.0, 1.0, 1.0]))
+        0.75
+        >>> area_under_curve(np.array([0.0, 1.0]), np.array([1.0, 1.0]), max_fraction=0.5)
+        0.5
     """
     grid = _as_vector(fractions, "fractions")
     curve_values = _as_vector(values, "values")
@@ -379,6 +411,13 @@ def relative_auc(
 
     Raises:
         InvalidInputError: As :func:`area_under_curve`, for any of the three curves.
+
+    Example:
+        >>> base, corrected = np.array([0.5, 0.2]), np.array([0.6, 1.0])
+        >>> none, oracle = no_correction_curve(base), oracle_curve(base, corrected)
+        >>> worst_first = correction_curve(base, corrected, np.array([0.9, 0.1]))
+        >>> round(relative_auc(oracle, none, oracle), 6), round(relative_auc(worst_first, none, oracle), 1)
+        (100.0, 44.4)
     """
     curve_area = area_under_curve(*curve, max_fraction=max_fraction)
     none_area = area_under_curve(*no_correction, max_fraction=max_fraction)
@@ -404,6 +443,11 @@ def pearson_matrix(columns: Mapping[str, np.ndarray]) -> tuple[list[str], np.nda
 
     Raises:
         InvalidInputError: If a column is not 1-D, contains NaN or infinity, or the lengths differ.
+
+    Example:
+        >>> names, matrix = pearson_matrix({"a": np.array([1.0, 2.0, 3.0]), "b": np.array([3.0, 2.0, 1.0])})
+        >>> names, matrix.round(6).tolist()
+        (['a', 'b'], [[1.0, -1.0], [-1.0, 1.0]])
     """
     names = list(columns)
     vectors = [_as_vector(columns[name], f"column {name!r}") for name in names]
@@ -427,3 +471,28 @@ def pearson_matrix(columns: Mapping[str, np.ndarray]) -> tuple[list[str], np.nda
     matrix[constant, :] = np.nan
     matrix[:, constant] = np.nan
     return names, matrix
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of two equally long arrays, or NaN where it is undefined (a constant array).
+
+    The same computation as every entry of :func:`pearson_matrix`, which it calls.
+
+    Args:
+        x: Array of shape (N,), finite.
+        y: Array of shape (N,), finite.
+
+    Returns:
+        The correlation in [-1, 1], or NaN when either array has fewer than two values or all values equal.
+
+    Raises:
+        InvalidInputError: As :func:`pearson_matrix`.
+
+    Example:
+        >>> round(pearson(np.array([1.0, 2.0, 4.0]), np.array([8.0, 4.0, 2.0])), 4)
+        -0.9286
+        >>> pearson(np.array([1.0, 2.0]), np.array([5.0, 5.0]))
+        nan
+    """
+    _, matrix = pearson_matrix({"x": x, "y": y})
+    return float(matrix[0, 1])

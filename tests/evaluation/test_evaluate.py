@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from usam.cli import main
 from usam.errors import InvalidInputError
 from usam.evaluation import ABLATION_VARIANTS, AUC_RANGES, ENTROPY_MEASURES, run_evaluation
 from usam.head_table import HEAD_NAMES
@@ -71,16 +72,17 @@ def synthetic_row(image_key, object_id, model, iou, rng, *, large_iou=None, h_pr
     return row
 
 
-def write_synthetic_store(root, seed=0):
+def write_synthetic_store(root, seed=0, *, nonfinite_tokens=False, metadata=None):
     """Tiny and large rows for every object, plus one object with only a tiny and one with only a large row.
 
+    ``nonfinite_tokens`` puts NaN into every row's IoU token; ``metadata`` is recorded as the store's metadata.
     Returns the rows per object: ``{(image, object): {"tiny": row, "large": row}}`` (one model for the two extras).
     """
     rng = np.random.default_rng(seed)
     # Distinct multiples of 1/256 in [0.2, 0.9] for the tiny model; the large model is better on most objects.
     tiny_ious = rng.choice(np.arange(52, 231), NUM_IMAGES * OBJECTS_PER_IMAGE, replace=False) / 256.0
     truth = {}
-    with StoreWriter(root, rows_per_part=40) as writer:
+    with StoreWriter(root, rows_per_part=40, metadata=metadata or {}) as writer:
         for image in range(NUM_IMAGES):
             image_key = f"img{image:03d}"
             rows = []
@@ -100,6 +102,9 @@ def write_synthetic_store(root, seed=0):
             if image == 1:
                 rows.append(synthetic_row(image_key, "only_large", LARGE, 0.5, rng))
                 truth[(image_key, "only_large")] = {"large": rows[-1]}
+            if nonfinite_tokens:
+                for row in rows:
+                    row["iou_token"] = np.full_like(row["iou_token"], np.nan)
             writer.add_image(image_key, rows)
     return truth
 
@@ -119,7 +124,7 @@ def evaluation(tmp_path_factory):
         ablation=True,
         ablation_hyper_parameters=FAST_TRAINING,
         progress=False,
-    )
+    ).to_json()
     return {"folder": folder, "truth": truth, "heads": heads, "results": results}
 
 
@@ -276,7 +281,7 @@ def test_heads_read_the_mask_token_of_their_pairing(evaluation, tmp_path):
     heads = random_heads(["iou_tiny"], seed=7, pairing="as-released")
     heads.save(tmp_path / "released.st")
     results = run_evaluation(folder / "store", tmp_path / "released.st", tmp_path / "out", seeds=1, ablation=False,
-                             progress=False)  # fmt: skip
+                             progress=False).to_json()  # fmt: skip
     rows = [truth[key]["tiny"] for key in sorted(truth) if "tiny" in truth[key]]
     base = as_stored([row["iou"] for row in rows])
     for offset, should_match in ((0, True), (1, False)):
@@ -343,13 +348,13 @@ def test_token_ablation(evaluation):
 def test_without_ablation_results_are_reproducible(evaluation, tmp_path):
     folder = evaluation["folder"]
     first = run_evaluation(folder / "store", folder / "heads.safetensors", tmp_path / "a", seeds=4, ablation=False,
-                           progress=False)  # fmt: skip
+                           progress=False).to_json()  # fmt: skip
     assert first["ablation"] is None
     assert not (tmp_path / "a" / "ablation.png").exists()
     assert "Not run" in (tmp_path / "a" / "report.md").read_text()
     assert first["scenarios"] == evaluation["results"]["scenarios"]
     second = run_evaluation(folder / "store", folder / "heads.safetensors", tmp_path / "b", seeds=4, ablation=False,
-                            progress=False)  # fmt: skip
+                            progress=False).to_json()  # fmt: skip
     assert (tmp_path / "a" / "results.json").read_text().replace("/a/", "/b/") == (
         tmp_path / "b" / "results.json"
     ).read_text().replace("/a/", "/b/")
@@ -360,7 +365,7 @@ def test_large_model_and_heads_missing_some_names(evaluation, tmp_path):
     folder = evaluation["folder"]
     random_heads(["iou_large", "model_gap", "task_gap"], seed=1, pairing="as-released").save(tmp_path / "few.st")
     results = run_evaluation(folder / "store", tmp_path / "few.st", tmp_path / "out", model="sam2.1-large",
-                             seeds=2, ablation=False, progress=False)  # fmt: skip
+                             seeds=2, ablation=False, progress=False).to_json()  # fmt: skip
     assert results["model"] == LARGE
     # Model selection still goes tiny -> large; its measures come from the tiny rows.
     selection = results["scenarios"]["model_selection"]
@@ -380,7 +385,7 @@ def test_heads_trained_on_the_evaluated_store_are_flagged(evaluation, tmp_path):
     heads.metadata.training = {"data": {"store": str(folder / "store")}}
     heads.save(tmp_path / "own.st")
     results = run_evaluation(folder / "store", tmp_path / "own.st", tmp_path / "out", seeds=1, ablation=False,
-                             progress=False)  # fmt: skip
+                             progress=False).to_json()  # fmt: skip
     assert any("trained on this store" in note for note in results["warnings"])
     assert "## Warnings" in (tmp_path / "out" / "report.md").read_text()
     assert not any("trained on this store" in note for note in evaluation["results"]["warnings"])
@@ -399,7 +404,177 @@ def test_invalid_arguments(evaluation, tmp_path):
         run_evaluation(store, heads, tmp_path / "x", ablation_hyper_parameters={"lr": 0.1}, progress=False)
     with pytest.raises(InvalidInputError, match="no entry for head"):
         run_evaluation(store, heads, tmp_path / "x", ablation_hyper_parameters={"model_gap": FAST_TRAINING},
-                       progress=False)  # fmt: skip
+                       progress=False).to_json()  # fmt: skip
     (tmp_path / "file").write_text("")
     with pytest.raises(InvalidInputError, match="is a file"):
         run_evaluation(store, heads, tmp_path / "file", ablation=False, progress=False)
+
+
+# Fixes: causes of skipped measures, stale plots, off-distribution measures, presets, help ---------------------------
+
+
+def test_nonfinite_tokens_are_named_as_the_cause_of_skipped_heads(tmp_path):
+    write_synthetic_store(tmp_path / "store", nonfinite_tokens=True, metadata={"monte_carlo": False})
+    random_heads(HEAD_NAMES, seed=3).save(tmp_path / "heads.st")
+    run_evaluation(tmp_path / "store", tmp_path / "heads.st", tmp_path / "out", seeds=1, ablation=False,
+                   progress=False)  # fmt: skip
+    stored = json.loads((tmp_path / "out" / "results.json").read_text())
+    segmentation = stored["scenarios"]["segmentation_uncertainty"]
+    # Every head is skipped, and the reason is the tokens, not the Monte Carlo part of the extraction.
+    assert "iou_tiny" in segmentation["skipped_measures"]
+    for scenario in stored["scenarios"].values():
+        for key in ("model_gap", "prompt_gap", "task_gap", "iou_tiny"):
+            reason = scenario["skipped_measures"].get(key)
+            if reason is not None:
+                assert "non-finite tokens" in reason, (key, reason)
+                assert "Monte Carlo" not in reason, (key, reason)
+    # An entropy the extraction left out names that cause instead, and a head not in the heads file its own.
+    assert "--no-monte-carlo" in segmentation["skipped_measures"]["h_theta"]
+    assert "h_std" in segmentation["measures"]
+    random_heads(["iou_tiny"], seed=3).save(tmp_path / "one.st")
+    run_evaluation(tmp_path / "store", tmp_path / "one.st", tmp_path / "one", seeds=1, ablation=False, progress=False)
+    stored = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert "not in the heads file" in stored["scenarios"]["model_selection"]["skipped_measures"]["model_gap"]
+
+
+def test_plots_of_an_earlier_run_are_removed_and_nothing_else(evaluation, tmp_path):
+    folder = evaluation["folder"]
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "ablation.png").write_bytes(b"from an earlier run")
+    (out / "curves_mine.png").write_bytes(b"the user's")
+    (out / "notes.txt").write_text("the user's")
+    (tmp_path / "outside.png").write_bytes(b"the user's")
+    # An earlier evaluation listed its files; names outside the folder or not usam's plots are never removed.
+    earlier = ["report.md", "results.json", "ablation.png", "../outside.png", "notes.txt", "curves_gone.png"]
+    (out / "results.json").write_text(json.dumps({"files": earlier}))
+    run_evaluation(folder / "store", folder / "heads.safetensors", out, seeds=1, ablation=False, progress=False)
+    assert not (out / "ablation.png").exists()
+    assert (out / "curves_mine.png").exists()
+    assert (out / "notes.txt").exists()
+    assert (tmp_path / "outside.png").exists()
+    names = {path.name for path in out.iterdir()}
+    assert names == set(json.loads((out / "results.json").read_text())["files"]) | {"curves_mine.png", "notes.txt"}
+    assert "ablation.png" not in (out / "report.md").read_text()
+
+
+def test_the_large_minus_tiny_measure_is_flagged_unless_size_heads_were_pooled(evaluation, tmp_path):
+    folder = evaluation["folder"]
+    notes = {}
+    for kind, training in (("own-size", {}), ("pooled", {"size_targets": "per-size-pooled"})):
+        heads = random_heads(HEAD_NAMES, seed=3)
+        heads.metadata.training = training
+        heads.save(tmp_path / f"{kind}.st")
+        run_evaluation(folder / "store", tmp_path / f"{kind}.st", tmp_path / kind, seeds=1, ablation=False,
+                       progress=False)  # fmt: skip
+        stored = json.loads((tmp_path / kind / "results.json").read_text())
+        measures = stored["scenarios"]["model_selection"]["measures"]
+        notes[kind] = (measures["iou_large-iou_tiny"].get("note"), (tmp_path / kind / "report.md").read_text())
+        # Heads that read their own size's rows are never flagged.
+        assert measures["iou_tiny"].get("note") is None
+        assert stored["scenarios"]["prompt_refinement"]["measures"]["iou_dense_prompt-iou_tiny"].get("note") is None
+    note, report = notes["own-size"]
+    assert note is not None
+    assert "off-distribution" in note
+    assert "iou_large" in note
+    assert note in report
+    note, report = notes["pooled"]
+    assert note is None
+    assert "off-distribution" not in report
+
+
+def test_preset_paper_evaluates_the_large_model_and_an_explicit_model_wins(evaluation, tmp_path, capsys):
+    folder = evaluation["folder"]
+    base = ["evaluate", "--data", str(folder / "store"), "--heads", str(folder / "heads.safetensors"),
+            "--no-ablation", "--no-progress", "--seeds", "1"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "paper"), "--preset", "paper"]) == 0, capsys.readouterr().err
+    stored = json.loads((tmp_path / "paper" / "results.json").read_text())
+    assert stored["model"] == LARGE
+    assert stored["preset"] == "paper"
+    assert main([*base, "--out", str(tmp_path / "tiny"), "--preset", "paper", "--model", "tiny"]) == 0
+    assert json.loads((tmp_path / "tiny" / "results.json").read_text())["model"] == TINY
+    # Random heads are flagged on stderr as a usam warning, once.
+    err = capsys.readouterr().err
+    assert err.count("usam: warning: The heads in") == 2
+
+
+def test_report_lists_the_differences_from_the_paper(evaluation, tmp_path):
+    from usam.presets import PAPER_DEPARTURES
+
+    folder = evaluation["folder"]
+    metadata = {"tie_rule": "last", "extraction_precision": "bfloat16", "preset": "usam", "dataset": "coco"}
+    write_synthetic_store(tmp_path / "store", metadata=metadata)
+    result = run_evaluation(tmp_path / "store", folder / "heads.safetensors", tmp_path / "out", model="large",
+                            seeds=1, ablation=False, progress=False)  # fmt: skip
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Differences from the paper" in report
+    for departure in PAPER_DEPARTURES:
+        assert f"| {departure.topic} | {departure.paper} |" in report
+    rows = {row["topic"]: row for row in result.to_json()["differences_from_paper"]}
+    assert rows["ties between equally good masks"]["differs"] is False  # the store records the paper's rule
+    assert rows["extraction precision on a GPU"]["differs"] is True
+    assert rows["model of the correlation table"]["differs"] is False  # large, as the paper
+    assert rows["SAM2 version of the data"]["differs"] is True  # sam2.1 rows
+    assert rows["DAVIS frames"]["this_run"].startswith("not applicable")
+    assert "preset `usam`" in report
+    assert "tie rule `last`" in report
+    # A store without recorded choices degrades to "not recorded" and says so.
+    bare = {row["topic"]: row for row in evaluation["results"]["differences_from_paper"]}
+    assert bare["ties between equally good masks"]["this_run"] == "not recorded"
+    assert bare["ties between equally good masks"]["differs"] is None
+    assert bare["model of the correlation table"]["differs"] is True  # tiny
+
+
+def test_every_evaluate_argument_has_help(capsys):
+    assert main(["evaluate", "--help"]) == 0
+    text = capsys.readouterr().out
+    lines = text[text.index("options:") :].splitlines()[1:]
+    options = [index for index, line in enumerate(lines) if line.startswith("  -")]
+    assert len(options) >= 8
+    for index in options:
+        # Help text follows the option on its line, or on the next, more deeply indented line.
+        has_text_after = len(lines[index].strip().split("  ")) > 1
+        next_is_help = index + 1 < len(lines) and lines[index + 1].startswith(" " * 8)
+        assert has_text_after or next_is_help, lines[index]
+    assert "--preset {usam,paper}" in text
+
+
+def test_typed_results_and_plots_on_given_axes(evaluation, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from usam.evaluation import MeasureKind, Status, plot_ablation, plot_correlation, plot_scenario
+
+    folder = evaluation["folder"]
+    result = run_evaluation(folder / "store", folder / "heads.safetensors", tmp_path / "out", seeds=4,
+                            ablation=False, progress=False)  # fmt: skip
+    segmentation = result.scenarios["segmentation_uncertainty"]
+    assert segmentation.status is Status.DONE
+    assert segmentation.measures["iou_tiny"].kind is MeasureKind.USAM_HEAD
+    assert segmentation.measures["h_std"].relative_auc_percent == pytest.approx(
+        evaluation["results"]["scenarios"]["segmentation_uncertainty"]["measures"]["h_std"]["relative_auc_percent"]
+    )
+    stored = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert stored == result.to_json()
+    # Plots draw on the caller's axes, so that panels can be combined into one figure.
+    figure, axes = plt.subplots(1, 3)
+    assert plot_scenario(axes[0], segmentation) is figure
+    assert len(axes[0].get_lines()) == len(segmentation.measures) + 2  # and no correction, the r = 0.5 mark
+    assert plot_correlation(axes[1], result.correlation) is figure
+    assert len(axes[1].texts) == len(result.correlation.names) ** 2
+    plt.close(figure)
+    ablation = run_evaluation(folder / "store", folder / "heads.safetensors", tmp_path / "ab", seeds=1,
+                              ablation_hyper_parameters=FAST_TRAINING, progress=False).ablation  # fmt: skip
+    figure, ax = plt.subplots()
+    assert plot_ablation(ax, ablation, "r_0_0.5") is figure
+    assert ax.get_title() == "Relative AUC, r ∈ [0, 0.5]"
+    plt.close(figure)
+
+
+def test_every_departure_from_the_paper_is_judged_for_a_run():
+    from usam.evaluation.departures import known_topics
+    from usam.presets import PAPER_DEPARTURES
+
+    assert known_topics() == {departure.topic for departure in PAPER_DEPARTURES}

@@ -373,3 +373,16 @@ def test_correction_scenarios_describe_the_paper():
     )
     assert scenarios["segmentation_uncertainty"].corrected == 1.0
     assert all(scenario.description for scenario in CORRECTION_SCENARIOS)
+
+
+def test_pearson_is_the_entry_of_the_matrix_and_nan_when_undefined():
+    from usam.metrics import pearson
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal(50), rng.standard_normal(50)
+    assert pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
+    assert pearson(x, y) == pearson_matrix({"x": x, "y": y})[1][0, 1]
+    assert pearson(x, 3.0 * x + 1.0) == pytest.approx(1.0)
+    assert math.isnan(pearson(x, np.full(50, 0.1)))
+    with pytest.raises(InvalidInputError):
+        pearson(x, y[:10])
