@@ -133,3 +133,17 @@ def head_spec(name: str) -> HeadSpec:
 def is_gap_head(name: str) -> bool:
     """Whether a head predicts a gap (reported as ``sigmoid - 0.5``) rather than an IoU."""
     return head_spec(name).is_gap
+
+
+class SizeTargets(StrEnum):
+    """What the ``iou_<size>`` heads of a heads file learned, as recorded in its training metadata."""
+
+    OWN_ROWS = "own-size"
+    """Each size head learned from its own size's rows (their tokens, their IoU)."""
+    POOLED = "per-size-pooled"
+    """Each size head learned from every row (any size's tokens) with its own size's IoU of the same object, as the
+    paper trains them; only then can a size head read another size's tokens."""
+
+
+SIZE_TARGETS_KEY = "size_targets"
+"""Key of :attr:`usam.heads.HeadsMetadata.training` under which training records a :class:`SizeTargets`."""

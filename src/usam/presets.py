@@ -76,6 +76,7 @@ class Departure:
     """One deliberate difference between usam and the paper authors' code.
 
     Attributes:
+        key: Identifier of the choice (stable; reports and code refer to it).
         topic: What the choice is about.
         usam: What usam does by default.
         paper: What the authors' code does.
@@ -83,6 +84,7 @@ class Departure:
         preset_paper: Whether ``--preset paper`` switches to the authors' behaviour.
     """
 
+    key: str
     topic: str
     usam: str
     paper: str
@@ -92,6 +94,7 @@ class Departure:
 
 PAPER_DEPARTURES: tuple[Departure, ...] = (
     Departure(
+        "sam2_version",
         "SAM2 version of the data",
         "SAM 2.1 models",
         "SAM 2.0 models",
@@ -99,6 +102,7 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
         True,
     ),
     Departure(
+        "extraction_precision",
         "extraction precision on a GPU",
         "bfloat16 autocast, as SAM2's own demos run",
         "float32",
@@ -106,6 +110,7 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
         True,
     ),
     Departure(
+        "tie_rule",
         "ties between equally good masks",
         "the first of the tied masks",
         "the last of the tied masks",
@@ -113,6 +118,7 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
         True,
     ),
     Departure(
+        "davis_resolution",
         "DAVIS frames",
         "480p",
         "Full-Resolution",
@@ -120,6 +126,7 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
         True,
     ),
     Departure(
+        "evaluation_model",
         "model of the correlation table",
         "the model given with --model (default tiny)",
         "Large",
@@ -127,6 +134,7 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
         True,
     ),
     Departure(
+        "size_head_rows",
         "training rows of the iou_<size> heads",
         "the rows of that size's model, with their own IoU",
         "every row (the tokens of every model), with that size's IoU of the same object",
@@ -134,6 +142,7 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
         True,
     ),
     Departure(
+        "pairing",
         "token pairing of usam-trained heads",
         "returned mask k is scored with mask token k + 1, the token that produced it",
         "mask token k (one token too early for multimask outputs)",
@@ -141,6 +150,7 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
         False,
     ),
     Departure(
+        "validation_split",
         "validation split",
         "by image, seeded, rows shuffled every epoch",
         "a split of the stored rows (not by image), rows never shuffled",
@@ -148,6 +158,7 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
         False,
     ),
     Departure(
+        "epoch_kept",
         "epoch kept",
         "the epoch with the best validation loss",
         "the last epoch",
@@ -155,6 +166,7 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
         False,
     ),
     Departure(
+        "hyper_parameter_search",
         "hyper-parameter search",
         "Optuna's TPE sampler, learning rate log-uniform over the paper's range, one seeded stream per head",
         "SMAC, learning rate uniform over the same range",
@@ -162,6 +174,7 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
         False,
     ),
     Departure(
+        "jpeg_augmentation",
         "JPEG augmentation",
         "PIL JPEG encoding of the RGB image",
         "OpenCV encoding of the RGB array as if it were BGR",
@@ -169,6 +182,7 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
         False,
     ),
     Departure(
+        "coco_size_filter",
         "COCO object size filter",
         "at least 10 pixels in the decoded mask",
         "a size filter that does not count the decoded mask's pixels",

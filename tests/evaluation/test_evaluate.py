@@ -13,7 +13,7 @@ import torch
 from usam.cli import main
 from usam.errors import InvalidInputError
 from usam.evaluation import ABLATION_VARIANTS, AUC_RANGES, ENTROPY_MEASURES, run_evaluation
-from usam.head_table import HEAD_NAMES
+from usam.head_table import HEAD_NAMES, SIZE_TARGETS_KEY, SizeTargets
 from usam.heads import random_heads
 from usam.metrics import CORRECTION_SCENARIOS, correction_curve, no_correction_curve, oracle_curve, relative_auc
 from usam.store import StoreWriter, row_schema
@@ -461,7 +461,7 @@ def test_plots_of_an_earlier_run_are_removed_and_nothing_else(evaluation, tmp_pa
 def test_the_large_minus_tiny_measure_is_flagged_unless_size_heads_were_pooled(evaluation, tmp_path):
     folder = evaluation["folder"]
     notes = {}
-    for kind, training in (("own-size", {}), ("pooled", {"size_targets": "per-size-pooled"})):
+    for kind, training in (("own-size", {}), ("pooled", {SIZE_TARGETS_KEY: SizeTargets.POOLED.value})):
         heads = random_heads(HEAD_NAMES, seed=3)
         heads.metadata.training = training
         heads.save(tmp_path / f"{kind}.st")
@@ -574,7 +574,7 @@ def test_typed_results_and_plots_on_given_axes(evaluation, tmp_path):
 
 
 def test_every_departure_from_the_paper_is_judged_for_a_run():
-    from usam.evaluation.departures import known_topics
+    from usam.evaluation.departures import known_keys
     from usam.presets import PAPER_DEPARTURES
 
-    assert known_topics() == {departure.topic for departure in PAPER_DEPARTURES}
+    assert known_keys() == {departure.key for departure in PAPER_DEPARTURES}

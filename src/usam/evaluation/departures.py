@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from usam.head_table import Pairing
+from usam.head_table import SIZE_TARGETS_KEY, Pairing, SizeTargets
 from usam.heads import HeadsMetadata
 from usam.presets import PAPER_DEPARTURES, PRESETS, Preset
 
@@ -131,18 +131,28 @@ def _training_by_usam(facts: RunFacts) -> tuple[str, bool | None]:
     return "unknown (the heads file does not record its training)", None
 
 
+def _size_head_rows(facts: RunFacts) -> tuple[str, bool | None]:
+    if has_random_weights(facts.heads) or not facts.heads_record_training:
+        return NOT_RECORDED, None
+    targets = facts.heads.training.get(SIZE_TARGETS_KEY)
+    if targets is None:
+        return NOT_RECORDED, None
+    return f"size heads trained on {targets} rows", targets != SizeTargets.POOLED
+
+
 _THIS_RUN: dict[str, Callable[[RunFacts], tuple[str, bool | None]]] = {
-    "SAM2 version of the data": _sam2_version,
-    "extraction precision on a GPU": _precision,
-    "ties between equally good masks": _tie_rule,
-    "DAVIS frames": _davis,
-    "model of the correlation table": _correlation_model,
-    "token pairing of usam-trained heads": _pairing,
-    "validation split": _training_by_usam,
-    "epoch kept": _training_by_usam,
-    "learning-rate search": _training_by_usam,
-    "JPEG augmentation": _extraction_by_usam,
-    "COCO object size filter": _extraction_by_usam,
+    "sam2_version": _sam2_version,
+    "extraction_precision": _precision,
+    "tie_rule": _tie_rule,
+    "davis_resolution": _davis,
+    "evaluation_model": _correlation_model,
+    "size_head_rows": _size_head_rows,
+    "pairing": _pairing,
+    "validation_split": _training_by_usam,
+    "epoch_kept": _training_by_usam,
+    "hyper_parameter_search": _training_by_usam,
+    "jpeg_augmentation": _extraction_by_usam,
+    "coco_size_filter": _extraction_by_usam,
 }
 
 
@@ -150,14 +160,14 @@ def run_departures(facts: RunFacts) -> list[RunDeparture]:
     """Every departure of :data:`usam.presets.PAPER_DEPARTURES` with what this run used."""
     rows = []
     for departure in PAPER_DEPARTURES:
-        judge = _THIS_RUN.get(departure.topic)
+        judge = _THIS_RUN.get(departure.key)
         this_run, differs = judge(facts) if judge else (NOT_RECORDED, None)
         rows.append(RunDeparture(departure.topic, departure.paper, departure.usam, this_run, differs, departure.why))
     return rows
 
 
-def known_topics() -> set[str]:
-    """The departure topics this module can judge for a run."""
+def known_keys() -> set[str]:
+    """The departure keys this module can judge for a run."""
     return set(_THIS_RUN)
 
 

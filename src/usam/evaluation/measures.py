@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from usam.extraction.targets import best_output
-from usam.head_table import HEADS, HeadKind
+from usam.head_table import HEADS, SIZE_TARGETS_KEY, HeadKind, SizeTargets
 from usam.metrics import CorrectionScenario
 from usam.validation import StrEnum
 
@@ -216,13 +216,6 @@ def measure_values(
     raise ValueError(f"{measure.kind} has no values per row")
 
 
-SIZE_TARGETS_KEY = "size_targets"
-"""Key of the heads' training record that says what the ``iou_<size>`` heads learned."""
-PER_SIZE_POOLED = "per-size-pooled"
-"""Value of :data:`SIZE_TARGETS_KEY` for size heads trained on every row with their own size's IoU of the object, so
-that they can read the tokens of any size's row."""
-
-
 def off_distribution_note(measure: Measure, rows_size: str | None, training: Mapping[str, object]) -> str | None:
     """Why a head measure reads tokens its heads were not trained on, or None when it does not.
 
@@ -235,13 +228,13 @@ def off_distribution_note(measure: Measure, rows_size: str | None, training: Map
         rows_size: SAM2 size of the rows the measure is computed on.
         training: The heads' training record (:attr:`usam.heads.HeadsMetadata.training`).
     """
-    if training.get(SIZE_TARGETS_KEY) == PER_SIZE_POOLED:
+    if training.get(SIZE_TARGETS_KEY) == SizeTargets.POOLED:
         return None
     foreign = [name for name in measure.heads if HEADS[name].model_size not in (None, rows_size)]
     if not foreign:
         return None
     return (
-        f"off-distribution: {' and '.join(foreign)} reads the {rows_size} model's tokens here, but the heads file does "
-        f"not record size heads trained on every row ({SIZE_TARGETS_KEY} = {PER_SIZE_POOLED!r}), so it was trained "
-        "on its own size's rows only"
+        f"off-distribution: {' and '.join(foreign)} reads the {rows_size} model's tokens here, but the heads file "
+        f"does not record size heads trained on every row ({SIZE_TARGETS_KEY} = {SizeTargets.POOLED.value!r}), so "
+        "it was trained on its own size's rows only"
     )

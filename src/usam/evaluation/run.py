@@ -20,7 +20,7 @@ from usam.errors import InvalidInputError
 from usam.evaluation.ablation import AblationResult, HyperParameterChoice, check_hyper_parameters_type, run_ablation
 from usam.evaluation.correlation import CorrelationResult, correlation_table
 from usam.evaluation.departures import RunDeparture, RunFacts, has_random_weights, recorded_choices, run_departures
-from usam.evaluation.measures import SIZE_TARGETS_KEY, Measure, off_distribution_note, scenario_measures
+from usam.evaluation.measures import Measure, off_distribution_note, scenario_measures
 from usam.evaluation.plots import remove_earlier_plots, write_plots
 from usam.evaluation.report import report_markdown
 from usam.evaluation.rows import EvaluatedModels, read_rows, resolve_models, size_and_version, store_metadata
@@ -35,6 +35,7 @@ from usam.evaluation.scenarios import (
     skipped_scenario,
 )
 from usam.files import remove_stale_temporaries, write_json_atomically, write_text_atomically
+from usam.head_table import SIZE_TARGETS_KEY
 from usam.heads import UncertaintyHeads, load_heads
 from usam.metrics import CORRECTION_SCENARIOS, DEFAULT_NUM_POINTS
 from usam.presets import PRESETS, Preset
