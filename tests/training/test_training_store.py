@@ -6,12 +6,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from usam.cli import main
 from usam.errors import InvalidInputError, StoreError
 from usam.head_table import GAP_HEAD_NAMES
 from usam.heads import load_heads
 from usam.store import StoreWriter, row_schema
 from usam.training import (
     HPO_SEARCH_SPACE,
+    PAPER_DEFAULTS,
+    TrainingWarning,
     best_mask_token,
     load_training_data,
     train_from_store,
@@ -176,8 +179,8 @@ def test_float16_tokens_are_read_as_float32():
     assert data.features[0, TOKEN] == 30.0
 
 
-def store_row(image, obj, model, rng):
-    values = {"image_key": image, "object_id": obj, "model": model, "dataset": "coco", "split": "train"}
+def store_row(image, obj, model, rng, dataset="coco"):
+    values = {"image_key": image, "object_id": obj, "model": model, "dataset": dataset, "split": "train"}
     row = {}
     for field in row_schema():
         if pa.types.is_string(field.type):
@@ -267,3 +270,175 @@ def test_hpo_records_the_chosen_values(token_store, tmp_path):
 
     data = load_training_data(token_store, ["iou_tiny"])
     assert tune_hyper_parameters(data, "iou_tiny", 2, seed=1).to_dict() == chosen  # seeded: the same choice
+
+
+# Fixes: pooled size targets, non-finite rows, tie rule, HPO streams, dataset defaults, presets ---------------------
+
+
+def test_pooled_size_heads_learn_the_iou_of_that_sizes_model_on_the_same_object():
+    ious = {"tiny": [0.1, 0.2, 0.3], "large": [0.7, 0.8, 0.9, 0.5]}
+    specs = [
+        (f"img{index}", "o", f"sam2.1-{size}", 0, {"iou": ious[size][index]})
+        for index in range(3)
+        for size in ("tiny", "large")
+    ]
+    specs.append(("img3", "lonely", "sam2.1-large", 0, {"iou": ious["large"][3]}))  # no tiny row of this object
+    table = store_table(specs)
+
+    pooled = load_training_data(table, ["iou_tiny", "iou_large"], pool_sizes=True)
+    for name, size in (("iou_tiny", "tiny"), ("iou_large", "large")):
+        head = pooled.heads[name]
+        for feature_row, target in zip(head.rows, head.targets, strict=True):
+            image, _, model = specs[row_of(pooled, feature_row)][:3]
+            # Every row of the object, whichever model's tokens it holds, learns this size's IoU of the object.
+            assert target == pytest.approx(ious[size][int(image[3:])]), (name, model)
+        models = {specs[row_of(pooled, row)][2] for row in head.rows}
+        assert models == {"sam2.1-tiny", "sam2.1-large"}
+    assert pooled.heads["iou_tiny"].rows.size == 6  # the lonely large row has no tiny IoU: dropped, counted
+    assert pooled.source["rows_without_size_target"] == {"iou_tiny": 1, "iou_large": 0}
+    assert pooled.source["size_heads"].startswith("pooled")
+
+    own = load_training_data(table, ["iou_tiny", "iou_large"])
+    assert {specs[row_of(own, row)][2] for row in own.heads["iou_tiny"].rows} == {"sam2.1-tiny"}
+    np.testing.assert_allclose(own.heads["iou_tiny"].targets, ious["tiny"])
+    assert own.source["size_heads"].startswith("own rows")
+
+    two_tiny = store_table([*specs, ("img0", "o", "sam2-tiny", 0)])
+    with pytest.raises(InvalidInputError, match=r"pooled iou_tiny .*sam2-tiny.*sam2.1-tiny"):
+        load_training_data(two_tiny, ["iou_tiny"], pool_sizes=True)
+
+
+def test_non_finite_targets_and_tokens_are_dropped_and_counted_but_null_gaps_are_not():
+    specs = [
+        ("img0", "a", "sam2.1-tiny", 0, {"iou": float("nan")}),
+        ("img0", "b", "sam2.1-tiny", 0, {"task_gap": float("inf")}),
+        ("img1", "a", "sam2.1-tiny", 0, {"model_gap": None}),  # null by design: no large model for this row
+        ("img1", "b", "sam2.1-tiny", 0),
+        ("img2", "a", "sam2.1-tiny", 0),
+    ]
+    table = store_table(specs)
+    tokens = table.column("iou_token").combine_chunks().flatten().to_numpy().copy()
+    tokens[4 * TOKEN + 3] = np.nan
+    bad_tokens = pa.FixedSizeListArray.from_arrays(pa.array(tokens, type=pa.float32()), TOKEN)
+    table = table.set_column(table.schema.get_field_index("iou_token"), "iou_token", bad_tokens)
+
+    with pytest.warns(TrainingWarning, match=r"iou_tiny: 1 in iou, 1 in tokens; model_gap: 1 in tokens") as caught:
+        data = load_training_data(table, ["iou_tiny", "model_gap", "task_gap"])
+    assert len(caught) == 1
+    assert [row_of(data, row) for row in data.heads["iou_tiny"].rows] == [1, 2, 3]
+    assert [row_of(data, row) for row in data.heads["model_gap"].rows] == [0, 1, 3]
+    assert [row_of(data, row) for row in data.heads["task_gap"].rows] == [0, 2, 3]
+    assert data.source["dropped_rows"] == {
+        "iou_tiny": {"iou": 1, "tokens": 1},
+        "model_gap": {"tokens": 1},
+        "task_gap": {"task_gap": 1, "tokens": 1},
+    }
+
+
+def test_tie_rule_chooses_which_tied_mask_gives_the_token():
+    table = store_table([("img0", "a", "sam2.1-tiny", 0)])
+    ties = pa.FixedSizeListArray.from_arrays(pa.array([0.9, 0.9, 0.2], type=pa.float32()), 3)
+    table = table.set_column(table.schema.get_field_index("mask_ious"), "mask_ious", ties)
+    first = load_training_data(table, ["iou_tiny"], inputs=["mask_token"], pairing="as-released")
+    last = load_training_data(table, ["iou_tiny"], inputs=["mask_token"], pairing="as-released", tie_rule="last")
+    assert first.features[0, 0] == 10.0  # mask token 0
+    assert last.features[0, 0] == 20.0  # mask token 1
+    assert (first.source["tie_rule"], last.source["tie_rule"]) == ("first", "last")
+
+
+def test_each_head_searches_with_its_own_stream_and_every_trial_is_logged(token_store):
+    data = load_training_data(token_store, ["iou_tiny", "iou_large"])
+    lines = {name: [] for name in data.heads}
+    for name in data.heads:
+        tune_hyper_parameters(data, name, 2, seed=1, hidden_dim=8, log=lines[name].append)
+    assert [line.split(" (")[0].split(" val")[0] for line in lines["iou_tiny"]] == [
+        "tuning iou_tiny: trial 1/2",
+        "tuning iou_tiny: trial 2/2",
+    ]
+    tried = {name: [line.split(" (")[1] for line in found] for name, found in lines.items()}
+    assert tried["iou_tiny"][0] != tried["iou_large"][0]
+    assert tried["iou_tiny"][1] != tried["iou_large"][1]
+
+
+def write_store(root, dataset, models=("sam2.1-tiny",), images=12, change=None):
+    rng = np.random.default_rng(1)
+    with StoreWriter(root, rows_per_part=64) as writer:
+        for image in range(images):
+            rows = [
+                store_row(f"img{image:03d}", f"obj{obj}", model, rng, dataset) for obj in range(2) for model in models
+            ]
+            for row in rows:
+                if change:
+                    change(image, row)
+            writer.add_image(f"img{image:03d}", rows)
+    return root
+
+
+def test_paper_defaults_are_inferred_from_the_stores_dataset(tmp_path):
+    davis = write_store(tmp_path / "davis", "davis")
+    out = train_from_store(davis, tmp_path / "davis.safetensors", heads=["iou_tiny"], progress=False)
+    training = load_heads(out).metadata.training
+    assert training["hyper_parameter_source"]["dataset"] == "davis"
+    assert training["hyper_parameter_source"]["chosen_by"].startswith("inferred")
+    assert training["heads"]["iou_tiny"]["hyper_parameters"] == PAPER_DEFAULTS["davis"]["iou_tiny"].to_dict()
+
+    given = train_from_store(
+        davis, tmp_path / "given.safetensors", heads=["iou_tiny"], dataset_defaults="sa-v", progress=False
+    )
+    assert load_heads(given).metadata.training["heads"]["iou_tiny"]["hyper_parameters"]["epochs"] == 9
+
+    mose = write_store(tmp_path / "mose", "mose")
+    with pytest.warns(TrainingWarning, match="COCO's paper hyper-parameters: the paper tuned no .* mose"):
+        out = train_from_store(mose, tmp_path / "mose.safetensors", heads=["iou_tiny"], progress=False)
+    assert load_heads(out).metadata.training["hyper_parameter_source"]["dataset"] == "coco"
+
+
+def test_cli_drops_nan_rows_with_one_warning_and_records_them(tmp_path, capsys):
+    def spoil(image, row):
+        if image < 2 and row["object_id"] == "obj0":
+            row["iou"] = float("nan")
+        row["model_gap"] = None  # one model: no model gap by design, not a bad row
+
+    store = write_store(tmp_path / "store", "coco", change=spoil)
+    out = tmp_path / "heads.safetensors"
+    argv = ["train", "--data", str(store), "--out", str(out), "--no-progress", "--heads", "iou_tiny", "task_gap"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    warning_lines = [line for line in err.splitlines() if line.startswith("usam: warning:")]
+    assert len(warning_lines) == 1
+    assert "iou_tiny: 2 in iou" in warning_lines[0]
+    training = load_heads(out).metadata.training
+    assert training["data"]["dropped_rows"] == {"iou_tiny": {"iou": 2}}
+    assert training["data"]["rows"] == {"iou_tiny": 22, "task_gap": 24}
+
+
+def test_cli_preset_paper_pools_sizes_with_the_last_tie_rule_and_options_win(tmp_path, capsys):
+    store = write_store(tmp_path / "store", "coco", models=("sam2.1-tiny", "sam2.1-large"))
+    out = tmp_path / "paper.safetensors"
+    base = ["train", "--data", str(store), "--no-progress", "--heads", "iou_tiny", "iou_large"]
+    assert main([*base, "--out", str(out), "--preset", "paper"]) == 0
+    training = load_heads(out).metadata.training
+    assert (training["preset"], training["pool_sizes"], training["tie_rule"]) == ("paper", True, "last")
+    assert training["data"]["rows"] == {"iou_tiny": 48, "iou_large": 48}
+    assert training["data"]["size_heads"].startswith("pooled")
+
+    out = tmp_path / "own.safetensors"
+    assert main([*base, "--out", str(out), "--preset", "paper", "--no-pool-sizes", "--tie-rule", "first"]) == 0
+    training = load_heads(out).metadata.training
+    assert (training["preset"], training["pool_sizes"], training["tie_rule"]) == ("paper", False, "first")
+    assert training["data"]["rows"] == {"iou_tiny": 24, "iou_large": 24}
+
+
+def test_cli_hpo_prints_one_line_per_trial_without_progress(tmp_path, capsys):
+    store = write_store(tmp_path / "store", "coco", images=10)
+    out = tmp_path / "tuned.safetensors"
+    argv = ["train", "--data", str(store), "--out", str(out), "--no-progress", "--heads", "iou_tiny", "task_gap"]
+    assert main([*argv, "--hpo", "2"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tuning ")]
+    assert [line.split(" val")[0] for line in lines] == [
+        "tuning iou_tiny: trial 1/2",
+        "tuning iou_tiny: trial 2/2",
+        "tuning task_gap: trial 1/2",
+        "tuning task_gap: trial 2/2",
+    ]
+    assert all("lr " in line and "batch_size " in line for line in lines)
