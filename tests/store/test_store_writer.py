@@ -451,7 +451,7 @@ package.__path__ = [{package_dir!r}]
 sys.modules["usam"] = package
 sys.path.insert(0, {tests_dir!r})
 
-from test_store import crash_job_rows
+from test_store_writer import crash_job_rows
 from usam.store import StoreWriter, shard_of_key
 
 shard_index, num_shards = {shard_index}, {num_shards}
