@@ -31,8 +31,9 @@ import hashlib
 import json
 import logging
 import os
-import uuid
-from collections.abc import Mapping, Sequence
+import tempfile
+import warnings
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,7 +41,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from usam.errors import InvalidInputError, StoreError
+from usam.errors import InvalidInputError, StoreError, UsamWarning
+from usam.files import (
+    TEMPORARY_SUFFIX,
+    default_file_mode,
+    json_text,
+    remove_stale_temporaries,
+    temporary_prefix,
+    write_json_atomically,
+)
 from usam.store.layout import (
     EMPTY_IMAGES_PATTERN,
     PART_PATTERN,
@@ -114,6 +123,7 @@ class StoreWriter:
         num_mask_tokens: int = NUM_MASK_TOKENS,
         metadata: Mapping[str, Any] | None = None,
         rows_per_part: int = 2048,
+        unchecked_if_missing: Collection[str] = (),
     ) -> None:
         """Opens or creates the store and reads which images this shard has completed.
 
@@ -128,6 +138,9 @@ class StoreWriter:
             metadata: JSON-serializable options that determine the rows (dataset, split, models, seed,
                 Monte Carlo flag, ...). Every run into the store must pass the same; ``None`` means ``{}``.
             rows_per_part: Buffered rows (or images) that trigger writing a part.
+            unchecked_if_missing: Keys of ``metadata`` that a store written by an older usam may lack. Such a
+                store is opened with one :class:`~usam.errors.UsamWarning` naming them (they cannot be
+                checked); every key it does record must still match.
 
         Raises:
             InvalidInputError: If an argument is out of range or ``metadata`` is not JSON-serializable.
@@ -151,6 +164,7 @@ class StoreWriter:
         self.num_mask_tokens = num_mask_tokens
         self.rows_per_part = check_int(rows_per_part, "rows_per_part", minimum=1)
         self.metadata = _json_normalized(dict(metadata or {}))
+        self._unchecked_if_missing = frozenset(unchecked_if_missing)
         self._shard_tag = shard_tag(shard_index, num_shards)
         self._buffer: list[tuple[str, pa.Table | None]] = []
         self._buffered_keys: set[str] = set()
@@ -164,8 +178,8 @@ class StoreWriter:
             raise StoreError(f"Cannot create the store directory {self.root}: {error}.") from error
         self._lock_shard()
         try:
-            self._delete_own_temp_files()
-            _ensure_store_file(self.root, self._store_file_content(), self._temp_path("store.json"))
+            self._remove_leftover_temporaries()
+            _ensure_store_file(self.root, self._store_file_content(), self._unchecked_if_missing)
             self._completed, self._next_seq = self._scan_own_files()
         except BaseException:
             self._unlock_shard()
@@ -248,13 +262,9 @@ class StoreWriter:
             [path.name for path in self.root.glob(f"part-{self._shard_tag}-*.parquet")],
             sorted(self._completed),
         )
-        temporary = self._temp_path("manifest.json")
         try:
-            temporary.write_text(json.dumps(content))
-            os.replace(temporary, self.manifest_path)
+            write_json_atomically(content, self.manifest_path, indent=None)
         except OSError as error:
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
             logger.warning("could not write %s (%s); the store itself is complete", self.manifest_path, error)
 
     def close(self) -> None:
@@ -303,10 +313,6 @@ class StoreWriter:
         if self._closed:
             raise StoreError(f"The writer for {self.root} (shard {self._shard_tag}) is closed.")
 
-    def _temp_path(self, suffix: str) -> Path:
-        # Temp names carry the shard so that a restarted shard deletes its own leftovers and nobody else's.
-        return self.root / f".tmp-{self._shard_tag}-{uuid.uuid4().hex[:12]}-{suffix}"
-
     def _lock_shard(self) -> None:
         if fcntl is None:
             return
@@ -335,10 +341,19 @@ class StoreWriter:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = None
 
-    def _delete_own_temp_files(self) -> None:
-        prefix = f".tmp-{self._shard_tag}-"
+    def _remove_leftover_temporaries(self) -> None:
+        """Removes temporary files that a killed writer left: any dead writer's, and all of this shard's.
+
+        Holding the shard's lock, no live process writes this shard's files, so its temporaries are leftovers
+        even when their writer ran on another host of a shared file system.
+        """
+        remove_stale_temporaries(self.root)
+        tag = self._shard_tag
+        own_prefixes = (f".part-{tag}-", f"._empty-images-{tag}-", f"._manifest-{tag}.")
+        legacy_prefix = f".tmp-{tag}-"  # how earlier usam versions named this shard's temporaries
         for entry in os.scandir(self.root):
-            if entry.name.startswith(prefix):
+            ours = entry.name.startswith(own_prefixes) and entry.name.endswith(TEMPORARY_SUFFIX)
+            if ours or entry.name.startswith(legacy_prefix):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
 
@@ -368,7 +383,7 @@ class StoreWriter:
 
     def _write_part(self, table: pa.Table, seq: int) -> None:
         final_path = self.root / f"part-{self._shard_tag}-{seq:06d}.parquet"
-        temp_path = self._temp_path("part.parquet")
+        temp_path = _new_temporary(final_path)
         try:
             pq.write_table(
                 table,
@@ -401,7 +416,7 @@ class StoreWriter:
         final_path = self.root / f"_empty-images-{self._shard_tag}-{seq:06d}.json"
         content = {"schema_version": SCHEMA_VERSION, "image_keys": image_keys}
         try:
-            _write_file_atomically(final_path, json.dumps(content).encode(), self._temp_path("empty.json"))
+            _write_file_atomically(final_path, json_text(content, indent=None).encode())
         except OSError as error:
             raise StoreError(
                 f"Cannot write {final_path}: {error}. Fix the cause (disk space, permissions) and rerun the "
@@ -430,12 +445,12 @@ def _json_normalized(metadata: dict[str, Any]) -> dict[str, Any]:
     # Round-tripping through JSON makes tuples lists etc., so that the comparison with a stored store file
     # compares like with like.
     try:
-        return json.loads(json.dumps(metadata, sort_keys=True))
+        return json.loads(json_text(metadata))
     except (TypeError, ValueError) as error:
         raise InvalidInputError(f"Store metadata must be JSON-serializable: {error}") from error
 
 
-def _ensure_store_file(root: Path, content: dict[str, Any], temp_path: Path) -> None:
+def _ensure_store_file(root: Path, content: dict[str, Any], unchecked_if_missing: frozenset[str]) -> None:
     """Creates ``_usam_store.json`` if missing (exactly one of racing creators wins) and checks it matches."""
     path = root / STORE_FILE_NAME
     if not path.exists():
@@ -447,19 +462,20 @@ def _ensure_store_file(root: Path, content: dict[str, Any], temp_path: Path) -> 
                 f"{root} is not empty ({foreign[0]!r}, ...) and is not a usam store (no {STORE_FILE_NAME}); "
                 "choose a new or empty --out directory."
             )
-        data = (json.dumps(content, indent=2, sort_keys=True) + "\n").encode()
         try:
-            _write_file_atomically(path, data, temp_path)
+            _write_file_atomically(path, json_text(content).encode())
         except FileExistsError:
             pass  # another shard created it first; it is compared below like any existing one
         except OSError as error:
             raise StoreError(f"Cannot create {path}: {error}.") from error
     existing = read_store_file(root)
-    _compare_store_files(path, existing, content)
+    _compare_store_files(path, existing, content, unchecked_if_missing)
 
 
-def _compare_store_files(path: Path, existing: dict[str, Any], wanted: dict[str, Any]) -> None:
-    advice = "use a new --out directory, or the same options as the run that created it"
+def _compare_store_files(
+    path: Path, existing: dict[str, Any], wanted: dict[str, Any], unchecked_if_missing: frozenset[str]
+) -> None:
+    advice = "use a new --out directory, or the arguments of the run that created the store"
     # Stores written before usam recorded the token sizes hold SAM2's.
     recorded = {"token_dim": TOKEN_SIZE, "num_mask_tokens": NUM_MASK_TOKENS, **existing}
     for field in ("schema_version", "token_dtype", "token_dim", "num_mask_tokens", "num_shards"):
@@ -468,17 +484,54 @@ def _compare_store_files(path: Path, existing: dict[str, Any], wanted: dict[str,
                 f"The store {path.parent} has {field} {recorded.get(field)!r} in {path.name}, but this run "
                 f"has {wanted[field]!r}; {advice}."
             )
-    stored, given = existing.get("metadata", {}), wanted["metadata"]
-    for key in sorted(stored.keys() | given.keys()):
-        if stored.get(key) != given.get(key):
+    stored, given = existing.get("metadata", {}), dict(wanted["metadata"])
+    unrecorded = sorted(key for key in unchecked_if_missing if key in given and key not in stored)
+    if unrecorded:
+        warnings.warn(
+            f"the store {path.parent} was written by an older usam that did not record {', '.join(unrecorded)}; "
+            "this run cannot check that they match the run that created it (resume only with its arguments)",
+            UsamWarning,
+            stacklevel=4,
+        )
+        for key in unrecorded:
+            del given[key]
+    stored_values, given_values = _flattened(stored), _flattened(given)
+    for key in sorted(stored_values.keys() | given_values.keys()):
+        if stored_values.get(key) != given_values.get(key):
             raise StoreError(
-                f"The store {path.parent} was written with {key}={stored.get(key)!r} ({path.name}), but this "
-                f"run has {key}={given.get(key)!r}; {advice}."
+                f"The store {path.parent} was written with {key}={stored_values.get(key)!r} ({path.name}), but "
+                f"this run has {key}={given_values.get(key)!r}; {advice}."
             )
 
 
-def _write_file_atomically(path: Path, data: bytes, temp_path: Path) -> None:
+def _flattened(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level with dotted keys, so that a mismatch names the innermost value that differs."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flattened(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _new_temporary(final_path: Path) -> Path:
+    """A new, empty temporary file for ``final_path``, with the umask's mode.
+
+    It is named as :mod:`usam.files` names temporaries, so that :func:`usam.files.remove_stale_temporaries`
+    removes it if its writer dies. (``usam.files.atomic_path`` is not used: its commit overwrites.)
+    """
+    descriptor, name = tempfile.mkstemp(
+        prefix=temporary_prefix(final_path), suffix=TEMPORARY_SUFFIX, dir=final_path.parent
+    )
+    os.close(descriptor)
+    os.chmod(name, default_file_mode())
+    return Path(name)
+
+
+def _write_file_atomically(path: Path, data: bytes) -> None:
     """Writes ``path`` so that it appears complete or not at all; raises FileExistsError if it exists."""
+    temp_path = _new_temporary(path)
     try:
         with open(temp_path, "wb") as file:
             file.write(data)
