@@ -33,3 +33,7 @@ class DatasetError(UsamError):
 
 class StoreError(UsamError):
     """A token store is missing, corrupt, or was written with an incompatible schema."""
+
+
+class UsamWarning(UserWarning):
+    """Something a user should know that does not stop the work; the command line prints it as one line."""

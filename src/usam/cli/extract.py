@@ -120,22 +120,17 @@ def add_store_info(subparsers: Any) -> None:
         description="Print what a token store made by `usam extract` holds, as JSON: its schema version, token "
         "type, shard count, the options it was extracted with, rows and parts, and each shard's manifest.",
     )
-    parser.add_argument("store", type=Path)
+    parser.add_argument("store", type=Path, help="the token store folder (the --out of usam extract)")
     parser.add_argument("--parts", action="store_true", help="also list every part file")
     parser.set_defaults(handler=_run_store_info)
 
 
 def _run_store_info(args: argparse.Namespace) -> int:
-    import json
+    from usam.files import json_text
+    from usam.store import StoreReader
 
-    from usam.store import store_info
-
-    info = store_info(args.store)
+    info = StoreReader(args.store).info()
     if not args.parts:
         info.pop("parts", None)
-    manifests = sorted(args.store.glob("_manifest-*.json"))
-    info["completed_images_per_shard"] = {
-        path.stem.removeprefix("_manifest-"): json.loads(path.read_text()).get("completed_images") for path in manifests
-    }
-    print(json.dumps(info, indent=2))
+    print(json_text(info), end="")
     return 0

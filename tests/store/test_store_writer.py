@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import usam.store
-from usam.errors import InvalidInputError, StoreError
+from usam.errors import InvalidInputError, StoreError, UsamWarning
+from usam.files import TEMPORARY_SUFFIX, temporary_prefix
 from usam.store import (
     NUM_MASK_TOKENS,
     SCHEMA_VERSION,
@@ -374,7 +376,7 @@ def test_store_file_creation_is_race_safe(tmp_path):
         thread.join()
     assert errors == []
     assert json.loads((tmp_path / STORE_FILE_NAME).read_text())["metadata"] == {"seed": 3}
-    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-") or name.endswith(".tmp")]
 
 
 def test_second_writer_of_a_running_shard_is_refused(tmp_path):
@@ -451,7 +453,7 @@ package.__path__ = [{package_dir!r}]
 sys.modules["usam"] = package
 sys.path.insert(0, {tests_dir!r})
 
-from test_store import crash_job_rows
+from test_store_writer import crash_job_rows
 from usam.store import StoreWriter, shard_of_key
 
 shard_index, num_shards = {shard_index}, {num_shards}
@@ -523,7 +525,7 @@ def test_kill_at_random_moments_then_rerun_writes_every_row_once(tmp_path):
         with StoreWriter(tmp_path, shard_index=shard, num_shards=num_shards) as writer:
             done |= writer.completed_keys()
     assert done == set(keys)  # including the images with zero rows
-    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-") or name.endswith(".tmp")]
 
 
 def test_manifest_summarises_each_shard(tmp_path):
@@ -538,3 +540,53 @@ def test_manifest_summarises_each_shard(tmp_path):
     assert len(manifest["parts"]) == 2
     assert all((tmp_path / name).is_file() for name in manifest["parts"])
     assert ds.dataset(tmp_path).count_rows() == 3  # pyarrow does not read the manifest
+
+
+def _dead_pid() -> int:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(finished.stdout)
+
+
+def test_temporaries_of_killed_writers_are_removed_on_open(tmp_path):
+    StoreWriter(tmp_path, num_shards=2).close()
+    dead, alive = _dead_pid(), os.getpid()
+
+    def temporary(final_name: str, pid: int) -> Path:
+        prefix = temporary_prefix(tmp_path / final_name).replace(f"-{os.getpid()}-", f"-{pid}-")
+        path = tmp_path / f"{prefix}x1y2{TEMPORARY_SUFFIX}"
+        path.write_bytes(b"half a file")
+        return path
+
+    dead_other_shard = temporary("part-00001-of-00002-000000.parquet", dead)
+    dead_store_file = temporary(STORE_FILE_NAME, dead)
+    own_shard = temporary("part-00000-of-00002-000003.parquet", alive)  # e.g. from another host: this shard is ours
+    own_manifest = temporary("_manifest-00000-of-00002.json", alive)
+    live_other_shard = temporary("part-00001-of-00002-000001.parquet", alive)
+    StoreWriter(tmp_path, shard_index=0, num_shards=2).close()
+    assert not dead_other_shard.exists()
+    assert not dead_store_file.exists()
+    assert not own_shard.exists()
+    assert not own_manifest.exists()
+    assert live_other_shard.exists()  # a running writer of shard 1 may still commit it
+
+
+def test_metadata_mismatch_names_the_innermost_value(tmp_path):
+    identity = {"identity": {"weights": {"sam2.1-tiny": {"checkpoint_sha256": "aaa"}}}}
+    StoreWriter(tmp_path, metadata=identity).close()
+    other = {"identity": {"weights": {"sam2.1-tiny": {"checkpoint_sha256": "bbb"}}}}
+    with pytest.raises(StoreError, match=r"identity\.weights\.sam2\.1-tiny\.checkpoint_sha256='aaa'.*'bbb'") as caught:
+        StoreWriter(tmp_path, metadata=other)
+    assert "new --out" in str(caught.value)
+
+
+def test_store_of_an_older_usam_resumes_with_a_warning_for_unrecorded_keys(tmp_path):
+    StoreWriter(tmp_path, metadata={"seed": 1}).close()
+    newer = {"seed": 1, "identity": {"weights": "w"}}
+    with pytest.warns(UsamWarning, match="did not record identity"):
+        StoreWriter(tmp_path, metadata=newer, unchecked_if_missing=["identity"]).close()
+    with pytest.raises(StoreError, match="identity"):
+        StoreWriter(tmp_path, metadata=newer)  # keys not declared as possibly unrecorded must match
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UsamWarning)
+        with pytest.raises(StoreError, match="seed=1"):
+            StoreWriter(tmp_path, metadata={**newer, "seed": 2}, unchecked_if_missing=["identity"])
