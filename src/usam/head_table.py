@@ -8,6 +8,8 @@ hand.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -147,3 +149,13 @@ class SizeTargets(StrEnum):
 
 SIZE_TARGETS_KEY = "size_targets"
 """Key of :attr:`usam.heads.HeadsMetadata.training` under which training records a :class:`SizeTargets`."""
+
+
+def size_targets_of(training: Mapping[str, Any]) -> SizeTargets | None:
+    """What the size heads of a heads file learned, from its training record, or None if it does not say.
+
+    Training records it as ``training["data"][SIZE_TARGETS_KEY]``.
+    """
+    data = training.get("data")
+    value = data.get(SIZE_TARGETS_KEY) if isinstance(data, Mapping) else None
+    return SizeTargets(value) if value in SizeTargets.values() else None

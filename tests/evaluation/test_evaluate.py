@@ -461,7 +461,7 @@ def test_plots_of_an_earlier_run_are_removed_and_nothing_else(evaluation, tmp_pa
 def test_the_large_minus_tiny_measure_is_flagged_unless_size_heads_were_pooled(evaluation, tmp_path):
     folder = evaluation["folder"]
     notes = {}
-    for kind, training in (("own-size", {}), ("pooled", {SIZE_TARGETS_KEY: SizeTargets.POOLED.value})):
+    for kind, training in (("own-size", {}), ("pooled", {"data": {SIZE_TARGETS_KEY: SizeTargets.POOLED.value}})):
         heads = random_heads(HEAD_NAMES, seed=3)
         heads.metadata.training = training
         heads.save(tmp_path / f"{kind}.st")

@@ -8,7 +8,7 @@ import pytest
 
 from usam.cli import main
 from usam.errors import InvalidInputError, StoreError
-from usam.head_table import GAP_HEAD_NAMES
+from usam.head_table import GAP_HEAD_NAMES, SIZE_TARGETS_KEY, SizeTargets, size_targets_of
 from usam.heads import load_heads
 from usam.store import StoreWriter, row_schema
 from usam.training import (
@@ -296,12 +296,12 @@ def test_pooled_size_heads_learn_the_iou_of_that_sizes_model_on_the_same_object(
         assert models == {"sam2.1-tiny", "sam2.1-large"}
     assert pooled.heads["iou_tiny"].rows.size == 6  # the lonely large row has no tiny IoU: dropped, counted
     assert pooled.source["rows_without_size_target"] == {"iou_tiny": 1, "iou_large": 0}
-    assert pooled.source["size_heads"].startswith("pooled")
+    assert pooled.source[SIZE_TARGETS_KEY] == SizeTargets.POOLED
 
     own = load_training_data(table, ["iou_tiny", "iou_large"])
     assert {specs[row_of(own, row)][2] for row in own.heads["iou_tiny"].rows} == {"sam2.1-tiny"}
     np.testing.assert_allclose(own.heads["iou_tiny"].targets, ious["tiny"])
-    assert own.source["size_heads"].startswith("own rows")
+    assert own.source[SIZE_TARGETS_KEY] == SizeTargets.OWN_ROWS
 
     two_tiny = store_table([*specs, ("img0", "o", "sam2-tiny", 0)])
     with pytest.raises(InvalidInputError, match=r"pooled iou_tiny .*sam2-tiny.*sam2.1-tiny"):
@@ -420,7 +420,7 @@ def test_cli_preset_paper_pools_sizes_with_the_last_tie_rule_and_options_win(tmp
     training = load_heads(out).metadata.training
     assert (training["preset"], training["pool_sizes"], training["tie_rule"]) == ("paper", True, "last")
     assert training["data"]["rows"] == {"iou_tiny": 48, "iou_large": 48}
-    assert training["data"]["size_heads"].startswith("pooled")
+    assert size_targets_of(training) is SizeTargets.POOLED
 
     out = tmp_path / "own.safetensors"
     assert main([*base, "--out", str(out), "--preset", "paper", "--no-pool-sizes", "--tie-rule", "first"]) == 0

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from usam.head_table import SIZE_TARGETS_KEY, Pairing, SizeTargets
+from usam.head_table import Pairing, SizeTargets, size_targets_of
 from usam.heads import HeadsMetadata
 from usam.presets import PAPER_DEPARTURES, PRESETS, Preset
 
@@ -134,7 +134,7 @@ def _training_by_usam(facts: RunFacts) -> tuple[str, bool | None]:
 def _size_head_rows(facts: RunFacts) -> tuple[str, bool | None]:
     if has_random_weights(facts.heads) or not facts.heads_record_training:
         return NOT_RECORDED, None
-    targets = facts.heads.training.get(SIZE_TARGETS_KEY)
+    targets = size_targets_of(facts.heads.training)
     if targets is None:
         return NOT_RECORDED, None
     return f"size heads trained on {targets} rows", targets != SizeTargets.POOLED

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from usam.extraction.targets import best_output
-from usam.head_table import HEADS, SIZE_TARGETS_KEY, HeadKind, SizeTargets
+from usam.head_table import HEADS, SIZE_TARGETS_KEY, HeadKind, SizeTargets, size_targets_of
 from usam.metrics import CorrectionScenario
 from usam.validation import StrEnum
 
@@ -228,7 +228,7 @@ def off_distribution_note(measure: Measure, rows_size: str | None, training: Map
         rows_size: SAM2 size of the rows the measure is computed on.
         training: The heads' training record (:attr:`usam.heads.HeadsMetadata.training`).
     """
-    if training.get(SIZE_TARGETS_KEY) == SizeTargets.POOLED:
+    if size_targets_of(training) is SizeTargets.POOLED:
         return None
     foreign = [name for name in measure.heads if HEADS[name].model_size not in (None, rows_size)]
     if not foreign:

@@ -35,7 +35,7 @@ from usam.evaluation.scenarios import (
     skipped_scenario,
 )
 from usam.files import remove_stale_temporaries, write_json_atomically, write_text_atomically
-from usam.head_table import SIZE_TARGETS_KEY
+from usam.head_table import SIZE_TARGETS_KEY, size_targets_of
 from usam.heads import UncertaintyHeads, load_heads
 from usam.metrics import CORRECTION_SCENARIOS, DEFAULT_NUM_POINTS
 from usam.presets import PRESETS, Preset
@@ -270,7 +270,7 @@ def _heads_description(heads: UncertaintyHeads) -> dict[str, Any]:
         "pairing": str(heads.metadata.pairing),
         "inputs": list(heads.metadata.inputs),
         "sam2_version": heads.metadata.sam2_version,
-        SIZE_TARGETS_KEY: heads.metadata.training.get(SIZE_TARGETS_KEY),
+        SIZE_TARGETS_KEY: size_targets_of(heads.metadata.training),
     }
 
 

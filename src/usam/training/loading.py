@@ -30,7 +30,7 @@ import numpy as np
 
 from usam.errors import InvalidInputError, StoreError
 from usam.extraction.targets import best_output
-from usam.head_table import HEAD_NAMES, HEADS, Pairing
+from usam.head_table import HEAD_NAMES, HEADS, SIZE_TARGETS_KEY, Pairing, SizeTargets
 from usam.heads import TOKEN_INPUTS
 from usam.models import SIZES, get_model_spec
 from usam.presets import TieRule
@@ -47,9 +47,6 @@ _READ_BATCH_ROWS = 16384
 
 _KEY_COLUMNS = ("dataset", "image_key", "object_id", "model")
 _OBJECT_KEY_COLUMNS = ("dataset", "image_key", "object_id")
-
-POOLED_SIZE_TARGETS = "pooled: every model's rows, each with the IoU of that size's model on the same object"
-OWN_SIZE_TARGETS = "own rows: the rows of that size's model, each with its own IoU"
 
 
 class TrainingWarning(UserWarning):
@@ -244,7 +241,7 @@ def load_training_data(
         "models": used_models,
         "datasets": datasets,
         "pool_sizes": bool(pool_sizes),
-        "size_heads": POOLED_SIZE_TARGETS if pool_sizes else OWN_SIZE_TARGETS,
+        SIZE_TARGETS_KEY: str(SizeTargets.POOLED if pool_sizes else SizeTargets.OWN_ROWS),
         "tie_rule": str(tie_rule),
         "models_per_head": {name: head_models[name] for name in head_rows},
         "rows": {name: int(head.rows.size) for name, head in head_rows.items()},

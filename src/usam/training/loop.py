@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from usam import metrics
 from usam.devices import Precision, select_device
 from usam.errors import InvalidInputError
 from usam.head_table import HEAD_NAMES
@@ -323,9 +324,9 @@ def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str
     mse = float(np.mean(errors**2))
     total = float(np.sum((targets - targets.mean()) ** 2))
     r2 = 1.0 - float(np.sum(errors**2)) / total if total > 0 else None
-    pearson = None
-    if predictions.std() > 0 and targets.std() > 0:
-        pearson = float(np.corrcoef(predictions, targets)[0, 1])
+    # A diverged head predicts NaN: no correlation then (the metric functions refuse non-finite input).
+    finite = bool(np.isfinite(predictions).all() and np.isfinite(targets).all())
+    pearson = metrics.pearson(predictions, targets) if finite else None
     return {
         "mse": finite_or_none(mse),
         "mae": finite_or_none(float(np.mean(np.abs(errors)))),
