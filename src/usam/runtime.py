@@ -27,7 +27,7 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -65,6 +65,8 @@ DEFAULT_ITERATIONS: dict[Protocol, int] = {Protocol.USAM: 3, Protocol.PAPER: 50}
 """Timed runs per variant when none are given: usam's former default, and the paper's 50."""
 DEFAULT_WARMUP = 1
 """Untimed runs per variant before the timed ones (the first calls allocate memory and pick kernels)."""
+CPU = torch.device("cpu")
+Key = TypeVar("Key")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +136,7 @@ def measure_runtime(
     warmup = check_int(warmup, "warmup", minimum=0)
     functions = _variant_functions(model, image, protocol, seed)
     selected = {variant: functions[variant] for variant in dict.fromkeys(chosen)}
-    timer = _interleaved_medians if protocol is Protocol.USAM else _sequential_means
+    timer = interleaved_medians if protocol is Protocol.USAM else _sequential_means
     with torch.no_grad():
         seconds = timer(selected, iterations, warmup, model.device)
     return RuntimeMeasurement(protocol, model.precision, iterations, warmup, seconds)
@@ -214,14 +216,21 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _interleaved_medians(
-    functions: dict[Variant, Callable[[], Any]], iterations: int, warmup: int, device: torch.device
-) -> dict[Variant, float]:
-    """Median seconds of each function, timed in rounds (one run of each per round) so drift hits all alike."""
+def interleaved_medians(
+    functions: dict[Key, Callable[[], Any]], iterations: int, warmup: int = DEFAULT_WARMUP, device: torch.device = CPU
+) -> dict[Key, float]:
+    """Median seconds of each function, timed in rounds (one run of each per round) so drift hits all alike.
+
+    Args:
+        functions: What to time, by name.
+        iterations: Timed rounds.
+        warmup: Untimed rounds first.
+        device: Where the functions queue work (CUDA work is waited for inside each timing).
+    """
     for _ in range(warmup):
         for function in functions.values():
             function()
-    times: dict[Variant, list[float]] = {name: [] for name in functions}
+    times: dict[Key, list[float]] = {name: [] for name in functions}
     for _ in range(iterations):
         for name, function in functions.items():
             _synchronize(device)
@@ -233,8 +242,8 @@ def _interleaved_medians(
 
 
 def _sequential_means(
-    functions: dict[Variant, Callable[[], Any]], iterations: int, warmup: int, device: torch.device
-) -> dict[Variant, float]:
+    functions: dict[Key, Callable[[], Any]], iterations: int, warmup: int, device: torch.device
+) -> dict[Key, float]:
     """Mean seconds of each function: its warm-up runs, then its timed runs in one block, as the paper timed."""
     seconds = {}
     for name, function in functions.items():
