@@ -2,7 +2,7 @@
 
 Runs sam2.1 tiny at its real 1024-pixel size (random weights: speed does not depend on the values) on the CPU with
 the image already set, and prints for 1 prompt and for 16 prompts the median time of
-  - SAM2ImagePredictor.predict alone,
+  - SAM2ImagePredictor.predict alone (UncertainSAM.sam2_predict: the same inference context as predict),
   - UncertainSAM.predict without heads (token hooks + entropy),
   - UncertainSAM.predict with all nine heads,
   - the same and reading result.entropy (computed on first access),
@@ -16,8 +16,6 @@ of the machine hit all variants alike.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import numpy as np
@@ -27,25 +25,12 @@ from usam import sam2_adapter
 from usam.head_table import HEAD_NAMES
 from usam.heads import random_heads
 from usam.predictor import UncertainSAM, head_features
-
-
-def _time(function, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return times
+from usam.runtime import interleaved_medians
 
 
 def _interleaved(*functions, repeats: int) -> list[float]:
-    for function in functions:
-        function()  # warm-up
-    times = [[] for _ in functions]
-    for _ in range(repeats):
-        for function, collected in zip(functions, times, strict=True):
-            collected += _time(function, 1)
-    return [statistics.median(collected) for collected in times]
+    """Median seconds of each function, in interleaved rounds after one warm-up round."""
+    return list(interleaved_medians(dict(enumerate(functions)), repeats).values())
 
 
 def main() -> None:
@@ -74,7 +59,7 @@ def main() -> None:
             points = rng.uniform([0, 0], [1023, 767], size=(num_prompts, 1, 2))
             prompt = {"point_coords": points, "point_labels": np.ones((num_prompts, 1))}
         sam2, no_heads, nine_heads, with_entropy = _interleaved(
-            lambda prompt=prompt: predictor.predict(**prompt),
+            lambda prompt=prompt: without_heads.sam2_predict(**prompt),
             lambda prompt=prompt: without_heads.predict(**prompt),
             lambda prompt=prompt: model.predict(**prompt),
             lambda prompt=prompt: model.predict(**prompt).entropy,

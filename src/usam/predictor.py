@@ -17,11 +17,13 @@ import numpy as np
 import torch
 
 from usam import sam2_adapter
+from usam.devices import Precision
 from usam.entropy import mask_entropy, pixel_entropy
 from usam.errors import HeadsFileError, InvalidInputError
 from usam.head_table import Pairing
 from usam.heads import UncertaintyHeads, load_heads
 from usam.images import as_rgb_uint8
+from usam.validation import check_choice
 
 
 @dataclasses.dataclass
@@ -115,6 +117,8 @@ class UncertainSAM:
         predictor: A ``sam2.sam2_image_predictor.SAM2ImagePredictor``.
         heads: Heads from :func:`usam.load_heads`, a path to load them from, or None (entropy and tokens only).
         device: Where the heads run (default: the predictor's device).
+        precision: What SAM2 runs in (``float32`` or ``bfloat16`` autocast); default bfloat16 on CUDA, as SAM2's
+            demos run, float32 elsewhere.
 
     Example:
         >>> model = UncertainSAM(predictor, usam.load_heads("heads.safetensors"))  # doctest: +SKIP
@@ -129,10 +133,16 @@ class UncertainSAM:
         heads: UncertaintyHeads | str | Path | None = None,
         *,
         device: str | torch.device | None = None,
+        precision: Precision | str | None = None,
     ) -> None:
         self.predictor = predictor
         decoder = sam2_adapter.mask_decoder_of(predictor)
         self.device = torch.device(device) if device is not None else next(decoder.parameters()).device
+        self.precision = (
+            sam2_adapter.default_precision(self.device)
+            if precision is None
+            else check_choice(Precision, precision, "precision")
+        )
         if isinstance(heads, (str, Path)):
             heads = load_heads(heads)
         self.heads = heads
@@ -164,6 +174,7 @@ class UncertainSAM:
         *,
         checkpoint: str | Path | None = None,
         device: str | torch.device | None = None,
+        precision: Precision | str | None = None,
         **build_kwargs: Any,
     ) -> UncertainSAM:
         """Build a released SAM2 model (weights downloaded on first use) and wrap its image predictor.
@@ -173,10 +184,11 @@ class UncertainSAM:
             heads: Heads or a path to them.
             checkpoint: Local checkpoint file; skips the download.
             device: CUDA if available, else CPU.
+            precision: What SAM2 runs in (see the class).
             **build_kwargs: Passed to :func:`usam.sam2_adapter.build_sam2_model`.
         """
         sam_model = sam2_adapter.build_sam2_model(model, checkpoint, device=device, **build_kwargs)
-        return cls(sam2_adapter.make_image_predictor(sam_model), heads)
+        return cls(sam2_adapter.make_image_predictor(sam_model), heads, precision=precision)
 
     @property
     def image_size(self) -> tuple[int, int] | None:
@@ -186,7 +198,7 @@ class UncertainSAM:
     def set_image(self, image: np.ndarray) -> None:
         """Encode an image (H x W x 3 uint8 RGB; grayscale, RGBA and 16-bit are converted)."""
         image = as_rgb_uint8(image)
-        with sam2_adapter.inference_context(self.device):
+        with sam2_adapter.inference_context(self.device, self.precision):
             self.predictor.set_image(image)
         self._image_size = (int(image.shape[0]), int(image.shape[1]))
 
@@ -213,7 +225,7 @@ class UncertainSAM:
         )
         # Telling the capture what the call asks for lets a multimask call get by with one hook.
         capture = sam2_adapter.DecoderTokenCapture(self.predictor, multimask_output=multimask_output)
-        with capture, sam2_adapter.inference_context(self.device):
+        with capture, sam2_adapter.inference_context(self.device, self.precision):
             masks, sam_scores, low_res_logits = self.predictor.predict(
                 point_coords=point_coords,
                 point_labels=point_labels,
@@ -253,6 +265,14 @@ class UncertainSAM:
             head_token_index=_owned(head_index, squeeze),
             image_size=self._image_size,
         )
+
+    def sam2_predict(self, **prompt: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """SAM2's own ``predict`` alone (no checks, tokens or heads), in the same context as :meth:`predict`.
+
+        The reference for comparisons such as ``usam benchmark``: it returns SAM2's (masks, scores, logits).
+        """
+        with sam2_adapter.inference_context(self.device, self.precision):
+            return self.predictor.predict(**prompt)
 
     def _checked_prompts(
         self,

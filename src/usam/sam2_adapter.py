@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from usam.devices import select_device
+from usam.devices import Precision, select_device
 from usam.errors import CheckpointError, UsamError
 from usam.models import SAM2ModelSpec, get_model_spec
 
@@ -76,11 +76,24 @@ def _import_sam2() -> Any:
     return sys.modules["sam2"]
 
 
-def inference_context(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (as SAM2's own demos run), plain fp32 elsewhere (bf16 is slow without hardware)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def default_precision(device: torch.device) -> Precision:
+    """bfloat16 on CUDA (as SAM2's own demos run), float32 elsewhere (bfloat16 is slow without hardware for it)."""
+    return Precision.BFLOAT16 if device.type == "cuda" else Precision.FLOAT32
+
+
+def inference_context(
+    device: torch.device, precision: Precision | None = None
+) -> contextlib.AbstractContextManager[Any]:
+    """The context SAM2 runs in: bfloat16 autocast on ``device``, or float32 with any outer autocast switched off.
+
+    Args:
+        device: The model's device.
+        precision: None for :func:`default_precision` of the device. bfloat16 is allowed on every device (on a CPU
+            it pays off only with bfloat16 hardware, e.g. AVX512-BF16 or AMX).
+    """
+    if (precision or default_precision(device)) is Precision.BFLOAT16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
 
 
 def small_model_overrides(image_size: int = 128, small_trunk: bool = True) -> list[str]:
