@@ -33,3 +33,7 @@ class DatasetError(UsamError):
 
 class StoreError(UsamError):
     """A token store is missing, corrupt, or was written with an incompatible schema."""
+
+
+class UsamWarning(UserWarning):
+    """A warning usam gives a user (e.g. heads trained for another SAM2 version); the CLI prints each one once."""
