@@ -1,6 +1,8 @@
 import dataclasses
 import http.server
+import os
 import socket
+import stat
 import threading
 from typing import ClassVar
 
@@ -120,3 +122,19 @@ def test_local_checkpoint_and_folder_skip_the_download(tmp_path, cache):
         resolve_checkpoint(get_model_spec("sam2.1-large"), checkpoint_dir=tmp_path / "ckpts")
     with pytest.raises(CheckpointError, match="--checkpoint"):
         resolve_checkpoint(spec, download=False)
+
+
+def test_downloaded_file_follows_the_umask(server, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = download_file(f"{server}/ok.pt", tmp_path / "ok.pt", progress=False)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_cache_folder_that_is_a_file_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("USAM_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(DownloadError, match=r"a file is in the way \(set \$USAM_CACHE_DIR to a folder\)"):
+        resolve_checkpoint(get_model_spec("sam2.1-tiny"), progress=False)

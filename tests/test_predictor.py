@@ -6,7 +6,7 @@ import torch
 
 from conftest import build_small_sam2, reference_head, write_authors_heads
 from usam import sam2_adapter
-from usam.errors import HeadsFileError, InvalidInputError
+from usam.errors import CheckpointError, HeadsFileError, InvalidInputError
 from usam.head_table import GAP_HEAD_NAMES, HEAD_NAMES, Pairing
 from usam.heads import load_heads, random_heads
 from usam.predictor import UncertainSAM
@@ -314,3 +314,59 @@ def test_heads_path_is_loaded_and_version_mismatch_warns(predictor, tmp_path, sm
     with pytest.warns(UserWarning, match="trained for sam2 but the model is sam2.1-tiny"):
         model = UncertainSAM(predictor, path)
     assert model.heads.names == list(HEAD_NAMES)
+
+
+def test_two_wrappers_share_the_predictors_image(predictor, rgb_image):
+    first, second = UncertainSAM(predictor, random_heads()), UncertainSAM(predictor, random_heads())
+    first.set_image(rgb_image)
+    result = second.predict(point_coords=[[30.0, 40.0]], point_labels=[1])
+    assert second.image_size == (96, 120)
+    np.testing.assert_array_equal(result.masks, first.predict(point_coords=[[30.0, 40.0]], point_labels=[1]).masks)
+    predictor.reset_predictor()  # the predictor dropped its image: no wrapper may pretend otherwise
+    with pytest.raises(InvalidInputError, match="no image is set"):
+        first.predict(point_coords=[[30.0, 40.0]], point_labels=[1])
+
+
+def test_masks_are_boolean(predictor, rgb_image):
+    model = UncertainSAM(predictor)
+    model.set_image(rgb_image)
+    result = model.predict(point_coords=[[30.0, 40.0]], point_labels=[1])
+    assert result.masks.dtype == bool
+    assert result.masks.shape == (3, 96, 120)
+    logits = model.predict(point_coords=[[30.0, 40.0]], point_labels=[1], return_logits=True).masks
+    np.testing.assert_array_equal(logits > 0, result.masks)
+
+
+def test_only_image_predictors_are_wrapped(small_sam2):
+    from sam2.build_sam import build_sam2_video_predictor
+
+    video_predictor = build_sam2_video_predictor(
+        "configs/sam2.1/sam2.1_hiera_t.yaml",
+        None,
+        device="cpu",
+        hydra_overrides_extra=sam2_adapter.small_model_overrides(128),
+    )
+    for wrong, name in [(video_predictor, "SAM2VideoPredictor"), (small_sam2, "SAM2Base"), (object(), "object")]:
+        with pytest.raises(InvalidInputError, match=f"SAM2ImagePredictor, got a .*{name}"):
+            UncertainSAM(wrong)
+
+
+def test_nan_weights_are_reported_with_the_model(rgb_image):
+    model = build_small_sam2(seed=3)
+    with torch.no_grad():
+        model.sam_mask_decoder.iou_prediction_head.layers[0].weight.fill_(float("nan"))
+    wrapper = UncertainSAM(sam2_adapter.make_image_predictor(model), random_heads())
+    wrapper.set_image(rgb_image)
+    with pytest.raises(CheckpointError, match=r"sam2\.1-tiny \(random weights, seed 3\) produced NaN"):
+        wrapper.predict(point_coords=[[30.0, 40.0]], point_labels=[1])
+
+
+def test_uncertainty_map_at_a_chosen_size(predictor, rgb_image):
+    model = UncertainSAM(predictor)
+    model.set_image(rgb_image)
+    result = model.predict(point_coords=[[30.0, 40.0]], point_labels=[1])
+    small = result.uncertainty_map((48, 60))
+    assert small.shape == (3, 48, 60)
+    assert ((small >= 0) & (small <= 1)).all()
+    with pytest.raises(InvalidInputError, match="resolution"):
+        result.uncertainty_map((0, 5))

@@ -1,6 +1,8 @@
 """usam: fast, deterministic uncertainty estimates for every mask of Segment Anything 2 (UncertainSAM).
 
 The package root does not import SAM2; :class:`UncertainSAM` reaches it only through :mod:`usam.sam2_adapter`.
+It installs an import hook that repairs ``import torchvision`` next to a CPU-only torch when (and only when) the
+plain import fails (see :mod:`usam.torchvision_fix`), so SAM2 imports work before or after ``import usam``.
 """
 
 from usam.entropy import mask_entropy, pixel_entropy
@@ -12,13 +14,17 @@ from usam.errors import (
     InvalidInputError,
     StoreError,
     UsamError,
+    UsamWarning,
 )
 from usam.head_table import HEAD_NAMES
 from usam.heads import HeadsMetadata, UncertaintyHeads, load_heads, random_heads
 from usam.images import as_rgb_uint8, load_image
 from usam.models import SAM2_MODELS, get_model_spec
 from usam.predictor import UncertainPrediction, UncertainSAM
+from usam.torchvision_fix import install_import_hook
 from usam.version import __version__
+
+install_import_hook()
 
 __all__ = [
     "HEAD_NAMES",
@@ -34,6 +40,7 @@ __all__ = [
     "UncertainSAM",
     "UncertaintyHeads",
     "UsamError",
+    "UsamWarning",
     "__version__",
     "as_rgb_uint8",
     "get_model_spec",

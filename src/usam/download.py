@@ -1,19 +1,20 @@
 """Checkpoint downloads into a cache folder: progress bar, atomic writes, clear errors without network.
 
 The cache folder is ``$USAM_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/usam``, else ``~/.cache/usam``.
-A download is written to a hidden temporary file next to its target and renamed only when complete (and of the
-announced length), so an interrupted download never leaves a file that looks complete.
+A download is written to a hidden temporary file next to its target (:func:`usam.files.atomic_path`) and renamed
+only when complete (and of the announced length), so an interrupted download never leaves a file that looks
+complete; the file gets the mode the umask gives new files.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from usam.errors import CheckpointError, DownloadError
+from usam.files import atomic_path, remove_stale_temporaries
 from usam.models import SAM2ModelSpec
 
 CACHE_ENVIRONMENT_VARIABLE = "USAM_CACHE_DIR"
@@ -30,6 +31,20 @@ def cache_dir() -> Path:
     return base / "usam"
 
 
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        hint = f" (set ${CACHE_ENVIRONMENT_VARIABLE} to a folder)" if _is_under_cache(folder) else ""
+        reason = "a file is in the way" if isinstance(error, (FileExistsError, NotADirectoryError)) else error.strerror
+        raise DownloadError(f"cannot create the folder {folder}: {reason}{hint}") from None
+
+
+def _is_under_cache(folder: Path) -> bool:
+    cache = cache_dir()
+    return folder == cache or cache in folder.parents
+
+
 def download_file(
     url: str, destination: str | os.PathLike[str], *, progress: bool = True, timeout: float = 60.0
 ) -> Path:
@@ -37,57 +52,49 @@ def download_file(
 
     Raises:
         DownloadError: The server could not be reached, answered with an error, or the transfer ended early.
-            ``destination`` is then untouched.
+            ``destination`` is then untouched. Also when its folder cannot be created.
     """
     from tqdm.auto import tqdm
 
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary_name = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=".part", dir=destination.parent
-    )
-    temporary = Path(temporary_name)
-    try:
-        with os.fdopen(descriptor, "wb") as output:
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)
-            except urllib.error.HTTPError as error:
-                raise DownloadError(f"downloading {url} failed: HTTP {error.code} {error.reason}") from None
-            except (urllib.error.URLError, OSError) as error:
-                reason = getattr(error, "reason", error)
-                raise DownloadError(f"cannot reach {url} ({reason})") from None
-            with response:
-                length_header = response.headers.get("Content-Length")
-                expected = int(length_header) if length_header and length_header.isdigit() else None
-                received = 0
-                with tqdm(
-                    total=expected,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=destination.name,
-                    disable=not progress,
-                ) as bar:
-                    while True:
-                        try:
-                            chunk = response.read(_CHUNK_BYTES)
-                        except (OSError, urllib.error.URLError) as error:
-                            raise DownloadError(
-                                f"downloading {url} was interrupted after {received} bytes ({error})"
-                            ) from None
-                        if not chunk:
-                            break
-                        output.write(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
-            if expected is not None and received != expected:
-                raise DownloadError(f"downloading {url} ended after {received} of {expected} bytes")
-            output.flush()
-            os.fsync(output.fileno())
-        os.replace(temporary, destination)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    _make_folder(destination.parent)
+    remove_stale_temporaries(destination.parent, destination.name)
+    with atomic_path(destination) as temporary, open(temporary, "wb") as output:
+        try:
+            response = urllib.request.urlopen(url, timeout=timeout)
+        except urllib.error.HTTPError as error:
+            raise DownloadError(f"downloading {url} failed: HTTP {error.code} {error.reason}") from None
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise DownloadError(f"cannot reach {url} ({reason})") from None
+        with response:
+            length_header = response.headers.get("Content-Length")
+            expected = int(length_header) if length_header and length_header.isdigit() else None
+            received = 0
+            with tqdm(
+                total=expected,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=destination.name,
+                disable=not progress,
+            ) as bar:
+                while True:
+                    try:
+                        chunk = response.read(_CHUNK_BYTES)
+                    except (OSError, urllib.error.URLError) as error:
+                        raise DownloadError(
+                            f"downloading {url} was interrupted after {received} bytes ({error})"
+                        ) from None
+                    if not chunk:
+                        break
+                    output.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+        if expected is not None and received != expected:
+            raise DownloadError(f"downloading {url} ended after {received} of {expected} bytes")
+        output.flush()
+        os.fsync(output.fileno())
     return destination
 
 

@@ -36,4 +36,4 @@ class StoreError(UsamError):
 
 
 class UsamWarning(UserWarning):
-    """Something a user should know that does not stop the work; the command line prints it as one line."""
+    """Something a user should know that does not stop the work; the command line prints each one once, as a line."""

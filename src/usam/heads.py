@@ -295,8 +295,13 @@ def _load_safetensors(path: Path) -> UncertaintyHeads:
     return heads
 
 
-def _guess_sam2_version(folder: Path) -> str | None:
-    # The authors ship models/mlps/sam2.0 and models/mlps/sam2.1; we call their versions "sam2" and "sam2.1".
+def sam2_version_from_folder_name(folder: str | os.PathLike[str]) -> str | None:
+    """The SAM2 version (``"sam2"`` or ``"sam2.1"``) an authors' heads folder is named after, or None.
+
+    The authors ship ``models/mlps/sam2.0`` and ``models/mlps/sam2.1``; the folder or its parent must carry the
+    version (``sam2.0``, ``sam2``, ``sam2_0``, ``2.0``, ``sam2.1``, ``sam2_1``, ``2.1``).
+    """
+    folder = Path(folder)
     for part in (folder.name, folder.parent.name):
         if part in ("sam2.1", "sam2_1", "2.1"):
             return "sam2.1"
@@ -325,7 +330,7 @@ def _load_authors_folder(folder: Path, names: Sequence[str] | None, sam2_version
     metadata = HeadsMetadata(
         names=wanted,
         pairing=Pairing.AS_RELEASED,
-        sam2_version=sam2_version or _guess_sam2_version(folder),
+        sam2_version=sam2_version or sam2_version_from_folder_name(folder),
         training={"source": "UncertainSAM authors' released heads", "folder": str(folder)},
     )
     heads = UncertaintyHeads(metadata)

@@ -19,7 +19,7 @@ import torch
 from usam import sam2_adapter
 from usam.devices import Precision
 from usam.entropy import mask_entropy, pixel_entropy
-from usam.errors import HeadsFileError, InvalidInputError
+from usam.errors import CheckpointError, HeadsFileError, InvalidInputError, UsamWarning
 from usam.head_table import Pairing
 from usam.heads import UncertaintyHeads, load_heads
 from usam.images import as_rgb_uint8
@@ -34,7 +34,7 @@ class UncertainPrediction:
     shape of ``sam_scores``: (M,) for one prompt, (B, M) for B batched prompts, with M = 3 masks (multimask) or 1.
 
     Attributes:
-        masks: (…, M, H, W) boolean masks (or logits with ``return_logits=True``) at image resolution.
+        masks: (…, M, H, W) boolean masks (float32 logits with ``return_logits=True``) at image resolution.
         sam_scores: (…, M) SAM2's own IoU predictions.
         low_res_logits: (…, M, h, w) low-resolution mask logits (h = w = 256 for 1024-pixel models).
         uncertainty: Head name -> (…, M) estimates: predicted IoU for ``iou_*`` heads, predicted gain in
@@ -63,21 +63,26 @@ class UncertainPrediction:
         """(…, M) mask entropy H_Std in bits of each returned mask (see :func:`usam.entropy.mask_entropy`)."""
         return mask_entropy(torch.from_numpy(self.low_res_logits)).numpy()
 
-    def uncertainty_map(self, resolution: str = "image") -> np.ndarray:
-        """Per-pixel binary entropy (bits) of each returned mask, for overlays.
+    def uncertainty_map(self, resolution: str | tuple[int, int] = "image") -> np.ndarray:
+        """Per-pixel binary entropy (bits) of each returned mask, for overlays; computed only when asked.
 
         Args:
-            resolution: ``"low"`` for the decoder's resolution (…, M, h, w), ``"image"`` for the image's
-                (…, M, H, W), upsampled from the low-resolution logits the way SAM2 upsamples masks.
+            resolution: ``"low"`` for the decoder's resolution (…, M, h, w); ``"image"`` for the image's
+                (…, M, H, W), upsampled from the low-resolution logits the way SAM2 upsamples masks (4 bytes per
+                pixel and mask); or an (h, w) size, e.g. that of a downscaled figure.
         """
         logits = torch.from_numpy(self.low_res_logits)
-        if resolution == "low":
+        if isinstance(resolution, str) and resolution == "low":
             return pixel_entropy(logits).numpy()
-        if resolution != "image":
-            raise InvalidInputError(f"resolution must be 'low' or 'image', got {resolution!r}")
+        if isinstance(resolution, str) and resolution == "image":
+            size = self.image_size
+        elif isinstance(resolution, tuple) and len(resolution) == 2 and all(int(side) > 0 for side in resolution):
+            size = (int(resolution[0]), int(resolution[1]))
+        else:
+            raise InvalidInputError(f"resolution must be 'low', 'image' or an (h, w) size, got {resolution!r}")
         flat = logits.reshape(-1, 1, *logits.shape[-2:])
-        upsampled = torch.nn.functional.interpolate(flat, self.image_size, mode="bilinear", align_corners=False)
-        return pixel_entropy(upsampled).reshape(*logits.shape[:-2], *self.image_size).numpy()
+        upsampled = torch.nn.functional.interpolate(flat, size, mode="bilinear", align_corners=False)
+        return pixel_entropy(upsampled).reshape(*logits.shape[:-2], *size).numpy()
 
 
 def head_token_indices(mask_token_index: torch.Tensor, pairing: str) -> torch.Tensor:
@@ -135,6 +140,7 @@ class UncertainSAM:
         device: str | torch.device | None = None,
         precision: Precision | str | None = None,
     ) -> None:
+        sam2_adapter.check_image_predictor(predictor)
         self.predictor = predictor
         decoder = sam2_adapter.mask_decoder_of(predictor)
         self.device = torch.device(device) if device is not None else next(decoder.parameters()).device
@@ -155,7 +161,6 @@ class UncertainSAM:
                 )
             self.heads = heads.to(self.device).eval()
             self._warn_on_version_mismatch(heads)
-        self._image_size: tuple[int, int] | None = None
 
     def _warn_on_version_mismatch(self, heads: UncertaintyHeads) -> None:
         model_name = sam2_adapter.model_name_of(self.predictor)
@@ -163,6 +168,7 @@ class UncertainSAM:
         if model_name and trained_for and model_name.split("-")[0] != trained_for:
             warnings.warn(
                 f"these heads were trained for {trained_for} but the model is {model_name}; estimates may be off",
+                UsamWarning,
                 stacklevel=3,
             )
 
@@ -192,15 +198,14 @@ class UncertainSAM:
 
     @property
     def image_size(self) -> tuple[int, int] | None:
-        """(H, W) of the image set last, or None."""
-        return self._image_size
+        """(H, W) of the image the predictor holds (set through any wrapper or the predictor itself), or None."""
+        return sam2_adapter.image_size_of(self.predictor)
 
     def set_image(self, image: np.ndarray) -> None:
         """Encode an image (H x W x 3 uint8 RGB; grayscale, RGBA and 16-bit are converted)."""
         image = as_rgb_uint8(image)
         with sam2_adapter.inference_context(self.device, self.precision):
             self.predictor.set_image(image)
-        self._image_size = (int(image.shape[0]), int(image.shape[1]))
 
     def predict(
         self,
@@ -219,6 +224,8 @@ class UncertainSAM:
 
         Raises:
             InvalidInputError: No image set, no prompt, or a malformed prompt (NaN, outside the image, ...).
+            CheckpointError: SAM2 returned NaN or infinite scores or logits (its weights are broken).
+            HeadsFileError: The heads returned NaN or infinite estimates.
         """
         point_coords, point_labels, box, mask_input = self._checked_prompts(
             point_coords, point_labels, box, mask_input, normalize_coords
@@ -236,6 +243,10 @@ class UncertainSAM:
                 normalize_coords=normalize_coords,
             )
         call = capture.single_call()
+        if not return_logits:
+            # SAM2 returns 0/1 as float32 (4 bytes per pixel and mask); a bool copy is a quarter of that.
+            masks = masks > 0
+        self._check_finite("SAM2 model", {"scores": sam_scores, "mask logits": low_res_logits})
         per_mask_shape = sam_scores.shape
         head_index = head_token_indices(
             call.mask_token_index, self.heads.metadata.pairing if self.heads is not None else "true"
@@ -253,6 +264,7 @@ class UncertainSAM:
                 uncertainty = {
                     name: values[index].reshape(per_mask_shape) for index, name in enumerate(self.heads.names)
                 }
+                self._check_finite("heads", uncertainty)
         squeeze = sam_scores.ndim == 1  # SAM2 drops the batch axis of a single prompt; so do we
         return UncertainPrediction(
             masks=masks,
@@ -263,7 +275,19 @@ class UncertainSAM:
             mask_tokens=_owned(call.mask_tokens, squeeze),
             mask_token_index=_owned(call.mask_token_index, squeeze),
             head_token_index=_owned(head_index, squeeze),
-            image_size=self._image_size,
+            image_size=self.image_size,
+        )
+
+    def _check_finite(self, source: str, arrays: dict[str, np.ndarray]) -> None:
+        """Refuse NaN or infinite outputs: every number derived from them would be meaningless."""
+        broken = [name for name, values in arrays.items() if not np.isfinite(values).all()]
+        if not broken:
+            return
+        if source == "heads":
+            raise HeadsFileError(f"the heads produced NaN or infinite estimates ({', '.join(broken)})")
+        raise CheckpointError(
+            f"{sam2_adapter.describe_model(self.predictor)} produced NaN or infinite {' and '.join(broken)}; its "
+            "weights are broken (a corrupt or wrongly converted checkpoint?)"
         )
 
     def sam2_predict(self, **prompt: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -282,11 +306,11 @@ class UncertainSAM:
         mask_input: Any,
         normalize_coords: bool,
     ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-        if self._image_size is None:
+        if self.image_size is None:
             raise InvalidInputError("no image is set; call set_image(image) before predict()")
         if point_coords is None and box is None and mask_input is None:
             raise InvalidInputError("no prompt given: pass point_coords with point_labels, a box, or a mask_input")
-        height, width = self._image_size
+        height, width = self.image_size
         limit_x, limit_y = (float(width), float(height)) if normalize_coords else (1.0, 1.0)
         batch_sizes: dict[str, int] = {}
         if point_coords is not None:

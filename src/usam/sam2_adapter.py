@@ -22,43 +22,16 @@ from typing import Any
 import torch
 
 from usam.devices import Precision, select_device
-from usam.errors import CheckpointError, UsamError
+from usam.errors import CheckpointError, InvalidInputError, UsamError
 from usam.models import SAM2ModelSpec, get_model_spec
+from usam.torchvision_fix import ensure_torchvision
+from usam.validation import check_int
 
 NUM_MASK_TOKENS = 4
 """SAM2's decoder has one single-mask token (0) and three multimask tokens (1, 2, 3)."""
 
-
-def ensure_torchvision() -> None:
-    """Make ``import torchvision`` work next to a CPU-only torch, if (and only if) the plain import fails.
-
-    PyPI's torchvision wheels are CUDA builds. Next to a CPU torch their compiled extension fails to register its
-    operators, and ``import torchvision`` dies with "operator torchvision::nms does not exist" while registering
-    fake kernels for them. SAM2's image predictor needs only torchvision's transforms, which do not use the
-    extension, so we declare the two missing operator schemas ourselves and import again. ``torchvision.ops``
-    and ``torchvision.io`` stay unusable in that case; nothing in usam or SAM2's predictor uses them.
-    """
-    try:
-        importlib.import_module("torchvision")
-        return
-    except ModuleNotFoundError:
-        return  # no torchvision at all: sam2 will report that itself
-    except RuntimeError as error:
-        if "torchvision::" not in str(error):
-            raise
-    # The failed import left half-initialised modules behind; drop them before importing again.
-    for module_name in [name for name in sys.modules if name == "torchvision" or name.startswith("torchvision.")]:
-        del sys.modules[module_name]
-    library = torch.library.Library("torchvision", "FRAGMENT")
-    for operator in ("nms", "qnms"):
-        with contextlib.suppress(RuntimeError):  # already defined by an earlier attempt
-            library.define(f"{operator}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    # Keep the library object alive: dropping it would unregister the schemas.
-    _TORCHVISION_FIX_LIBRARIES.append(library)
-    importlib.import_module("torchvision")
-
-
-_TORCHVISION_FIX_LIBRARIES: list[Any] = []
+IMAGE_SIZE_MULTIPLE = 32
+"""SAM2's input size must be a multiple of this: Hiera downsamples by 32 and the feature sizes assume it."""
 
 
 def _import_sam2() -> Any:
@@ -96,9 +69,29 @@ def inference_context(
     return torch.autocast(device.type, enabled=False)
 
 
+def check_image_size(image_size: object, name: str = "image size") -> int:
+    """A SAM2 input size: a whole number of pixels, at least 64 and a multiple of 32.
+
+    Raises:
+        InvalidInputError: Otherwise; the message names the nearest valid sizes.
+    """
+    size = check_int(image_size, name, minimum=2 * IMAGE_SIZE_MULTIPLE)
+    if size % IMAGE_SIZE_MULTIPLE:
+        lower = size // IMAGE_SIZE_MULTIPLE * IMAGE_SIZE_MULTIPLE
+        raise InvalidInputError(
+            f"{name} must be a multiple of {IMAGE_SIZE_MULTIPLE} (SAM2's image encoder needs it), got {size}; "
+            f"use {lower} or {lower + IMAGE_SIZE_MULTIPLE}"
+        )
+    return size
+
+
 def small_model_overrides(image_size: int = 128, small_trunk: bool = True) -> list[str]:
-    """Hydra overrides that make a SAM2 config tiny and fast, for tests and self-checks (tokens stay 256-d)."""
-    overrides = [f"++model.image_size={image_size}"]
+    """Hydra overrides that make a SAM2 config tiny and fast, for tests and self-checks (tokens stay 256-d).
+
+    Raises:
+        InvalidInputError: ``image_size`` is not a valid SAM2 input size (see :func:`check_image_size`).
+    """
+    overrides = [f"++model.image_size={check_image_size(image_size)}"]
     if small_trunk:
         overrides += [
             "++model.image_encoder.trunk.embed_dim=32",
@@ -179,15 +172,29 @@ def build_sam2_model(
     if not random_weights:
         checkpoint_path = resolve_checkpoint(spec, checkpoint, checkpoint_dir=checkpoint_dir, progress=progress)
     _import_sam2()
+    from hydra.errors import HydraException
     from sam2.build_sam import build_sam2
 
+    target_device = select_device(device)
     torch.manual_seed(seed)
-    sam_model = build_sam2(spec.config, None, device="cpu", hydra_overrides_extra=list(hydra_overrides))
+    try:
+        sam_model = build_sam2(spec.config, None, device="cpu", hydra_overrides_extra=list(hydra_overrides))
+    except HydraException as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InvalidInputError(
+            f"SAM2 config {spec.config} does not accept the Hydra overrides {list(hydra_overrides)} ({first_line}); "
+            "an override looks like ++model.image_size=512"
+        ) from None
+    check_image_size(sam_model.image_size, "the model's image_size (++model.image_size)")
     if checkpoint_path is not None:
         load_sam2_checkpoint(sam_model, checkpoint_path, spec.name)
-    sam_model = sam_model.to(select_device(device)).eval()
-    # Remember which release this is, so heads trained for another version can be flagged.
+    sam_model = sam_model.to(target_device).eval()
+    # Remember which release and weights these are: to flag heads trained for another version, and to name the
+    # weights when they produce NaN.
     sam_model.usam_model_name = spec.name  # type: ignore[attr-defined]
+    sam_model.usam_weights = (  # type: ignore[attr-defined]
+        f"checkpoint {checkpoint_path}" if checkpoint_path is not None else f"random weights, seed {seed}"
+    )
     return sam_model
 
 
@@ -201,6 +208,56 @@ def make_image_predictor(sam_model: torch.nn.Module, **kwargs: Any) -> Any:
     # The predictor hard-codes the feature sizes of 1024-pixel inputs.
     predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
     return predictor
+
+
+def check_image_predictor(predictor: Any) -> None:
+    """Refuse anything that cannot serve as a ``SAM2ImagePredictor`` where usam wraps an image predictor.
+
+    A ``SAM2ImagePredictor`` (or a subclass) is accepted, and so is an object that behaves like one (``set_image``,
+    ``predict`` and a SAM2 ``model`` with a mask decoder: a user's wrapper around a predictor). A video predictor,
+    which has ``set_image`` neither, or a bare SAM2 model is refused.
+
+    Raises:
+        InvalidInputError: Naming the type given and what is expected (e.g. for a ``SAM2VideoPredictor``).
+    """
+    # Without sam2's predictor module loaded, nothing can be an instance of its class; no need to import it.
+    module = sys.modules.get("sam2.sam2_image_predictor")
+    expected = getattr(module, "SAM2ImagePredictor", None)
+    if expected is not None and isinstance(predictor, expected):
+        return
+    behaves_like_one = (
+        callable(getattr(predictor, "set_image", None))
+        and callable(getattr(predictor, "predict", None))
+        and hasattr(getattr(predictor, "model", None), "sam_mask_decoder")
+        and not hasattr(predictor, "propagate_in_video")
+    )
+    if not behaves_like_one:
+        given = f"{type(predictor).__module__}.{type(predictor).__qualname__}"
+        raise InvalidInputError(
+            f"UncertainSAM wraps a sam2.sam2_image_predictor.SAM2ImagePredictor, got a {given}; build one with "
+            "usam.sam2_adapter.make_image_predictor(sam2_model) or SAM2ImagePredictor(sam2_model)"
+        )
+
+
+def image_size_of(predictor: Any) -> tuple[int, int] | None:
+    """(H, W) of the image a ``SAM2ImagePredictor`` holds, or None when it holds none (asked, never cached)."""
+    if not getattr(predictor, "_is_image_set", False):
+        return None
+    sizes = getattr(predictor, "_orig_hw", None)
+    if not sizes:
+        return None
+    height, width = sizes[-1]
+    return int(height), int(width)
+
+
+def describe_model(predictor: Any) -> str:
+    """A predictor's model in words, for messages: release name and weights when usam built it."""
+    model = getattr(predictor, "model", predictor)
+    name = getattr(model, "usam_model_name", None)
+    weights = getattr(model, "usam_weights", None)
+    if name is None:
+        return f"the SAM2 model ({type(model).__name__})"
+    return f"SAM2 model {name} ({weights})" if weights else f"SAM2 model {name}"
 
 
 def mask_decoder_of(predictor: Any) -> torch.nn.Module:

@@ -43,6 +43,39 @@ def describe_estimates(
     return lines
 
 
+MAX_FIGURE_SIDE = 1024
+"""Figures are drawn from a copy of the image, masks and maps whose longest side is at most this many pixels: a panel
+is about 450 pixels wide, and full-resolution copies of a large photo would cost gigabytes."""
+
+
+def figure_size(image_size: tuple[int, int], max_side: int = MAX_FIGURE_SIDE) -> tuple[int, int]:
+    """(h, w) of the downscaled copy a figure is drawn from (the image size itself if it is small enough)."""
+    height, width = image_size
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _nearest_rows_columns(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    rows = ((np.arange(size[0]) + 0.5) * image_size[0] / size[0]).astype(np.intp)
+    columns = ((np.arange(size[1]) + 0.5) * image_size[1] / size[1]).astype(np.intp)
+    return rows, columns
+
+
+def _downscaled_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if tuple(image.shape[:2]) == size:
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BOX))
+
+
+def _object_prompt(values: np.ndarray | None, obj: int, batched: bool, single_ndim: int) -> np.ndarray | None:
+    if values is None:
+        return None
+    values = np.asarray(values)
+    return values[obj] if batched and values.ndim > single_ndim else values
+
+
 def render_prediction(
     image: np.ndarray,
     result: UncertainPrediction,
@@ -50,19 +83,23 @@ def render_prediction(
     *,
     points: np.ndarray | None = None,
     point_labels: np.ndarray | None = None,
-    box: Sequence[float] | None = None,
+    box: Sequence[float] | np.ndarray | None = None,
     title: str | None = None,
     footnote: str | None = None,
 ) -> Path:
-    """Write a PNG with one row per returned mask: overlay, uncertainty map and the estimates in words.
+    """Write a PNG with one row per object and mask: overlay, uncertainty map and the estimates in words.
+
+    The figure is drawn from a copy of the image, masks and uncertainty maps downscaled to at most
+    :data:`MAX_FIGURE_SIDE` pixels on the longest side, so large images cost little memory; prompts are drawn in
+    the image's pixel coordinates.
 
     Args:
         image: H x W x 3 uint8 RGB image.
-        result: The prediction of one prompt (not a batch).
-        path: Output PNG path.
-        points: (N, 2) prompt points (x, y) to draw.
-        point_labels: (N,) labels of the points: 1 = green star, 0 = red cross.
-        box: x0, y0, x1, y1 prompt box to draw.
+        result: A prediction of one prompt, or of B batched prompts (objects).
+        path: Output PNG path (written atomically).
+        points: (N, 2) or, batched, (B, N, 2) prompt points (x, y) to draw.
+        point_labels: (N,) or (B, N) labels of the points: 1 = green star, 0 = red cross.
+        box: x0, y0, x1, y1 prompt box, or (B, 4) boxes, to draw.
         title: Figure title.
         footnote: A line under the figure (e.g. a warning that the numbers are meaningless).
     """
@@ -71,68 +108,95 @@ def render_prediction(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    if result.sam_scores.ndim != 1:
-        raise ValueError("render_prediction draws one prompt; index a batched result first")
-    maps = result.uncertainty_map("image")
-    num_masks = result.sam_scores.shape[0]
+    from usam.files import atomic_path
+
+    batched = result.sam_scores.ndim == 2
+    num_objects = result.sam_scores.shape[0] if batched else 1
+    num_masks = result.sam_scores.shape[-1]
+    image_size = (int(image.shape[0]), int(image.shape[1]))
+    size = figure_size(image_size)
+    scale = (size[1] / image_size[1], size[0] / image_size[0])
+    shown_image = _downscaled_image(image, size)
+    rows, columns = _nearest_rows_columns(image_size, size)
+    maps = result.uncertainty_map(size).reshape(num_objects, num_masks, *size)
     figure, axes = plt.subplots(
-        num_masks, 3, figsize=(13, 3.6 * num_masks), squeeze=False, gridspec_kw={"width_ratios": [1, 1, 0.8]}
+        num_objects * num_masks,
+        3,
+        figsize=(13, 3.6 * num_objects * num_masks),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1, 1, 0.8]},
     )
-    for row in range(num_masks):
-        overlay_axis, map_axis, text_axis = axes[row]
-        mask = result.masks[row] > 0 if result.masks.dtype != bool else result.masks[row]
-        overlay_axis.imshow(image)
-        tint = np.zeros((*mask.shape, 4))
-        tint[mask] = (0.12, 0.47, 1.0, 0.5)
-        overlay_axis.imshow(tint)
-        if mask.any():
-            overlay_axis.contour(mask, levels=[0.5], colors=["#1e78ff"], linewidths=1.2)
-        _draw_prompts(overlay_axis, points, point_labels, box)
-        token = int(result.mask_token_index[row])
-        overlay_axis.set_title(f"mask {row} (decoder token {token})")
-        shown = map_axis.imshow(maps[row], cmap="magma", vmin=0.0, vmax=1.0)
-        _draw_prompts(map_axis, points, point_labels, box)
-        map_axis.set_title("per-pixel entropy (bits)")
-        figure.colorbar(shown, ax=map_axis, fraction=0.046, pad=0.02)
-        for axis in (overlay_axis, map_axis):
-            axis.set_xticks([])
-            axis.set_yticks([])
-        text_axis.axis("off")
-        estimates = {name: float(values[row]) for name, values in result.uncertainty.items()}
-        lines = describe_estimates(
-            float(result.sam_scores[row]), float(result.entropy[row]), estimates, int(np.count_nonzero(mask))
-        )
-        text_axis.text(
-            0.0,
-            1.0,
-            "\n".join(lines),
-            va="top",
-            ha="left",
-            family="monospace",
-            fontsize=9.5,
-            transform=text_axis.transAxes,
-        )
+    for obj in range(num_objects):
+        masks = result.masks[obj] if batched else result.masks
+        scores = result.sam_scores[obj] if batched else result.sam_scores
+        entropy = result.entropy[obj] if batched else result.entropy
+        tokens = result.mask_token_index[obj] if batched else result.mask_token_index
+        object_points = _object_prompt(points, obj, batched, 2)
+        object_labels = _object_prompt(point_labels, obj, batched, 1)
+        object_box = _object_prompt(box, obj, batched, 1)
+        for index in range(num_masks):
+            overlay_axis, map_axis, text_axis = axes[obj * num_masks + index]
+            full_mask = masks[index]
+            area = int(np.count_nonzero(full_mask))
+            # Nearest-neighbour sampling of the (boolean) mask: no full-resolution copy.
+            mask = full_mask[np.ix_(rows, columns)]
+            mask = mask if mask.dtype == bool else mask > 0
+            overlay_axis.imshow(shown_image)
+            tint = np.zeros((*mask.shape, 4), dtype=np.float32)
+            tint[mask] = (0.12, 0.47, 1.0, 0.5)
+            overlay_axis.imshow(tint)
+            if mask.any():
+                overlay_axis.contour(mask, levels=[0.5], colors=["#1e78ff"], linewidths=1.2)
+            _draw_prompts(overlay_axis, object_points, object_labels, object_box, scale)
+            label = f"object {obj}, mask {index}" if num_objects > 1 else f"mask {index}"
+            overlay_axis.set_title(f"{label} (decoder token {int(tokens[index])})")
+            shown = map_axis.imshow(maps[obj, index], cmap="magma", vmin=0.0, vmax=1.0)
+            _draw_prompts(map_axis, object_points, object_labels, object_box, scale)
+            map_axis.set_title("per-pixel entropy (bits)")
+            figure.colorbar(shown, ax=map_axis, fraction=0.046, pad=0.02)
+            for axis in (overlay_axis, map_axis):
+                axis.set_xticks([])
+                axis.set_yticks([])
+            text_axis.axis("off")
+            estimates = {
+                name: float(values[obj, index] if batched else values[index])
+                for name, values in result.uncertainty.items()
+            }
+            lines = describe_estimates(float(scores[index]), float(entropy[index]), estimates, area)
+            text_axis.text(
+                0.0,
+                1.0,
+                "\n".join(lines),
+                va="top",
+                ha="left",
+                family="monospace",
+                fontsize=9.5,
+                transform=text_axis.transAxes,
+            )
     if title:
         figure.suptitle(title, fontsize=12)
     if footnote:
         figure.text(0.5, 0.005, footnote, ha="center", va="bottom", fontsize=10, color="#b00020")
     figure.tight_layout(rect=(0, 0.03 if footnote else 0, 1, 0.97 if title else 1))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=100, format="png")
+    finally:
+        plt.close(figure)
     return path
 
 
-def _draw_prompts(axis, points, point_labels, box) -> None:
+def _draw_prompts(axis, points, point_labels, box, scale: tuple[float, float] = (1.0, 1.0)) -> None:
     if points is not None and len(points):
-        points = np.asarray(points, dtype=float).reshape(-1, 2)
+        points = np.asarray(points, dtype=float).reshape(-1, 2) * scale
         labels = np.ones(len(points)) if point_labels is None else np.asarray(point_labels).reshape(-1)
         positive, negative = points[labels == 1], points[labels == 0]
         axis.scatter(positive[:, 0], positive[:, 1], marker="*", s=160, c="#22dd44", edgecolors="white", linewidths=1)
         axis.scatter(negative[:, 0], negative[:, 1], marker="X", s=110, c="#ee2222", edgecolors="white", linewidths=1)
     if box is not None:
-        x0, y0, x1, y1 = (float(value) for value in box)
+        x0, x1 = (float(value) * scale[0] for value in (box[0], box[2]))
+        y0, y1 = (float(value) * scale[1] for value in (box[1], box[3]))
         from matplotlib.patches import Rectangle
 
         axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="#22dd44", linewidth=1.5))

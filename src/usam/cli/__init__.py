@@ -1,19 +1,22 @@
 """The ``usam`` command line: one module per group of subcommands, wired together here.
 
 Every user error (a bad image, prompt, heads file or checkpoint, no network) is printed as one line on stderr and
-ends the command with exit status 2, without a traceback.
+ends the command with exit status 2, without a traceback. Warnings are ``usam: warning: ...`` lines on stderr, each
+printed once (see :mod:`usam.cli.common`). Output piped into a reader that stops early (``usam heads-info F | head``)
+ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from usam.cli import benchmark, evaluate, extract, heads, predict, train
-from usam.cli.common import EXIT_USER_ERROR, UsageParser
+from usam.cli.common import EXIT_USER_ERROR, WARNINGS, UsageParser
 from usam.errors import UsamError
 
 _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
@@ -57,16 +60,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), WARNINGS.routing_python_warnings():
             # SAM2's predictor scripts a function with torch.jit, which torch deprecates; not the user's business.
             warnings.filterwarnings("ignore", message=".*torch.jit.*", category=DeprecationWarning)
-            return args.handler(args)
+            status = args.handler(args)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+            return status
     except UsamError as error:
         print(f"usam: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:
+        _silence_stdout()
+        return 1
     except KeyboardInterrupt:
         print("usam: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """After the reader of stdout went away: point stdout at /dev/null so that Python's final flush stays quiet.
+
+    This is the recipe of Python's documentation (signal module, "Note on SIGPIPE").
+    """
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (e.g. captured by a test): nothing will flush to a pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from usam.errors import UsamError
+from usam.models import VERSIONS
 
 
 def add_models(subparsers: Any) -> None:
@@ -39,18 +40,28 @@ def add_convert_heads(subparsers: Any) -> None:
         description="Read a folder of '<head>/model.pth' state dicts (the UncertainSAM authors' release, e.g. "
         "models/mlps/sam2.1) without unpickling anything but tensors, and write one .safetensors heads file.",
     )
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folder", type=Path, help="the authors' heads folder, holding <head name>/model.pth files")
     parser.add_argument("out", type=Path, help="output .safetensors file")
-    parser.add_argument("--sam2-version", choices=["sam2", "sam2.1"], help="default: guessed from the folder name")
+    parser.add_argument(
+        "--sam2-version",
+        choices=VERSIONS,
+        help="SAM2 version the heads were trained for; required unless the folder (or its parent) is named after "
+        "it, like the authors' sam2.0 and sam2.1",
+    )
     parser.set_defaults(handler=_run_convert_heads)
 
 
 def _run_convert_heads(args: argparse.Namespace) -> int:
-    from usam.heads import load_heads
+    from usam.heads import load_heads, sam2_version_from_folder_name
 
     if args.folder.exists() and not args.folder.is_dir():
         raise UsamError(f"{args.folder} is a file; convert-heads reads the authors' heads folder")
-    heads = load_heads(args.folder, sam2_version=args.sam2_version)
+    version = args.sam2_version or sam2_version_from_folder_name(args.folder)
+    if version is None:
+        raise UsamError(
+            f"cannot tell the SAM2 version from the folder name {args.folder}; pass --sam2-version {'|'.join(VERSIONS)}"
+        )
+    heads = load_heads(args.folder, sam2_version=version)
     path = heads.save(args.out)
     print(f"wrote {path}: heads {heads.names}, pairing {heads.metadata.pairing}, for {heads.metadata.sam2_version}")
     return 0
@@ -63,7 +74,7 @@ def add_heads_info(subparsers: Any) -> None:
         help="show what a heads file contains",
         description="Print the metadata of a heads file or folder as JSON.",
     )
-    parser.add_argument("heads", type=Path)
+    parser.add_argument("heads", type=Path, help="heads file (.safetensors) or the authors' heads folder")
     parser.set_defaults(handler=_run_heads_info)
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import dataclasses
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -12,10 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from usam.cli.common import add_model_options, parse_box, parse_pair
+from usam.cli.common import add_model_options, note, parse_box, parse_pair, prepare_output_folder
 from usam.errors import UsamError
 
 SELF_CHECK_WARNING = "self-check with RANDOM weights: the numbers are meaningless; they only show that usam runs"
+
+
+OUTPUT_SUFFIX = ".usam"
+"""Outputs are named ``<stem>.usam.json`` and ``<stem>.usam.png``: they cannot be the input image's own name."""
 
 
 def add_predict(subparsers: Any) -> None:
@@ -23,9 +28,11 @@ def add_predict(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="segment an image with SAM2 and estimate the uncertainty of each mask",
-        description="Segment IMAGE from point/box prompts and write DIR/<stem>.json (one entry per mask: SAM score, "
-        "entropy, area, the heads' estimates, the mask as RLE) and DIR/<stem>.png (mask, uncertainty map, estimates "
-        "in words).",
+        description="Segment IMAGE from point/box prompts and write DIR/<stem>.usam.json (per object, per mask: SAM "
+        "score, entropy, area, the heads' estimates, the mask as compressed COCO RLE) and DIR/<stem>.usam.png (mask, "
+        "uncertainty map, estimates in words). Prompts: the points and at most one box describe one object; "
+        "several --box without points describe one object each (one batched call). Existing files of those names "
+        "are replaced; the input image never is.",
     )
     parser.add_argument("image", type=Path, help="image file (RGB, grayscale, RGBA or 16-bit)")
     add_model_options(parser)
@@ -36,7 +43,7 @@ def add_predict(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="X,Y",
-        help="foreground click in pixels (repeatable)",
+        help="foreground click in pixels (repeatable; all clicks describe one object)",
     )
     parser.add_argument(
         "--negative-point",
@@ -44,37 +51,136 @@ def add_predict(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="X,Y",
-        help="background click (repeatable)",
+        help="background click in pixels (repeatable)",
     )
-    parser.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1", help="box prompt in pixels")
-    parser.add_argument("--single-mask", action="store_true", help="ask SAM2 for one mask instead of three")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--box",
+        type=parse_box,
+        action="append",
+        default=[],
+        metavar="X0,Y0,X1,Y1",
+        help="box prompt in pixels; repeat it (without points) to segment several objects in one call",
+    )
+    parser.add_argument("--single-mask", action="store_true", help="ask SAM2 for one mask per object instead of three")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="output folder (created if needed; checked first)"
+    )
+    parser.add_argument(
+        "--coco-results",
+        type=Path,
+        metavar="FILE",
+        help="also write a COCO results file (a JSON list that pycocotools' COCO.loadRes reads): one entry per mask "
+        "with image_id, category_id, segmentation, score (SAM's) and usam's estimates as extra fields",
+    )
+    parser.add_argument(
+        "--image-id",
+        type=int,
+        help="image_id for --coco-results (default: the file stem if it is a number, as in COCO's file names, else 1)",
+    )
+    parser.add_argument(
+        "--category-id", type=int, default=1, help="category_id for --coco-results (default %(default)s)"
+    )
     parser.set_defaults(handler=_run_predict)
+
+
+@dataclasses.dataclass
+class Prompts:
+    """The prompts of one ``usam predict`` call, as SAM2 arrays and as JSON-ready descriptions per object."""
+
+    point_coords: np.ndarray | None
+    point_labels: np.ndarray | None
+    box: np.ndarray | None
+    descriptions: list[dict[str, Any]]
+
+
+def make_prompts(
+    points: Sequence[tuple[float, float]],
+    negative_points: Sequence[tuple[float, float]],
+    boxes: Sequence[tuple[float, float, float, float]],
+) -> Prompts:
+    """Objects from the command line's prompts.
+
+    Points (foreground and background) and at most one box describe one object; several boxes without points
+    describe one object each and are predicted in one batched call.
+
+    Raises:
+        UsamError: No prompt at all, or points together with several boxes (which object would they belong to?).
+    """
+    if not points and not negative_points and not boxes:
+        raise UsamError("no prompt given: pass --point X,Y (repeatable) and/or --box X0,Y0,X1,Y1")
+    if len(boxes) > 1 and (points or negative_points):
+        raise UsamError(
+            f"{len(boxes)} --box prompts make {len(boxes)} objects, so the points cannot tell which object they "
+            "belong to; give points with at most one --box, or run once per object"
+        )
+    clicks = list(points) + list(negative_points)
+    coords = np.asarray(clicks, dtype=np.float32).reshape(-1, 2) if clicks else None
+    labels = np.asarray([1] * len(points) + [0] * len(negative_points), dtype=np.int32) if clicks else None
+    if len(boxes) > 1:
+        descriptions = [{"points": [], "negative_points": [], "box": list(box)} for box in boxes]
+        return Prompts(None, None, np.asarray(boxes, dtype=np.float32), descriptions)
+    box = np.asarray(boxes[0], dtype=np.float32) if boxes else None
+    description = {
+        "points": [list(point) for point in points],
+        "negative_points": [list(point) for point in negative_points],
+        "box": list(boxes[0]) if boxes else None,
+    }
+    return Prompts(coords, labels, box, [description])
+
+
+def output_paths(out: Path, stem: str) -> tuple[Path, Path]:
+    """The JSON and PNG that ``usam predict`` writes for an image named ``<stem>.*``."""
+    return out / f"{stem}{OUTPUT_SUFFIX}.json", out / f"{stem}{OUTPUT_SUFFIX}.png"
+
+
+def refuse_to_overwrite_inputs(outputs: Sequence[Path], inputs: Sequence[Path | None]) -> None:
+    """Fail if an output path names an input file (same file, also through links), before anything runs.
+
+    Raises:
+        UsamError: Naming the output and the input it would replace.
+    """
+    for output in outputs:
+        if not output.exists():
+            continue
+        for source in inputs:
+            if source is not None and source.exists() and os.path.samefile(output, source):
+                raise UsamError(
+                    f"refusing to write {output}: it is the input {source}; choose another --out folder or file name"
+                )
+
+
+def _coco_image_id(image: Path, given: int | None) -> int:
+    if given is not None:
+        return given
+    return int(image.stem) if image.stem.isdigit() else 1
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from usam.heads import load_heads
     from usam.images import load_image
 
+    prompts = make_prompts(args.point, args.negative_point, args.box)
+    json_path, png_path = output_paths(args.out, args.image.stem)
+    outputs = [json_path, png_path] + ([args.coco_results] if args.coco_results is not None else [])
+    refuse_to_overwrite_inputs(outputs, [args.image, args.heads, args.checkpoint])
     image = load_image(args.image)
-    if not args.point and not args.negative_point and args.box is None:
-        raise UsamError("no prompt given: pass --point X,Y (repeatable) and/or --box X0,Y0,X1,Y1")
+    prepare_output_folder(args.out)
+    if args.coco_results is not None:
+        prepare_output_folder(args.coco_results.parent, "folder of --coco-results")
     heads = load_heads(args.heads) if args.heads is not None else None
     if heads is None:
-        print("usam: note: no --heads given; only SAM's score and the entropy are reported", file=sys.stderr)
+        note("no --heads given; only SAM's score and the entropy are reported")
     from usam.predictor import UncertainSAM
 
     model = UncertainSAM.from_pretrained(
         args.model, heads, checkpoint=args.checkpoint, device=args.device, hydra_overrides=args.hydra_override
     )
-    _predict_and_write(
+    record = _predict_and_write(
         model,
         image,
-        args.out,
-        args.image.stem,
-        points=args.point,
-        negative_points=args.negative_point,
-        box=args.box,
+        json_path,
+        png_path,
+        prompts,
         multimask_output=not args.single_mask,
         context={
             "image": str(args.image),
@@ -83,71 +189,74 @@ def _run_predict(args: argparse.Namespace) -> int:
             "heads": str(args.heads) if args.heads else None,
         },
     )
+    if args.coco_results is not None:
+        from usam.files import write_json_atomically
+        from usam.outputs import coco_results
+
+        results = coco_results(record, image_id=_coco_image_id(args.image, args.image_id), category_id=args.category_id)
+        write_json_atomically(results, args.coco_results, indent=None)
+        print(f"wrote {args.coco_results} ({len(results)} COCO results)")
     return 0
 
 
 def _predict_and_write(
     model: Any,
     image: np.ndarray,
-    out: Path,
-    stem: str,
+    json_path: Path,
+    png_path: Path,
+    prompts: Prompts,
     *,
-    points: Sequence[tuple[float, float]],
-    negative_points: Sequence[tuple[float, float]],
-    box: tuple[float, float, float, float] | None,
     multimask_output: bool,
     context: dict[str, Any],
     footnote: str | None = None,
-) -> tuple[Path, Path]:
+) -> dict[str, Any]:
+    from usam.files import write_json_atomically
     from usam.head_table import is_gap_head
-    from usam.outputs import prediction_record, write_json_atomically
+    from usam.outputs import prediction_record
     from usam.visualize import render_prediction
 
-    all_points = list(points) + list(negative_points)
-    coords = np.asarray(all_points, dtype=np.float32).reshape(-1, 2) if all_points else None
-    labels = np.asarray([1] * len(points) + [0] * len(negative_points), dtype=np.int32) if all_points else None
     model.set_image(image)
     result = model.predict(
-        point_coords=coords,
-        point_labels=labels,
-        box=np.asarray(box, dtype=np.float32) if box is not None else None,
+        point_coords=prompts.point_coords,
+        point_labels=prompts.point_labels,
+        box=prompts.box,
         multimask_output=multimask_output,
     )
     heads = model.heads
     record = prediction_record(
         result,
+        prompts.descriptions,
         **context,
-        prompt={
-            "points": [list(point) for point in points],
-            "negative_points": [list(point) for point in negative_points],
-            "box": list(box) if box is not None else None,
-        },
         multimask_output=multimask_output,
         heads_pairing=heads.metadata.pairing if heads is not None else None,
         heads_sam2_version=heads.metadata.sam2_version if heads is not None else None,
     )
-    json_path = write_json_atomically(record, out / f"{stem}.json")
-    png_path = render_prediction(
+    # Masks are compressed RLE strings, so the indented record stays small.
+    write_json_atomically(record, json_path)
+    render_prediction(
         image,
         result,
-        out / f"{stem}.png",
-        points=coords,
-        point_labels=labels,
-        box=box,
-        title=f"{stem} - {context.get('model', '')}",
+        png_path,
+        points=prompts.point_coords,
+        point_labels=prompts.point_labels,
+        box=prompts.box,
+        title=f"{context.get('image', '')} - {context.get('model', '')}",
         footnote=footnote,
     )
-    for entry in record["masks"]:
-        summary = ", ".join(
-            f"{name} {value:+.3f}" if is_gap_head(name) else f"{name} {value:.3f}"
-            for name, value in entry["uncertainty"].items()
-        )
-        print(
-            f"mask {entry['index']}: SAM score {entry['sam_score']:.3f}, entropy {entry['entropy']:.3f}, "
-            f"area {entry['area']} px" + (f"; {summary}" if summary else "")
-        )
+    several = len(record["objects"]) > 1
+    for obj in record["objects"]:
+        for entry in obj["masks"]:
+            summary = ", ".join(
+                f"{name} {value:+.3f}" if is_gap_head(name) else f"{name} {value:.3f}"
+                for name, value in entry["uncertainty"].items()
+            )
+            label = f"object {obj['index']} mask {entry['index']}" if several else f"mask {entry['index']}"
+            print(
+                f"{label}: SAM score {entry['sam_score']:.3f}, entropy {entry['entropy']:.3f}, "
+                f"area {entry['area']} px" + (f"; {summary}" if summary else "")
+            )
     print(f"wrote {json_path} and {png_path}")
-    return json_path, png_path
+    return record
 
 
 def add_selfcheck(subparsers: Any) -> None:
@@ -159,11 +268,20 @@ def add_selfcheck(subparsers: Any) -> None:
         "randomly initialised SAM2 and random heads. The numbers are meaningless; the check only shows that usam "
         "works on this machine.",
     )
-    parser.add_argument("--out", type=Path, help="where to write the example outputs (default: a temporary folder)")
+    parser.add_argument(
+        "--out", type=Path, help="where to write selfcheck.usam.json and .png (default: a temporary folder)"
+    )
     parser.add_argument("--image", type=Path, help="image to use (default: the bundled example)")
-    parser.add_argument("--model", default="sam2.1-tiny", help="SAM2 config to build with random weights")
-    parser.add_argument("--image-size", type=int, default=1024, help="SAM2 input size (smaller is faster)")
-    parser.add_argument("--device", help="torch device (default: CUDA if available, else CPU)")
+    parser.add_argument(
+        "--model", default="sam2.1-tiny", help="SAM2 config to build with random weights; default %(default)s"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=1024,
+        help="SAM2 input size in pixels, a multiple of 32 (smaller is faster); default %(default)s",
+    )
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: CUDA if available, else CPU)")
     parser.set_defaults(handler=_run_selfcheck)
 
 
@@ -179,24 +297,25 @@ def _run_selfcheck(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     spec = get_model_spec(args.model)
-    image_path = args.image or Path(str(resources.files("usam") / "assets" / "example.jpg"))
-    image = load_image(image_path)
     overrides = (
         [] if args.image_size == 1024 else sam2_adapter.small_model_overrides(args.image_size, small_trunk=False)
     )
+    image_path = args.image or Path(str(resources.files("usam") / "assets" / "example.jpg"))
+    out = args.out or Path(tempfile.mkdtemp(prefix="usam-selfcheck-"))
+    json_path, png_path = output_paths(out, "selfcheck")
+    refuse_to_overwrite_inputs([json_path, png_path], [image_path])
+    prepare_output_folder(out)
+    image = load_image(image_path)
     sam_model = sam2_adapter.build_sam2_model(spec, device=args.device, random_weights=True, hydra_overrides=overrides)
     predictor = sam2_adapter.make_image_predictor(sam_model)
     model = UncertainSAM(predictor, random_heads(HEAD_NAMES, sam2_version=spec.version))
-    out = args.out or Path(tempfile.mkdtemp(prefix="usam-selfcheck-"))
     height, width = image.shape[:2]
     _predict_and_write(
         model,
         image,
-        out,
-        "selfcheck",
-        points=[(width * 0.37, height * 0.6)],
-        negative_points=[],
-        box=None,
+        json_path,
+        png_path,
+        make_prompts([(width * 0.37, height * 0.6)], [], []),
         multimask_output=True,
         context={
             "image": str(image_path),

@@ -1,0 +1,24 @@
+import subprocess
+import sys
+
+
+def _run(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_sam2_imports_after_import_usam():
+    completed = _run(
+        "import usam\n"
+        "from sam2.sam2_image_predictor import SAM2ImagePredictor\n"
+        "import torchvision, torchvision.transforms\n"
+        "assert type(torchvision.__loader__).__name__ != '_RetryingLoader'\n"
+        "print('ok')"
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "ok"
+
+
+def test_import_usam_does_not_import_torchvision_or_sam2():
+    completed = _run("import sys, usam\nprint(sorted(n for n in ('sam2', 'torchvision') if n in sys.modules))")
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
