@@ -153,3 +153,15 @@ def test_single_token_ablation_heads_have_half_the_inputs(tmp_path):
     loaded = load_heads(heads.save(tmp_path / "a.safetensors"))
     assert loaded.metadata.inputs == ["mask_token"]
     assert loaded(torch.randn(3, 256)).shape == (1, 3)
+
+
+def test_an_authors_folder_without_a_version_in_its_name_warns(tmp_path):
+    from usam.errors import UsamWarning
+
+    write_authors_heads(tmp_path / "my_heads", names=["task_gap"])
+    with pytest.warns(UsamWarning, match="cannot tell the SAM2 version"):
+        heads = load_heads(tmp_path / "my_heads")
+    assert heads.metadata.sam2_version is None
+    write_authors_heads(tmp_path / "sam2.1", names=["task_gap"])
+    assert load_heads(tmp_path / "sam2.1").metadata.sam2_version == "sam2.1"
+    assert load_heads(tmp_path / "my_heads", sam2_version="sam2").metadata.sam2_version == "sam2"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from usam.errors import HeadsFileError
+from usam.errors import HeadsFileError, UsamWarning
 from usam.files import atomic_path
 from usam.head_table import HEAD_NAMES, HEADS, Pairing
 
@@ -327,10 +328,18 @@ def _load_authors_folder(folder: Path, names: Sequence[str] | None, sam2_version
     missing = [name for name in wanted if name not in head_folders]
     if missing:
         raise HeadsFileError(f"{folder}: requested head(s) {missing} not found; it has {sorted(head_folders)}")
+    sam2_version = sam2_version or sam2_version_from_folder_name(folder)
+    if sam2_version is None:
+        warnings.warn(
+            f"cannot tell the SAM2 version of the heads in {folder} from the folder name, so a mismatch with the "
+            "model goes unnoticed; pass sam2_version='sam2' or 'sam2.1' (usam convert-heads --sam2-version)",
+            UsamWarning,
+            stacklevel=3,
+        )
     metadata = HeadsMetadata(
         names=wanted,
         pairing=Pairing.AS_RELEASED,
-        sam2_version=sam2_version or sam2_version_from_folder_name(folder),
+        sam2_version=sam2_version,
         training={"source": "UncertainSAM authors' released heads", "folder": str(folder)},
     )
     heads = UncertaintyHeads(metadata)
