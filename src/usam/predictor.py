@@ -17,11 +17,13 @@ import numpy as np
 import torch
 
 from usam import sam2_adapter
+from usam.devices import Precision
 from usam.entropy import mask_entropy, pixel_entropy
 from usam.errors import HeadsFileError, InvalidInputError
 from usam.head_table import Pairing
 from usam.heads import UncertaintyHeads, load_heads
 from usam.images import as_rgb_uint8
+from usam.validation import check_choice
 
 
 @dataclasses.dataclass
@@ -115,6 +117,9 @@ class UncertainSAM:
         predictor: A ``sam2.sam2_image_predictor.SAM2ImagePredictor``.
         heads: Heads from :func:`usam.load_heads`, a path to load them from, or None (entropy and tokens only).
         device: Where the heads run (default: the predictor's device).
+        precision: Number type SAM2 runs in on a GPU (None: bfloat16 autocast, as SAM2's demos run); other
+            devices always run float32 (see :func:`usam.sam2_adapter.effective_precision`). Settable later as
+            the ``precision`` attribute.
 
     Example:
         >>> model = UncertainSAM(predictor, usam.load_heads("heads.safetensors"))  # doctest: +SKIP
@@ -129,8 +134,12 @@ class UncertainSAM:
         heads: UncertaintyHeads | str | Path | None = None,
         *,
         device: str | torch.device | None = None,
+        precision: Precision | str | None = None,
     ) -> None:
         self.predictor = predictor
+        self.precision: Precision | None = (
+            None if precision is None else check_choice(Precision, precision, "precision")
+        )
         decoder = sam2_adapter.mask_decoder_of(predictor)
         self.device = torch.device(device) if device is not None else next(decoder.parameters()).device
         if isinstance(heads, (str, Path)):
@@ -186,7 +195,7 @@ class UncertainSAM:
     def set_image(self, image: np.ndarray) -> None:
         """Encode an image (H x W x 3 uint8 RGB; grayscale, RGBA and 16-bit are converted)."""
         image = as_rgb_uint8(image)
-        with sam2_adapter.inference_context(self.device):
+        with sam2_adapter.inference_context(self.device, self.precision):
             self.predictor.set_image(image)
         self._image_size = (int(image.shape[0]), int(image.shape[1]))
 
@@ -213,7 +222,7 @@ class UncertainSAM:
         )
         # Telling the capture what the call asks for lets a multimask call get by with one hook.
         capture = sam2_adapter.DecoderTokenCapture(self.predictor, multimask_output=multimask_output)
-        with capture, sam2_adapter.inference_context(self.device):
+        with capture, sam2_adapter.inference_context(self.device, self.precision):
             masks, sam_scores, low_res_logits = self.predictor.predict(
                 point_coords=point_coords,
                 point_labels=point_labels,
@@ -253,6 +262,29 @@ class UncertainSAM:
             head_token_index=_owned(head_index, squeeze),
             image_size=self._image_size,
         )
+
+    def predict_masks(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """SAM2's own prediction, without tokens or heads, in this wrapper's precision.
+
+        The fast path for Monte Carlo samples and baselines; arguments as :meth:`predict`.
+
+        Returns:
+            ``(masks, sam_scores, low_res_logits)`` as ``SAM2ImagePredictor.predict`` returns them.
+
+        Raises:
+            InvalidInputError: No image set, no prompt, or a malformed prompt.
+        """
+        point_coords, point_labels, box, _ = self._checked_prompts(point_coords, point_labels, box, None, True)
+        with sam2_adapter.inference_context(self.device, self.precision):
+            return self.predictor.predict(
+                point_coords=point_coords, point_labels=point_labels, box=box, multimask_output=multimask_output
+            )
 
     def _checked_prompts(
         self,

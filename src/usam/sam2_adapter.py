@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
-from usam.devices import select_device
+from usam.devices import Precision, select_device
 from usam.errors import CheckpointError, UsamError
 from usam.models import SAM2ModelSpec, get_model_spec
+from usam.validation import check_choice
 
 NUM_MASK_TOKENS = 4
 """SAM2's decoder has one single-mask token (0) and three multimask tokens (1, 2, 3)."""
@@ -76,11 +77,25 @@ def _import_sam2() -> Any:
     return sys.modules["sam2"]
 
 
-def inference_context(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (as SAM2's own demos run), plain fp32 elsewhere (bf16 is slow without hardware)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def effective_precision(device: torch.device, precision: Precision | str | None = None) -> Precision:
+    """The number type SAM2 runs in on ``device`` when ``precision`` is asked for.
+
+    CUDA runs the asked precision (None: bfloat16, as SAM2's own demos run); every other device runs float32,
+    because bfloat16 is slow without hardware support.
+    """
+    if torch.device(device).type != "cuda":
+        return Precision.FLOAT32
+    return Precision.BFLOAT16 if precision is None else check_choice(Precision, precision, "precision")
+
+
+def inference_context(
+    device: torch.device, precision: Precision | str | None = None
+) -> contextlib.AbstractContextManager[Any]:
+    """The context SAM2 runs in: autocast to :func:`effective_precision` on CUDA, plain float32 elsewhere."""
+    chosen = effective_precision(device, precision)
+    if chosen is Precision.FLOAT32:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=chosen.dtype)
 
 
 def small_model_overrides(image_size: int = 128, small_trunk: bool = True) -> list[str]:
@@ -175,6 +190,13 @@ def build_sam2_model(
     sam_model = sam_model.to(select_device(device)).eval()
     # Remember which release this is, so heads trained for another version can be flagged.
     sam_model.usam_model_name = spec.name  # type: ignore[attr-defined]
+    # ... and how it got its weights, so that an extraction can record what produced its tokens.
+    sam_model.usam_weights = {  # type: ignore[attr-defined]
+        "config": spec.config,
+        "hydra_overrides": list(hydra_overrides),
+        "checkpoint": None if checkpoint_path is None else str(Path(checkpoint_path).resolve()),
+        "random_weights_seed": seed if checkpoint_path is None else None,
+    }
     return sam_model
 
 
@@ -202,6 +224,23 @@ def mask_decoder_of(predictor: Any) -> torch.nn.Module:
 def token_dim_of(predictor: Any) -> int:
     """Size of the decoder tokens (256 for every released SAM2)."""
     return int(mask_decoder_of(predictor).transformer_dim)
+
+
+def num_mask_tokens_of(predictor: Any) -> int:
+    """Mask tokens of the decoder: the single-mask token plus the multimask ones (4 for every released SAM2)."""
+    return int(mask_decoder_of(predictor).num_mask_tokens)
+
+
+def weights_record_of(predictor: Any) -> dict[str, Any] | None:
+    """How a model built by :func:`build_sam2_model` got its weights, else None.
+
+    Returns:
+        ``{"config", "hydra_overrides", "checkpoint", "random_weights_seed"}``: the config name, the extra Hydra
+        overrides, the checkpoint file loaded (None for random weights) and the seed of random weights (None
+        when a checkpoint was loaded).
+    """
+    record = getattr(getattr(predictor, "model", predictor), "usam_weights", None)
+    return dict(record) if record is not None else None
 
 
 def model_name_of(predictor: Any) -> str | None:
