@@ -48,7 +48,6 @@ def measure_runtime(model: UncertainSAM, image: np.ndarray, *, repeats: int = 3,
         repeats: Timed runs per variant (after one warm-up run).
         seed: Seed of the prompt points and the image noise.
     """
-    predictor = model.predictor
     height, width = image.shape[:2]
     rng = np.random.default_rng(seed)
     center = np.array([[width / 2, height / 2]], dtype=np.float32)
@@ -57,7 +56,7 @@ def measure_runtime(model: UncertainSAM, image: np.ndarray, *, repeats: int = 3,
 
     def sam2_alone() -> tuple:
         model.set_image(image)
-        return predictor.predict(point_coords=center, point_labels=labels)
+        return model.predict_masks(point_coords=center, point_labels=labels)
 
     def with_entropy() -> torch.Tensor:
         return mask_entropy(torch.from_numpy(sam2_alone()[2]))
@@ -66,13 +65,13 @@ def measure_runtime(model: UncertainSAM, image: np.ndarray, *, repeats: int = 3,
         maps = []
         for version in augmented_images(image, seed=seed, image_key="runtime"):
             model.set_image(version)
-            _, scores, logits = predictor.predict(point_coords=center, point_labels=labels)
+            _, scores, logits = model.predict_masks(point_coords=center, point_labels=labels)
             maps.append(torch.sigmoid(torch.from_numpy(logits[np.argmax(scores)])))
         return entropy_from_probabilities(torch.stack(maps).mean(0))
 
     def with_prompts() -> torch.Tensor:
         model.set_image(image)
-        _, scores, logits = predictor.predict(point_coords=points[:, None], point_labels=np.ones((8, 1)))
+        _, scores, logits = model.predict_masks(point_coords=points[:, None], point_labels=np.ones((8, 1)))
         best = torch.from_numpy(logits[np.arange(8), scores.argmax(1)])
         return entropy_from_probabilities(torch.sigmoid(best).mean(0))
 
