@@ -23,7 +23,6 @@ from usam.errors import CheckpointError, HeadsFileError, InvalidInputError, Usam
 from usam.head_table import Pairing
 from usam.heads import UncertaintyHeads, load_heads
 from usam.images import as_rgb_uint8
-from usam.validation import check_choice
 
 
 @dataclasses.dataclass
@@ -122,8 +121,9 @@ class UncertainSAM:
         predictor: A ``sam2.sam2_image_predictor.SAM2ImagePredictor``.
         heads: Heads from :func:`usam.load_heads`, a path to load them from, or None (entropy and tokens only).
         device: Where the heads run (default: the predictor's device).
-        precision: What SAM2 runs in (``float32`` or ``bfloat16`` autocast); default bfloat16 on CUDA, as SAM2's
-            demos run, float32 elsewhere.
+        precision: What SAM2 runs in (``float32``, or ``bfloat16`` autocast); None for the device's default:
+            bfloat16 on CUDA, as SAM2's demos run, float32 elsewhere (see
+            :func:`usam.sam2_adapter.effective_precision`).
 
     Example:
         >>> model = UncertainSAM(predictor, usam.load_heads("heads.safetensors"))  # doctest: +SKIP
@@ -144,11 +144,7 @@ class UncertainSAM:
         self.predictor = predictor
         decoder = sam2_adapter.mask_decoder_of(predictor)
         self.device = torch.device(device) if device is not None else next(decoder.parameters()).device
-        self.precision = (
-            sam2_adapter.default_precision(self.device)
-            if precision is None
-            else check_choice(Precision, precision, "precision")
-        )
+        self.precision: Precision = sam2_adapter.effective_precision(self.device, precision)
         if isinstance(heads, (str, Path)):
             heads = load_heads(heads)
         self.heads = heads
@@ -290,13 +286,28 @@ class UncertainSAM:
             "weights are broken (a corrupt or wrongly converted checkpoint?)"
         )
 
-    def sam2_predict(self, **prompt: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """SAM2's own ``predict`` alone (no checks, tokens or heads), in the same context as :meth:`predict`.
+    def predict_masks(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """SAM2's own prediction, without tokens or heads, in this wrapper's precision.
 
-        The reference for comparisons such as ``usam benchmark``: it returns SAM2's (masks, scores, logits).
+        The fast path for Monte Carlo samples and baselines; arguments as :meth:`predict`.
+
+        Returns:
+            ``(masks, sam_scores, low_res_logits)`` as ``SAM2ImagePredictor.predict`` returns them.
+
+        Raises:
+            InvalidInputError: No image set, no prompt, or a malformed prompt.
         """
+        point_coords, point_labels, box, _ = self._checked_prompts(point_coords, point_labels, box, None, True)
         with sam2_adapter.inference_context(self.device, self.precision):
-            return self.predictor.predict(**prompt)
+            return self.predictor.predict(
+                point_coords=point_coords, point_labels=point_labels, box=box, multimask_output=multimask_output
+            )
 
     def _checked_prompts(
         self,

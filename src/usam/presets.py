@@ -106,7 +106,7 @@ PAPER_DEPARTURES: tuple[Departure, ...] = (
         "extraction precision on a GPU",
         "bfloat16 autocast, as SAM2's own demos run",
         "float32",
-        "about twice as fast on recent GPUs; CPUs always extract in float32",
+        "about twice as fast on recent GPUs; a CPU extracts in float32 unless told otherwise",
         True,
     ),
     Departure(

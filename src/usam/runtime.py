@@ -17,7 +17,7 @@ The two protocols (:class:`Protocol`) differ in how SAM2 is called and how time 
   five image versions made once before any timing; each variant timed on its own, the mean over its iterations
   (50 by default) after its warm-up runs.
 
-Every variant reaches SAM2 through the :class:`~usam.UncertainSAM` it is given (``set_image``, ``sam2_predict``,
+Every variant reaches SAM2 through the :class:`~usam.UncertainSAM` it is given (``set_image``, ``predict_masks``,
 ``predict``), so all of them run in that model's one inference context, at its precision.
 """
 
@@ -167,7 +167,7 @@ def _variant_functions(
 
     def sam2_alone(version: np.ndarray = image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         model.set_image(version)
-        return model.sam2_predict(point_coords=centre, point_labels=label, multimask_output=multimask)
+        return model.predict_masks(point_coords=centre, point_labels=label, multimask_output=multimask)
 
     def with_entropy() -> torch.Tensor:
         return mask_entropy(torch.from_numpy(sam2_alone()[2]))
@@ -180,13 +180,13 @@ def _variant_functions(
     def with_prompts() -> torch.Tensor:
         model.set_image(image)
         if protocol is Protocol.USAM:
-            _, scores, logits = model.sam2_predict(
+            _, scores, logits = model.predict_masks(
                 point_coords=points[:, None], point_labels=np.ones((len(points), 1)), multimask_output=True
             )
             outputs = list(zip(scores, logits, strict=True))
         else:
             outputs = [
-                model.sam2_predict(point_coords=point[None], point_labels=label, multimask_output=False)[1:]
+                model.predict_masks(point_coords=point[None], point_labels=label, multimask_output=False)[1:]
                 for point in points
             ]
         maps = [_most_confident_probabilities(scores, logits) for scores, logits in outputs]

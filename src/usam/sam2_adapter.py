@@ -25,7 +25,7 @@ from usam.devices import Precision, select_device
 from usam.errors import CheckpointError, InvalidInputError, UsamError
 from usam.models import SAM2ModelSpec, get_model_spec
 from usam.torchvision_fix import ensure_torchvision
-from usam.validation import check_int
+from usam.validation import check_choice, check_int
 
 NUM_MASK_TOKENS = 4
 """SAM2's decoder has one single-mask token (0) and three multimask tokens (1, 2, 3)."""
@@ -49,24 +49,30 @@ def _import_sam2() -> Any:
     return sys.modules["sam2"]
 
 
-def default_precision(device: torch.device) -> Precision:
-    """bfloat16 on CUDA (as SAM2's own demos run), float32 elsewhere (bfloat16 is slow without hardware for it)."""
-    return Precision.BFLOAT16 if device.type == "cuda" else Precision.FLOAT32
+def effective_precision(device: torch.device | str, precision: Precision | str | None = None) -> Precision:
+    """The number type SAM2 runs in on ``device`` when ``precision`` is asked for.
+
+    None means the device's default: bfloat16 on CUDA (as SAM2's own demos run), float32 elsewhere (bfloat16 is slow
+    without hardware for it). An explicit precision is honoured on every device: on a CPU bfloat16 pays off only with
+    bfloat16 hardware (AVX512-BF16 or AMX).
+    """
+    if precision is not None:
+        return check_choice(Precision, precision, "precision")
+    return Precision.BFLOAT16 if torch.device(device).type == "cuda" else Precision.FLOAT32
 
 
 def inference_context(
-    device: torch.device, precision: Precision | None = None
+    device: torch.device, precision: Precision | str | None = None
 ) -> contextlib.AbstractContextManager[Any]:
     """The context SAM2 runs in: bfloat16 autocast on ``device``, or float32 with any outer autocast switched off.
 
     Args:
         device: The model's device.
-        precision: None for :func:`default_precision` of the device. bfloat16 is allowed on every device (on a CPU
-            it pays off only with bfloat16 hardware, e.g. AVX512-BF16 or AMX).
+        precision: None for the device's default (see :func:`effective_precision`).
     """
-    if (precision or default_precision(device)) is Precision.BFLOAT16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
+    if effective_precision(device, precision) is Precision.BFLOAT16:
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return torch.autocast(torch.device(device).type, enabled=False)
 
 
 def check_image_size(image_size: object, name: str = "image size") -> int:
@@ -192,9 +198,13 @@ def build_sam2_model(
     # Remember which release and weights these are: to flag heads trained for another version, and to name the
     # weights when they produce NaN.
     sam_model.usam_model_name = spec.name  # type: ignore[attr-defined]
-    sam_model.usam_weights = (  # type: ignore[attr-defined]
-        f"checkpoint {checkpoint_path}" if checkpoint_path is not None else f"random weights, seed {seed}"
-    )
+    # ... and how it got its weights: an extraction records what produced its tokens, and NaN outputs name them.
+    sam_model.usam_weights = {  # type: ignore[attr-defined]
+        "config": spec.config,
+        "hydra_overrides": list(hydra_overrides),
+        "checkpoint": None if checkpoint_path is None else str(Path(checkpoint_path).resolve()),
+        "random_weights_seed": seed if checkpoint_path is None else None,
+    }
     return sam_model
 
 
@@ -254,10 +264,14 @@ def describe_model(predictor: Any) -> str:
     """A predictor's model in words, for messages: release name and weights when usam built it."""
     model = getattr(predictor, "model", predictor)
     name = getattr(model, "usam_model_name", None)
-    weights = getattr(model, "usam_weights", None)
     if name is None:
         return f"the SAM2 model ({type(model).__name__})"
-    return f"SAM2 model {name} ({weights})" if weights else f"SAM2 model {name}"
+    weights = weights_record_of(model)
+    if weights is None:
+        return f"SAM2 model {name}"
+    if weights["checkpoint"] is not None:
+        return f"SAM2 model {name} (checkpoint {weights['checkpoint']})"
+    return f"SAM2 model {name} (random weights, seed {weights['random_weights_seed']})"
 
 
 def mask_decoder_of(predictor: Any) -> torch.nn.Module:
@@ -272,6 +286,23 @@ def mask_decoder_of(predictor: Any) -> torch.nn.Module:
 def token_dim_of(predictor: Any) -> int:
     """Size of the decoder tokens (256 for every released SAM2)."""
     return int(mask_decoder_of(predictor).transformer_dim)
+
+
+def num_mask_tokens_of(predictor: Any) -> int:
+    """Mask tokens of the decoder: the single-mask token plus the multimask ones (4 for every released SAM2)."""
+    return int(mask_decoder_of(predictor).num_mask_tokens)
+
+
+def weights_record_of(predictor: Any) -> dict[str, Any] | None:
+    """How a model built by :func:`build_sam2_model` got its weights, else None.
+
+    Returns:
+        ``{"config", "hydra_overrides", "checkpoint", "random_weights_seed"}``: the config name, the extra Hydra
+        overrides, the checkpoint file loaded (None for random weights) and the seed of random weights (None
+        when a checkpoint was loaded).
+    """
+    record = getattr(getattr(predictor, "model", predictor), "usam_weights", None)
+    return dict(record) if record is not None else None
 
 
 def model_name_of(predictor: Any) -> str | None:

@@ -82,3 +82,19 @@ def test_without_monte_carlo_only_cheap_entropies():
     assert values["h_prompt"] is None
     assert values["h_augmentation"] is None
     assert values["h_all"] is None
+
+
+@pytest.mark.parametrize(("tie_rule", "winner"), [("first", 0), ("last", 2)])
+def test_monte_carlo_picks_follow_the_tie_rule(tie_rule, winner):
+    """Masks 0 and 2 tie on IoU; the best-mask entropies use the one the tie rule picks."""
+    probabilities = (0.9, 0.6, 0.7)
+    logits = torch.stack([torch.full((2, 2), _logit(p)) for p in probabilities])[None]  # (1 prompt, 3, 2, 2)
+    accumulator = MonteCarloEntropies(["m"], 1, 1, tie_rule=tie_rule)
+    accumulator.add("m", 0, logits, torch.tensor([[0.1, 0.9, 0.2]]), torch.tensor([[0.8, 0.5, 0.8]]))
+    values = accumulator.entropies("m")
+    expected = float(entropy_from_probabilities(torch.full((2, 2), probabilities[winner], dtype=torch.float64)))
+    assert values["h_std"] == pytest.approx(float(mask_entropy(logits[0, winner])))
+    assert values["h_prompt"] == pytest.approx(expected)
+    assert values["h_augmentation"] == pytest.approx(expected)
+    # SAM's own pick (highest score, mask 1) does not depend on the tie rule.
+    assert values["h_std_sam_pick"] == pytest.approx(float(mask_entropy(logits[0, 1])))

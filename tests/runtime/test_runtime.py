@@ -43,10 +43,10 @@ class CountingModel:
         self.images.append(image)
         return self.model.set_image(image)
 
-    def sam2_predict(self, **prompt):
-        self.calls["sam2_predict"] += 1
+    def predict_masks(self, **prompt):
+        self.calls["predict_masks"] += 1
         self.prompts.append(prompt)
-        return self.model.sam2_predict(**prompt)
+        return self.model.predict_masks(**prompt)
 
     def predict(self, **prompt):
         self.calls["predict"] += 1
@@ -104,10 +104,10 @@ def test_iterations_default_to_the_protocol_s_own(model, rgb_image):
 # Calls per run of each variant under the paper's protocol: SAM2 gets the image once per run (five times for the
 # augmentations) and the prompt variant asks SAM2 eight times, one point each.
 PAPER_CALLS_PER_RUN = {
-    Variant.SAM2: {"set_image": 1, "sam2_predict": 1},
-    Variant.ENTROPY: {"set_image": 1, "sam2_predict": 1},
-    Variant.AUGMENTATIONS: {"set_image": 5, "sam2_predict": 5},
-    Variant.PROMPTS: {"set_image": 1, "sam2_predict": 8},
+    Variant.SAM2: {"set_image": 1, "predict_masks": 1},
+    Variant.ENTROPY: {"set_image": 1, "predict_masks": 1},
+    Variant.AUGMENTATIONS: {"set_image": 5, "predict_masks": 5},
+    Variant.PROMPTS: {"set_image": 1, "predict_masks": 8},
     Variant.USAM: {"set_image": 1, "predict": 1},
 }
 
@@ -125,7 +125,7 @@ def test_paper_protocol_encodes_the_image_in_every_iteration_and_asks_for_one_ma
 def test_usam_protocol_batches_the_eight_prompts_in_one_call(model, rgb_image):
     counting = CountingModel(model)
     measure_runtime(counting, rgb_image, protocol=Protocol.USAM, iterations=2, warmup=1, variants=[Variant.PROMPTS])
-    assert dict(counting.calls) == {"set_image": 3, "sam2_predict": 3}
+    assert dict(counting.calls) == {"set_image": 3, "predict_masks": 3}
     assert all(np.asarray(prompt["point_coords"]).shape == (8, 1, 2) for prompt in counting.prompts)
     assert all(prompt["multimask_output"] is True for prompt in counting.prompts)
 

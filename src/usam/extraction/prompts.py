@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import operator
 from dataclasses import dataclass
 
 import numpy as np
 
 from usam.errors import InvalidInputError
+from usam.validation import check_int
 
 #: Side of the square structuring element used to erode object masks.
 EROSION_SIZE = 5
@@ -140,12 +140,7 @@ def prompt_rng(seed: int, image_key: str, object_id: str) -> np.random.Generator
     Raises:
         InvalidInputError: If ``seed`` is not an integer.
     """
-    if isinstance(seed, bool):
-        raise InvalidInputError(f"seed must be an integer, got {seed!r}")
-    try:
-        seed_value = operator.index(seed)
-    except TypeError:
-        raise InvalidInputError(f"seed must be an integer, got {seed!r}") from None
+    seed_value = check_int(seed, "seed")
     # JSON encoding keeps the three parts apart: ("a_b", "c") and ("a", "b_c") do not collide.
     key = json.dumps([seed_value, str(image_key), str(object_id)], ensure_ascii=True)
     digest = hashlib.sha256(key.encode("ascii")).digest()
@@ -154,8 +149,7 @@ def prompt_rng(seed: int, image_key: str, object_id: str) -> np.random.Generator
 
 def positive_labels(num_points: int) -> np.ndarray:
     """Return SAM2 point labels marking ``num_points`` clicks as positive: ones of dtype int32."""
-    if num_points < 0:
-        raise InvalidInputError(f"the number of points must not be negative, got {num_points}")
+    check_int(num_points, "the number of points", minimum=0)
     return np.ones(num_points, dtype=np.int32)
 
 
@@ -236,8 +230,7 @@ def sample_prompts(
         InvalidInputError: If ``mask`` is empty or not a valid mask, ``seed`` is not an integer, or
             ``num_extra`` is negative.
     """
-    if isinstance(num_extra, bool) or not isinstance(num_extra, (int, np.integer)) or num_extra < 0:
-        raise InvalidInputError(f"num_extra must be a non-negative integer, got {num_extra!r}")
+    check_int(num_extra, "num_extra", minimum=0)
     region = prompt_mask(mask)
     center = _center_point_of_region(region)
     rows, cols = np.nonzero(region)

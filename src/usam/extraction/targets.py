@@ -93,10 +93,14 @@ class MonteCarloEntropies:
         models: Names of all models of the object, in any order.
         num_images: Number of image versions (1 without the augmentation part).
         num_prompts: Number of single-point prompts (1 without the prompt part).
+        tie_rule: Which of equally good masks is the best one (see :func:`best_output`).
     """
 
-    def __init__(self, models: list[str], num_images: int, num_prompts: int) -> None:
+    def __init__(
+        self, models: list[str], num_images: int, num_prompts: int, tie_rule: TieRule | str = TieRule.FIRST
+    ) -> None:
         self.models = list(models)
+        self.tie_rule = TieRule(tie_rule)
         self.num_images = num_images
         self.num_prompts = num_prompts
         self._sums: dict[tuple[str, ...], torch.Tensor] = {}
@@ -126,7 +130,8 @@ class MonteCarloEntropies:
         # float64: near-certain pixels keep their small side (1 - p) exact through the averaging.
         probabilities = torch.sigmoid(logits.double())
         weights = normalized_scores(sam_scores).double()
-        best, sam_pick = mask_ious.argmax(-1), sam_scores.argmax(-1)
+        best = torch.from_numpy(best_output(mask_ious.numpy(), self.tie_rule))
+        sam_pick = sam_scores.argmax(-1)  # SAM's own pick, as SAM2 chooses a mask for its user
         picks = {"best": picked(probabilities, best), "sam": picked(probabilities, sam_pick)}
         sample_weight = 1.0 / (len(self.models) * self.num_images * self.num_prompts)
         mixture = (weights[..., None, None] * probabilities).sum(dim=-3)  # (P, h, w): SAM-score-weighted masks

@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from usam.errors import StoreError
+from usam.errors import InvalidInputError, StoreError
 from usam.store.schema import FORMAT_NAME, NUM_MASK_TOKENS, SCHEMA_VERSION, TOKEN_DTYPES, TOKEN_SIZE, row_schema
+from usam.validation import check_int
 
 STORE_FILE_NAME = "_usam_store.json"
 
@@ -68,9 +69,10 @@ def read_store_file(root: Path) -> dict[str, Any]:
     if content.get("token_dtype") not in TOKEN_DTYPES:
         raise StoreError(f"{path} has an unknown token_dtype {content.get('token_dtype')!r}.")
     for key in ("token_dim", "num_mask_tokens"):
-        value = content.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise StoreError(f"{path} has an invalid {key} {value!r}; restore it, or extract anew.")
+        try:
+            check_int(content.get(key), key, minimum=1, optional=True)
+        except InvalidInputError as error:
+            raise StoreError(f"{path} is corrupt: {error}; restore it, or extract anew.") from None
     return content
 
 
@@ -191,13 +193,11 @@ def read_manifest(path: Path) -> ShardManifest:
         content = json.loads(path.read_bytes())
         if not isinstance(content, dict):
             raise ValueError("it is not a JSON object")
-        counts = [content.get(key) for key in ("shard_index", "num_shards", "completed_images")]
-        if not all(isinstance(value, int) and not isinstance(value, bool) for value in counts):
-            raise ValueError("shard_index, num_shards or completed_images is not a whole number")
+        counts = [check_int(content.get(key), key) for key in ("shard_index", "num_shards", "completed_images")]
         lists = [content.get(key, []) for key in ("parts", "image_keys")]
         if not all(isinstance(value, list) and all(isinstance(item, str) for item in value) for value in lists):
             raise ValueError("parts or image_keys is not a list of strings")
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError) as error:  # InvalidInputError is a ValueError
         raise StoreError(
             f"The manifest {path} is corrupt or malformed ({error}); delete it (it is only a summary: the next "
             "run of its shard writes it again)."
