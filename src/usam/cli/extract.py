@@ -62,9 +62,9 @@ def add_extract(subparsers: Any) -> None:
     parser.add_argument(
         "--precision",
         choices=Precision.values(),
-        help=f"number type of SAM2 on a GPU (default: the preset's; usam: {usam_defaults.extraction_precision} "
-        f"autocast, paper: {paper_defaults.extraction_precision}); without it a CPU extracts in float32, while an explicit "
-        "bfloat16 runs autocast on a CPU too (fast only with AVX512-BF16 or AMX)",
+        help=f"number type of SAM2 (default on a GPU: the preset's; usam: {usam_defaults.extraction_precision} "
+        f"autocast, paper: {paper_defaults.extraction_precision}; on a CPU float32); an explicit bfloat16 autocasts "
+        "on a CPU too (fast only with AVX512-BF16 or AMX)",
     )
     parser.add_argument(
         "--tie-rule",
