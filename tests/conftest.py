@@ -86,3 +86,23 @@ def write_folder_dataset(root, num_images=3, size=(48, 64), seed=0):
             mask[top : top + 12 + object_index * 3, left : left + 14] = 255
             Image.fromarray(mask).save(masks / f"obj{object_index}.png")
     return root
+
+
+TWO_SIZES = ("sam2.1-tiny", "sam2.1-large")
+"""A small and a large config: enough for the model gap."""
+
+SMALL_OVERRIDE_ARGS = [f"--hydra-override={override}" for override in sam2_adapter.small_model_overrides(128)]
+"""The CLI arguments that build the same small models as :func:`build_small_sam2`."""
+
+
+@pytest.fixture(scope="session")
+def two_size_sam2():
+    """Small random-weight SAM2 models of :data:`TWO_SIZES`, seeded by their index."""
+    return {name: build_small_sam2(name, seed=index) for index, name in enumerate(TWO_SIZES)}
+
+
+def wrap_models(sam_models):
+    """``UncertainSAM`` wrappers (no heads) around SAM2 models, by name."""
+    from usam.predictor import UncertainSAM
+
+    return {name: UncertainSAM(sam2_adapter.make_image_predictor(model)) for name, model in sam_models.items()}

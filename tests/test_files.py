@@ -73,3 +73,18 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     assert other_host.exists()
     assert user_file.exists()
     assert files.remove_stale_temporaries(tmp_path / "missing") == []
+
+
+def test_writing_a_file_removes_its_stale_temporaries(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    target = tmp_path / "heads.safetensors"
+    stale = tmp_path / (files.temporary_prefix(target).replace(f"-{os.getpid()}-", f"-{int(dead.stdout)}-") + "a.tmp")
+    stale.write_bytes(b"half a heads file")
+    other = tmp_path / (
+        files.temporary_prefix(tmp_path / "other.json").replace(f"-{os.getpid()}-", f"-{int(dead.stdout)}-") + "b.tmp"
+    )
+    other.write_bytes(b"half of another file")
+    files.write_bytes_atomically(target, b"whole")
+    assert not stale.exists()
+    assert other.exists()  # only the written file's own leftovers go
+    assert target.read_bytes() == b"whole"

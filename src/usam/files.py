@@ -50,7 +50,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Give a temporary path next to ``path``; on success rename it onto ``path``, on failure remove it.
 
     The final file gets the mode of a newly created file under the current umask (``tempfile`` alone would
-    leave it 0600).
+    leave it 0600). Temporaries of the same file left by a writer that died are removed first.
 
     Args:
         path: The file to write. Its folder is created if needed.
@@ -68,6 +68,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, path.name)
     descriptor, name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX, dir=path.parent)
     os.close(descriptor)
     temporary = Path(name)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_small_sam2, write_folder_dataset
+from conftest import SMALL_OVERRIDE_ARGS, TWO_SIZES, wrap_models, write_folder_dataset
 from usam import sam2_adapter
 from usam.datasets import open_dataset
 from usam.errors import InvalidInputError
@@ -19,17 +19,10 @@ from usam.extraction.prompts import sample_prompts
 from usam.predictor import UncertainSAM
 from usam.store import read_table, token_arrays
 
-MODELS = ("sam2.1-tiny", "sam2.1-large")
-SMALL = [f"--hydra-override={override}" for override in sam2_adapter.small_model_overrides(128)]
-
 
 @pytest.fixture(scope="module")
-def sam_models():
-    return {name: build_small_sam2(name, seed=index) for index, name in enumerate(MODELS)}
-
-
-def _wrappers(sam_models):
-    return {name: UncertainSAM(sam2_adapter.make_image_predictor(model)) for name, model in sam_models.items()}
+def sam_models(two_size_sam2):
+    return two_size_sam2
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +37,7 @@ def _rows_by_key(table):
 
 def test_extraction_end_to_end_with_monte_carlo(dataset, sam_models, tmp_path):
     reader = open_dataset("folder", dataset, "all")
-    counts = run_extraction(reader, _wrappers(sam_models), tmp_path / "store", progress=False)
+    counts = run_extraction(reader, wrap_models(sam_models), tmp_path / "store", progress=False)
     assert counts == {"images": 3, "images_before": 0, "objects": 6, "rows": 12, "skipped": 0}
     table = read_table(tmp_path / "store")
     rows = _rows_by_key(table)
@@ -88,7 +81,7 @@ def test_without_monte_carlo_and_float16_tokens(dataset, sam_models, tmp_path):
     reader = open_dataset("folder", dataset, "all", limit=1)
     run_extraction(
         reader,
-        {"sam2.1-tiny": _wrappers(sam_models)["sam2.1-tiny"]},
+        {"sam2.1-tiny": wrap_models(sam_models)["sam2.1-tiny"]},
         tmp_path / "store",
         options=ExtractionOptions(monte_carlo=False),
         token_dtype="float16",
@@ -110,7 +103,7 @@ def test_batched_extraction_equals_one_object_at_a_time(dataset, sam_models):
     """Objects batched per image give the rows that extracting each object alone gives."""
     reader = open_dataset("folder", dataset, "all")
     sample = reader.load("img02")
-    extractor = Extractor(_wrappers(sam_models), ExtractionOptions(monte_carlo=True))
+    extractor = Extractor(wrap_models(sam_models), ExtractionOptions(monte_carlo=True))
     batched = {(row["object_id"], row["model"]): row for row in extractor.rows_for_sample(sample)}
     for object_id, mask in sample.masks.items():
         alone = type(sample)(sample.image_key, sample.image, {object_id: mask}, sample.dataset, sample.split)
@@ -124,12 +117,12 @@ def test_batched_extraction_equals_one_object_at_a_time(dataset, sam_models):
 def test_rows_do_not_depend_on_the_prompt_batch_size(dataset, sam_models):
     """One prompt per decoder call, the CPU default and one call for everything give the same rows."""
     sample = open_dataset("folder", dataset, "all").load("img01")
-    wrappers = _wrappers(sam_models)
+    wrappers = wrap_models(sam_models)
     rows = {
         batch: Extractor(wrappers, ExtractionOptions(prompt_batch_size=batch)).rows_for_sample(sample)
         for batch in (1, None, 1000)
     }
-    assert len(rows[None]) == len(sample.masks) * len(MODELS)
+    assert len(rows[None]) == len(sample.masks) * len(TWO_SIZES)
     for batch in (1, 1000):
         for row, reference in zip(rows[batch], rows[None], strict=True):
             assert (row["object_id"], row["model"]) == (reference["object_id"], reference["model"])
@@ -149,7 +142,7 @@ def test_default_prompt_batch_size_depends_on_the_device():
 
 
 def test_two_shards_write_one_store(dataset, sam_models, tmp_path):
-    wrappers = _wrappers(sam_models)
+    wrappers = wrap_models(sam_models)
     options = ExtractionOptions(monte_carlo=False)
     reader = open_dataset("folder", dataset, "all")
     for index in range(2):
@@ -200,13 +193,13 @@ def _extract_command(dataset, store, checkpoint_dir, *extra):
         "--out",
         str(store),
         "--models",
-        *MODELS,
+        *TWO_SIZES,
         "--checkpoint-dir",
         str(checkpoint_dir),
         "--rows-per-part",
         "2",
         "--no-progress",
-        *SMALL,
+        *SMALL_OVERRIDE_ARGS,
         *extra,
     ]
 
@@ -256,7 +249,11 @@ def test_store_info_command(dataset, sam_models, tmp_path, capsys):
 
     reader = open_dataset("folder", dataset, "all", limit=2)
     run_extraction(
-        reader, _wrappers(sam_models), tmp_path / "store", options=ExtractionOptions(monte_carlo=False), progress=False
+        reader,
+        wrap_models(sam_models),
+        tmp_path / "store",
+        options=ExtractionOptions(monte_carlo=False),
+        progress=False,
     )
     assert main(["store-info", str(tmp_path / "store")]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_small_sam2, write_folder_dataset
+from conftest import SMALL_OVERRIDE_ARGS, TWO_SIZES, build_small_sam2, wrap_models, write_folder_dataset
 from usam import sam2_adapter
-from usam.cli import build_parser, main
+from usam.cli import main
 from usam.datasets import open_dataset
 from usam.devices import Precision
 from usam.errors import InvalidInputError, StoreError, UsamError, UsamWarning
@@ -29,18 +29,12 @@ from usam.predictor import UncertainSAM
 from usam.presets import PRESETS, Preset, TieRule
 from usam.store import STORE_FILE_NAME, StoreReader
 
-MODELS = ("sam2.1-tiny", "sam2.1-large")
-SMALL = [f"--hydra-override={override}" for override in sam2_adapter.small_model_overrides(128)]
 FAST = ExtractionOptions(monte_carlo=False)
 
 
 @pytest.fixture(scope="module")
-def sam_models():
-    return {name: build_small_sam2(name, seed=index) for index, name in enumerate(MODELS)}
-
-
-def _wrappers(sam_models):
-    return {name: UncertainSAM(sam2_adapter.make_image_predictor(model)) for name, model in sam_models.items()}
+def sam_models(two_size_sam2):
+    return two_size_sam2
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +59,11 @@ def _cli_extract(dataset, store, checkpoint_dir, *extra):
             "--split=all",
             f"--out={store}",
             "--models",
-            *MODELS,
+            *TWO_SIZES,
             f"--checkpoint-dir={checkpoint_dir}",
             "--no-progress",
             "--no-monte-carlo",
-            *SMALL,
+            *SMALL_OVERRIDE_ARGS,
             *extra,
         ]
     )
@@ -116,7 +110,7 @@ def test_cpus_default_to_float32_gpus_to_the_presets_precision_and_an_explicit_o
 def test_store_records_preset_precision_and_tie_rule(dataset, sam_models, tmp_path):
     reader = open_dataset("folder", dataset, "all", limit=1)
     options = ExtractionOptions(monte_carlo=False, preset="paper", precision="bfloat16")
-    models = _wrappers(sam_models)
+    models = wrap_models(sam_models)
     run_extraction(reader, models, tmp_path, options=options, progress=False)
     recorded = StoreReader(tmp_path).options
     assert recorded["preset"] == "paper"
@@ -126,7 +120,7 @@ def test_store_records_preset_precision_and_tie_rule(dataset, sam_models, tmp_pa
 
 
 def test_token_sizes_come_from_the_models(sam_models):
-    extractor = Extractor(_wrappers(sam_models), FAST)
+    extractor = Extractor(wrap_models(sam_models), FAST)
     decoder = sam2_adapter.mask_decoder_of(sam_models["sam2.1-tiny"])
     assert extractor.token_dim == decoder.transformer_dim
     assert (
@@ -146,7 +140,7 @@ def test_extraction_reaches_sam2_through_the_wrapper(dataset, sam_models, monkey
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(UncertainSAM, "predict_masks", counting)
-    models = _wrappers(sam_models)
+    models = wrap_models(sam_models)
     for model in models.values():
         monkeypatch.setattr(model.predictor, "predict", _forbidden_outside_wrapper(model))
     sample = open_dataset("folder", dataset, "all").load("img00")
@@ -167,13 +161,6 @@ def _forbidden_outside_wrapper(model):
 
 
 # The CLI's options ------------------------------------------------------------------------------------------
-
-
-def test_every_extract_argument_has_help():
-    subparsers = next(action for action in build_parser()._actions if action.dest == "command")
-    parser = subparsers.choices["extract"]
-    undocumented = [action.dest for action in parser._actions if not action.help]
-    assert undocumented == []
 
 
 class _StopError(UsamError):
@@ -226,20 +213,20 @@ def test_cli_davis_resolution_follows_the_preset(tmp_path, monkeypatch, capsys):
 
 def test_resume_with_other_weights_or_data_is_refused(dataset, sam_models, tmp_path):
     reader = open_dataset("folder", dataset, "all", limit=1)
-    run_extraction(reader, _wrappers(sam_models), tmp_path / "store", options=FAST, progress=False)
+    run_extraction(reader, wrap_models(sam_models), tmp_path / "store", options=FAST, progress=False)
     other_tiny = {**sam_models, "sam2.1-tiny": build_small_sam2("sam2.1-tiny", seed=7)}
     with pytest.raises(StoreError, match=r"identity\.weights\.sam2\.1-tiny\.random_weights_seed=0") as caught:
-        run_extraction(reader, _wrappers(other_tiny), tmp_path / "store", options=FAST, progress=False)
+        run_extraction(reader, wrap_models(other_tiny), tmp_path / "store", options=FAST, progress=False)
     assert "new --out" in str(caught.value)
     copy = shutil.copytree(dataset, tmp_path / "copy")
     moved = open_dataset("folder", copy, "all", limit=1)
     with pytest.raises(StoreError, match=r"identity\.data\.root"):
-        run_extraction(moved, _wrappers(sam_models), tmp_path / "store", options=FAST, progress=False)
+        run_extraction(moved, wrap_models(sam_models), tmp_path / "store", options=FAST, progress=False)
     more = open_dataset("folder", dataset, "all", limit=2)
     with pytest.raises(StoreError, match=r"identity\.data\.limit=1"):
-        run_extraction(more, _wrappers(sam_models), tmp_path / "store", options=FAST, progress=False)
+        run_extraction(more, wrap_models(sam_models), tmp_path / "store", options=FAST, progress=False)
     # The original arguments resume.
-    again = run_extraction(reader, _wrappers(sam_models), tmp_path / "store", options=FAST, progress=False)
+    again = run_extraction(reader, wrap_models(sam_models), tmp_path / "store", options=FAST, progress=False)
     assert again["images_before"] == 1
 
 
@@ -263,7 +250,7 @@ def test_cli_resume_with_another_checkpoint_is_refused(dataset, checkpoint_dir, 
 
 def test_store_without_identity_resumes_with_a_warning(dataset, sam_models, tmp_path, capsys):
     reader = open_dataset("folder", dataset, "all", limit=1)
-    run_extraction(reader, _wrappers(sam_models), tmp_path, options=FAST, progress=False)
+    run_extraction(reader, wrap_models(sam_models), tmp_path, options=FAST, progress=False)
     # What a store of an older usam looks like: the same file without the keys recorded since.
     path = tmp_path / STORE_FILE_NAME
     content = json.loads(path.read_text())
@@ -272,7 +259,7 @@ def test_store_without_identity_resumes_with_a_warning(dataset, sam_models, tmp_
     path.write_text(json.dumps(content))
     more = open_dataset("folder", dataset, "all", limit=2)
     with pytest.warns(UsamWarning, match="cannot check"):
-        counts = run_extraction(more, _wrappers(sam_models), tmp_path, options=FAST, progress=False)
+        counts = run_extraction(more, wrap_models(sam_models), tmp_path, options=FAST, progress=False)
     assert counts["images_before"] == 1
 
 
@@ -296,7 +283,7 @@ def test_interrupted_extraction_keeps_the_finished_images(dataset, sam_models, t
     _interrupt_on_second_image(monkeypatch)
     reader = open_dataset("folder", dataset, "all")
     with pytest.raises(ExtractionInterrupted) as caught:
-        run_extraction(reader, _wrappers(sam_models), tmp_path, options=FAST, progress=False)
+        run_extraction(reader, wrap_models(sam_models), tmp_path, options=FAST, progress=False)
     assert caught.value.images_in_store == 1
     assert caught.value.counts["images"] == 1
     assert len(set(StoreReader(tmp_path).read(["image_key"]).column("image_key").to_pylist())) == 1

@@ -42,14 +42,6 @@ def test_bad_output_paths_are_one_line_errors_before_the_store_is_read(tmp_path,
     assert not list(tmp_path.glob("*.safetensors"))
 
 
-def test_every_train_argument_has_help():
-    parser = build_parser()
-    subparsers = next(action for action in parser._actions if action.dest == "command")
-    train = subparsers.choices["train"]
-    for action in train._actions:
-        assert action.help, action.option_strings or action.dest
-
-
 @pytest.mark.parametrize("option", ["--preset", "--tie-rule", "--pool-sizes", "--no-pool-sizes", "--dataset-defaults"])
 def test_train_help_lists_the_new_options(option, capsys):
     with pytest.raises(SystemExit):

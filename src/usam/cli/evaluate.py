@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
+from usam.cli.common import warn
 from usam.presets import PRESETS, Preset
 
 
@@ -60,7 +60,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         ablation=not args.no_ablation,
         progress=not args.no_progress,
     )
-    for note in dict.fromkeys(result.warnings):
-        print(f"usam: warning: {note}", file=sys.stderr)
+    for message in result.warnings:
+        warn(message)
     print(f"wrote {args.out / 'report.md'}, {args.out / 'results.json'} and plots")
     return 0

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
-from usam.errors import UsamWarning
+from usam.cli.common import warn
 
 EXIT_INTERRUPTED = 130
 """Exit status after Ctrl-C, as shells report a process ended by SIGINT."""
-_SHOW_WARNING = warnings.showwarning
 
 
 def add_extract(subparsers: Any) -> None:
@@ -165,45 +163,35 @@ def _run_extract(args: argparse.Namespace) -> int:
         hydra_overrides=args.hydra_override,
         progress=not args.no_progress,
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("default", UsamWarning)
-        warnings.showwarning = _print_usam_warning
-        try:
-            counts = run_extraction(
-                reader,
-                models,
-                args.out,
-                options=options,
-                shard=shard,
-                token_dtype=args.token_dtype,
-                rows_per_part=args.rows_per_part,
-                progress=not args.no_progress,
-                extra_metadata=extraction_metadata(model_names),
-            )
-        except ExtractionInterrupted as interruption:
-            print(
-                f"usam: interrupted: shard {shard[0]}/{shard[1]} has {interruption.images_in_store} images in "
-                f"{args.out} ({interruption.counts['images']} from this run); run the same command again to resume",
-                file=sys.stderr,
-            )
-            return EXIT_INTERRUPTED
+    try:
+        counts = run_extraction(
+            reader,
+            models,
+            args.out,
+            options=options,
+            shard=shard,
+            token_dtype=args.token_dtype,
+            rows_per_part=args.rows_per_part,
+            progress=not args.no_progress,
+            extra_metadata=extraction_metadata(model_names),
+        )
+    except ExtractionInterrupted as interruption:
+        print(
+            f"usam: interrupted: shard {shard[0]}/{shard[1]} has {interruption.images_in_store} images in "
+            f"{args.out} ({interruption.counts['images']} from this run); run the same command again to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     print(
         f"shard {shard[0]}/{shard[1]}: {counts['images']} images extracted now ({counts['images_before']} done "
         f"before), {counts['objects']} objects, {counts['rows']} rows, {counts['skipped']} skipped -> {args.out}"
     )
     if counts["skipped"]:
-        print(
-            f"usam: warning: {counts['skipped']} image(s) could not be read; run again to retry them", file=sys.stderr
+        warn(
+            f"{counts['skipped']} image(s) could not be read and were skipped (listed with their reasons in the log); "
+            "a rerun retries them, which helps only if their files were fixed"
         )
     return 0
-
-
-def _print_usam_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    """Prints usam's own warnings as ``usam: warning: ...`` lines (others as Python does)."""
-    if issubclass(category, UsamWarning):
-        print(f"usam: warning: {message}", file=sys.stderr)
-    else:
-        _SHOW_WARNING(message, category, *args, **kwargs)
 
 
 def add_store_info(subparsers: Any) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -103,42 +102,28 @@ def add_train(subparsers: Any) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from usam.heads import load_heads
-    from usam.training import TrainingWarning, train_from_store
-
-    printed: set[str] = set()
-    show_other_warning = warnings.showwarning
-
-    def print_warning(message: Any, category: type[Warning], *rest: Any, **options: Any) -> None:
-        text = str(message)
-        if not issubclass(category, TrainingWarning):
-            show_other_warning(message, category, *rest, **options)
-        elif text not in printed:
-            printed.add(text)
-            print(f"usam: warning: {text}", file=sys.stderr)
+    from usam.training import train_from_store
 
     def print_trial(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", TrainingWarning)
-        warnings.showwarning = print_warning
-        path = train_from_store(
-            args.data,
-            args.out,
-            heads=args.heads,
-            pairing=args.pairing,
-            models=args.models,
-            hpo_trials=args.hpo,
-            dataset_defaults=args.dataset_defaults,
-            seed=args.seed,
-            preset=args.preset,
-            pool_sizes=args.pool_sizes,
-            tie_rule=args.tie_rule,
-            progress=not args.no_progress,
-            device=args.device,
-            precision=args.precision,
-            log=print_trial,
-        )
+    path = train_from_store(
+        args.data,
+        args.out,
+        heads=args.heads,
+        pairing=args.pairing,
+        models=args.models,
+        hpo_trials=args.hpo,
+        dataset_defaults=args.dataset_defaults,
+        seed=args.seed,
+        preset=args.preset,
+        pool_sizes=args.pool_sizes,
+        tie_rule=args.tie_rule,
+        progress=not args.no_progress,
+        device=args.device,
+        precision=args.precision,
+        log=print_trial,
+    )
     heads = load_heads(path)
     per_head = heads.metadata.training.get("heads", {})
     for name in heads.names:

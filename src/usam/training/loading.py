@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from usam.errors import InvalidInputError, StoreError
+from usam.errors import InvalidInputError, StoreError, UsamWarning
 from usam.extraction.targets import best_output
 from usam.head_table import HEAD_NAMES, HEADS, SIZE_TARGETS_KEY, Pairing, SizeTargets
 from usam.heads import TOKEN_INPUTS
@@ -49,7 +49,7 @@ _KEY_COLUMNS = ("dataset", "image_key", "object_id", "model")
 _OBJECT_KEY_COLUMNS = ("dataset", "image_key", "object_id")
 
 
-class TrainingWarning(UserWarning):
+class TrainingWarning(UsamWarning):
     """Something about the training data that the user should know but that does not stop training."""
 
 
