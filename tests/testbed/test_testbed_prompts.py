@@ -38,7 +38,8 @@ def test_prompt_kinds_and_center_clicks_follow_the_recipe_proportions():
     # 30 % by design, plus the rare uniform click that lands on the center pixel (1 in 3,000 pixels).
     assert at_center == pytest.approx(0.3, abs=0.04)
     counts = [len(p.points) for p in prompts if p.kind is PromptKind.CLICKS]
-    assert min(counts) == MIN_CLICKS and max(counts) == MAX_CLICKS
+    assert min(counts) == MIN_CLICKS
+    assert max(counts) == MAX_CLICKS
     assert set(np.bincount(counts)[MIN_CLICKS:] > 0) == {True}
 
 
@@ -48,8 +49,10 @@ def test_clicks_lie_in_the_mask_and_boxes_are_jittered_around_it_inside_the_imag
     prompts = [sample_training_prompt(mask, rng) for _ in range(500)]
     for prompt in prompts:
         if prompt.kind is PromptKind.BOX:
-            assert prompt.points.shape == (0, 2) and prompt.num_point_slots == 2
-            assert 0 <= prompt.box[0] <= prompt.box[2] <= 127 and 0 <= prompt.box[1] <= prompt.box[3] <= 127
+            assert prompt.points.shape == (0, 2)
+            assert prompt.num_point_slots == 2
+            assert 0 <= prompt.box[0] <= prompt.box[2] <= 127
+            assert 0 <= prompt.box[1] <= prompt.box[3] <= 127
         else:
             xs, ys = prompt.points[:, 0].astype(int), prompt.points[:, 1].astype(int)
             assert mask[ys, xs].all()
@@ -69,7 +72,9 @@ def test_click_map_peaks_at_the_clicks_and_fills_the_box():
     clicks = TrainingPrompt(PromptKind.CLICKS, np.array([[17.5, 49.5], [101.5, 101.5]], dtype=np.float32))
     dense = click_map(clicks, 32, 128)
     assert dense.shape == (32, 32)
-    assert dense[12, 4] == pytest.approx(CLICK_MAP_AMPLITUDE, rel=0.05)  # a click is its pixel centre: (18, 50) px is the centre of cell (12, 4)
+    assert dense[12, 4] == pytest.approx(
+        CLICK_MAP_AMPLITUDE, rel=0.05
+    )  # a click is its pixel centre: (18, 50) px is the centre of cell (12, 4)
     assert dense[25, 25] == pytest.approx(CLICK_MAP_AMPLITUDE, rel=0.05)
     assert dense[0, 31] < 1e-3
     box = TrainingPrompt(PromptKind.BOX, np.zeros((0, 2), np.float32), np.array([8, 16, 39, 63], np.float32))
