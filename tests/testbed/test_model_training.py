@@ -16,6 +16,7 @@ from usam.testbed.model_quality import prompt_dependence, single_click_miou
 from usam.testbed.model_training import (
     TrainingConfig,
     click_map_probability,
+    prompting,
     learning_rate,
     make_optimizer,
     model_card_path,
@@ -80,6 +81,13 @@ def test_click_map_is_always_given_at_first_and_never_at_the_end():
     assert probabilities[:20] == [1.0] * 20
     assert probabilities[60:] == [0.0] * 40
     assert probabilities[40] == pytest.approx(0.5)
+    assert prompting(config) == {"kind": "sparse"}  # annealed away: prompted like any SAM2
+
+
+def test_a_model_that_keeps_the_click_map_says_so_in_its_card():
+    config = TrainingConfig(steps=100, click_map_full_until=1.0, click_map_off_from=1.0)
+    assert [click_map_probability(step, config) for step in (0, 99)] == [1.0, 1.0]
+    assert prompting(config) == {"kind": "click_map", "sigma_px": 4.0, "amplitude": 5.0, "map_size": 32}
 
 
 def test_a_step_has_a_finite_loss_and_changes_the_parameters():
@@ -89,7 +97,7 @@ def test_a_step_has_a_finite_loss_and_changes_the_parameters():
     stats = training_step(model, make_optimizer(model, config), 0, config, stand_in_scene)
     assert math.isfinite(stats.loss)
     assert stats.loss > 0
-    assert stats.click_map  # the first steps always give the click map
+    assert stats.click_map_share == 1.0  # the first steps always give the click map
     changed = [name for name, value in model.named_parameters() if not torch.equal(value, before[name])]
     for part in ("image_encoder.trunk", "sam_prompt_encoder", "sam_mask_decoder.transformer", "iou_prediction_head"):
         assert any(part in name for name in changed), part
@@ -127,6 +135,7 @@ def test_checkpoint_loads_through_usams_normal_loading_and_runs_uncertain_sam(tr
     folder, config, straight, *_ = trained
     card = json.loads(model_card_path(folder / "straight.pt").read_text())
     assert card["size"] == "tiny"
+    assert card["prompting"] == {"kind": "sparse"}
     assert card["steps"] == 2
     assert card["seed"] == config.seed
     assert card["config"].endswith("sam2.1_hiera_t.yaml")

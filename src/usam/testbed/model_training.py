@@ -8,8 +8,8 @@ and box prompts, plus the MSE of the IoU head against the real IoU of each of th
 
 The click map: from random weights, sparse prompts alone teach a model to ignore the prompt (the prototype's trap).
 Early steps therefore also give the prompt densely through SAM's own mask-prompt input (see
-:func:`usam.testbed.prompts.click_map`); a step uses it with a probability that is 1 at first and falls linearly to
-0 (:func:`click_map_probability`), so the model ends trained on, and prompted by, points and boxes alone, exactly as
+:func:`usam.testbed.prompts.click_map`); each prompt gets it with a probability that is 1 at first and falls
+linearly to 0 (:func:`click_map_probability`), so the model ends trained on, and prompted by, points and boxes alone, as
 usam prompts every SAM2.
 
 Every random draw of step s comes from ``(seed, s)``, so a resumed run continues exactly as an uninterrupted one.
@@ -33,7 +33,14 @@ from torch.nn import functional
 from usam import sam2_adapter
 from usam.errors import CheckpointError, UsamError
 from usam.files import atomic_path, write_json_atomically
-from usam.testbed.prompts import PromptKind, TrainingPrompt, click_map, sample_training_prompt
+from usam.testbed.prompts import (
+    CLICK_MAP_AMPLITUDE,
+    CLICK_MAP_SIGMA,
+    PromptKind,
+    TrainingPrompt,
+    click_map,
+    sample_training_prompt,
+)
 from usam.validation import check_float, check_int
 
 MODEL_CARD_SUFFIX = ".json"
@@ -138,7 +145,7 @@ class StepBatch:
     image_index: list[int]
     prompts: list[TrainingPrompt]
     targets: list[np.ndarray]
-    use_click_map: bool
+    use_click_map: list[bool]
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:
@@ -149,8 +156,8 @@ def step_rng(seed: int, step: int) -> np.random.Generator:
 def draw_step_batch(step: int, config: TrainingConfig, make_scene: SceneMaker) -> StepBatch:
     """Draw the fresh scenes and prompts of one step (a function of the seed and the step only)."""
     rng = step_rng(config.seed, step)
-    use_click_map = bool(rng.random() < click_map_probability(step, config))
-    batch = StepBatch([], [], [], [], use_click_map)
+    map_probability = click_map_probability(step, config)
+    batch = StepBatch([], [], [], [], [])
     while len(batch.images) < config.scenes_per_step:
         scene = make_scene(int(rng.integers(0, 2**31 - 1)))
         if not scene.targets:
@@ -162,6 +169,7 @@ def draw_step_batch(step: int, config: TrainingConfig, make_scene: SceneMaker) -
             batch.image_index.append(image_index)
             batch.prompts.append(sample_training_prompt(target, rng))
             batch.targets.append(np.asarray(target, dtype=bool))
+            batch.use_click_map.append(bool(rng.random() < map_probability))
     return batch
 
 
@@ -170,20 +178,20 @@ def _decode_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All four mask logits (N, 4, h, w) and IoU predictions (N, 4) of a step's prompts, in prompt order.
 
-    Prompts are decoded in groups of equal point count, so every prompt gets exactly the tokens SAM2's predictor
-    would give it (no extra padding points).
+    Prompts are decoded in groups of equal point count and click-map use, so every prompt gets exactly the tokens
+    SAM2's predictor would give it (no extra padding points).
     """
     images = sam2_adapter.training_image_batch(model, batch.images)
     features = sam2_adapter.encode_training_images(model, images)
     device = images.device
     scale = config.image_size / batch.images[0].shape[1]  # SAM2's predictor rescales coordinates to its input
     map_size = config.image_size // 4
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple[int, bool], list[int]] = {}
     for index, prompt in enumerate(batch.prompts):
-        groups.setdefault(prompt.num_point_slots, []).append(index)
+        groups.setdefault((prompt.num_point_slots, batch.use_click_map[index]), []).append(index)
     mask_logits: list[torch.Tensor] = [torch.empty(0)] * len(batch.prompts)
     iou_predictions: list[torch.Tensor] = [torch.empty(0)] * len(batch.prompts)
-    for indices in groups.values():
+    for (_, use_click_map), indices in groups.items():
         coords, labels = [], []
         for index in indices:
             prompt = batch.prompts[index]
@@ -194,7 +202,7 @@ def _decode_batch(
                 coords.append(prompt.points)
                 labels.append([1] * len(prompt.points))
         maps = None
-        if batch.use_click_map:
+        if use_click_map:
             maps = np.stack([click_map(batch.prompts[i], map_size, batch.images[0].shape[1]) for i in indices])
             maps = torch.from_numpy(maps)[:, None].to(device)
         outputs = sam2_adapter.decoder_training_outputs(
@@ -226,14 +234,14 @@ class StepStats:
         best3: Mean IoU of single-click prompts, best of the three multimask outputs (None if there were none).
         pick: Mean IoU of single-click prompts, the output the IoU head ranks first (None if there were none).
         iou_mae: Mean absolute error of the IoU head over the supervised outputs.
-        click_map: Whether the step gave the click map.
+        click_map_share: Share of the step's prompts that also got the click map.
     """
 
     loss: float
     best3: float | None
     pick: float | None
     iou_mae: float
-    click_map: bool
+    click_map_share: float
 
 
 def step_loss(
@@ -271,7 +279,8 @@ def step_loss(
         best3 = float(actual_iou[single, 1:].max(dim=1).values.mean())
         picked = iou_predictions[single, 1:].detach().argmax(dim=1, keepdim=True)
         pick = float(actual_iou[single, 1:].gather(1, picked).mean())
-    stats = StepStats(float(loss.detach()), best3, pick, float(iou_error.detach().abs().mean()), batch.use_click_map)
+    map_share = float(np.mean(batch.use_click_map))
+    stats = StepStats(float(loss.detach()), best3, pick, float(iou_error.detach().abs().mean()), map_share)
     return loss, stats
 
 
@@ -308,6 +317,23 @@ def resume_state_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(RESUME_SUFFIX)
 
 
+def prompting(config: TrainingConfig) -> dict[str, Any]:
+    """How a model trained with ``config`` must be prompted, for its model card.
+
+    ``{"kind": "sparse"}`` when the click map was annealed to zero (points and boxes alone, like any SAM2); else
+    ``{"kind": "click_map", ...}`` with the map's encoding, which must then accompany every prompt as SAM2's mask
+    input (:func:`usam.testbed.prompts.click_map`).
+    """
+    if config.click_map_off_from < 1.0:
+        return {"kind": "sparse"}
+    return {
+        "kind": "click_map",
+        "sigma_px": CLICK_MAP_SIGMA,
+        "amplitude": CLICK_MAP_AMPLITUDE,
+        "map_size": config.image_size // 4,
+    }
+
+
 def model_card(config: TrainingConfig, checkpoint: Path, steps_done: int, log: list[dict[str, Any]]) -> dict:
     """The model card of a test-bed checkpoint: how to build it like any SAM2, and how it was trained."""
     return {
@@ -315,7 +341,7 @@ def model_card(config: TrainingConfig, checkpoint: Path, steps_done: int, log: l
         "hydra_overrides": sam2_adapter.testbed_model_overrides(config.size, config.image_size),
         "checkpoint": checkpoint.name,
         "size": config.size,
-        "prompting": "sparse",  # points and boxes only: the click map is annealed to zero during training
+        "prompting": prompting(config),
         "steps": steps_done,
         "seed": config.seed,
         "training": dataclasses.asdict(config),
@@ -430,7 +456,7 @@ def train_testbed_model(
                         "best3": _mean([s.best3 for s in window]),
                         "pick": _mean([s.pick for s in window]),
                         "iou_mae": _mean([s.iou_mae for s in window]),
-                        "click_map_share": _mean([float(s.click_map) for s in window]),
+                        "click_map_share": _mean([s.click_map_share for s in window]),
                         "lr": learning_rate(step, config),
                     }
                 )
