@@ -16,10 +16,10 @@ from usam.testbed.model_quality import prompt_dependence, single_click_miou
 from usam.testbed.model_training import (
     TrainingConfig,
     click_map_probability,
-    prompting,
     learning_rate,
     make_optimizer,
     model_card_path,
+    prompting,
     train_testbed_model,
     training_step,
 )
