@@ -155,7 +155,7 @@ def test_checkpoint_loads_through_usams_normal_loading_and_runs_uncertain_sam(tr
 
 def test_model_checks_run_through_the_predictor_on_a_short_run(trained):
     _, _, straight, *_ = trained
-    scenes = [stand_in_scene(1000 + index) for index in range(4)]
+    scenes = [stand_in_scene(1000 + index) for index in range(2)]
     dependence = prompt_dependence(straight, scenes)
     assert 0 < dependence < 1  # different clicks give different masks
     one_target = dataclasses.replace(scenes[0], targets=scenes[0].targets[:1])
