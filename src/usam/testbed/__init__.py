@@ -4,8 +4,15 @@ Modules:
 
 - :mod:`usam.testbed.scenes`: seeded synthetic scenes that are ambiguous by construction (objects with nested
   parts), and the ``folder`` dataset written from them with a label of each target's kind.
+- :mod:`usam.testbed.prompts`: clicks and jittered boxes for training test-bed models, and their click maps.
+- :mod:`usam.testbed.model_training`: training SAM2-architecture models from scratch (checkpoints with model cards,
+  resumable).
+- :mod:`usam.testbed.model_quality`: checks through SAM2's normal predictor: prompt dependence, single-click mIoU.
 """
 
+from usam.testbed.model_quality import ClickQuality, prompt_dependence, single_click_miou
+from usam.testbed.model_training import TrainingConfig, learning_rate, model_card_path, train_testbed_model
+from usam.testbed.prompts import PromptKind, TrainingPrompt, click_map, sample_training_prompt
 from usam.testbed.scenes import (
     LABELS_FILE,
     MANIFEST_FILE,
@@ -25,15 +32,26 @@ from usam.testbed.scenes import (
 __all__ = [
     "LABELS_FILE",
     "MANIFEST_FILE",
+    "ClickQuality",
+    "PromptKind",
     "Scene",
     "SceneObject",
     "SceneTarget",
     "Shape",
     "TargetKind",
     "Texture",
+    "TrainingConfig",
+    "TrainingPrompt",
+    "click_map",
+    "learning_rate",
     "make_scene",
+    "model_card_path",
+    "prompt_dependence",
     "read_scene_labels",
+    "sample_training_prompt",
     "scene_name",
     "scene_seed",
+    "single_click_miou",
+    "train_testbed_model",
     "write_scene_dataset",
 ]
