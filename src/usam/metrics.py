@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from usam.errors import InvalidInputError
+from usam.validation import check_int
 
 #: Default number of evenly spaced fractions, 0 to 1, at which curves are evaluated (steps of 1 %).
 DEFAULT_NUM_POINTS = 101
@@ -303,8 +304,7 @@ def random_curve(
         >>> random_curve(np.array([0.5]), np.array([1.0]), num_seeds=3, num_points=3).mean_iou.tolist()
         [0.5, 1.0, 1.0]
     """
-    if isinstance(num_seeds, bool) or not isinstance(num_seeds, (int, np.integer)) or num_seeds < 1:
-        raise InvalidInputError(f"num_seeds must be a positive integer, got {num_seeds!r}")
+    check_int(num_seeds, "num_seeds", minimum=1)
     base, corrected = _check_objects(base_iou, corrected_iou)
     grid = _fraction_grid(fractions, num_points)
     curves = []

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, TypedDict
 import numpy as np
 
 from usam.errors import DatasetError, InvalidInputError
+from usam.validation import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +87,6 @@ class DatasetFileError(DatasetError):
         if fix:
             message += f"; {fix}"
         super().__init__(message)
-
-
-def _check_count(name: str, value: object, minimum: int, *, optional: bool) -> None:
-    if value is None and optional:
-        return
-    # bool is an int subclass; every=True is almost certainly a mistake.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidInputError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise InvalidInputError(f"{name} must be >= {minimum}, got {value}")
 
 
 class SelectionOptions(TypedDict, total=False):
@@ -159,10 +150,10 @@ class DatasetReader(ABC):
             DatasetError: Unknown split, ``root`` does not exist, or the dataset's layout is not found under it.
         """
         split = self._canonical_split(split)
-        _check_count("every", every, 1, optional=False)
-        _check_count("start", start, 0, optional=False)
-        _check_count("stop", stop, 0, optional=True)
-        _check_count("limit", limit, 0, optional=True)
+        check_int(every, "every", minimum=1)
+        check_int(start, "start", minimum=0)
+        check_int(stop, "stop", minimum=0, optional=True)
+        check_int(limit, "limit", minimum=0, optional=True)
         if not isinstance(split, str) or not split:
             raise InvalidInputError(f"split must be a non-empty string, got {split!r}")
         self.root = Path(root).expanduser()
