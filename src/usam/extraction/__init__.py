@@ -76,8 +76,8 @@ class _PromptOutputs:
     sam_scores: np.ndarray  # (B, 3)
     mask_ious: np.ndarray  # (B, 3)
     low_res_logits: torch.Tensor  # (B, 3, h, w)
-    iou_token: np.ndarray | None = None  # (B, 256)
-    mask_tokens: np.ndarray | None = None  # (B, 4, 256)
+    iou_token: np.ndarray | None = None  # (B, token_dim)
+    mask_tokens: np.ndarray | None = None  # (B, num_mask_tokens, token_dim)
 
 
 def parse_shard(text: str | None, environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
@@ -183,7 +183,8 @@ class Extractor:
             if with_tokens:
                 result = model.predict(point_coords=coords, point_labels=labels, multimask_output=True)
                 masks, scores, logits = result.masks, result.sam_scores, result.low_res_logits
-                tokens = (result.iou_token.reshape(-1, 256), result.mask_tokens.reshape(-1, 4, 256))
+                iou_token, mask_tokens = result.iou_token, result.mask_tokens
+                tokens = (iou_token.reshape(-1, iou_token.shape[-1]), mask_tokens.reshape(-1, *mask_tokens.shape[-2:]))
             else:
                 masks, scores, logits = model.predictor.predict(
                     point_coords=coords, point_labels=labels, multimask_output=True
