@@ -106,3 +106,43 @@ def wrap_models(sam_models):
     from usam.predictor import UncertainSAM
 
     return {name: UncertainSAM(sam2_adapter.make_image_predictor(model)) for name, model in sam_models.items()}
+
+
+TIED_MASK_IOUS = (0.9, 0.9, 0.2)
+"""``mask_ious`` of every row of :func:`write_tied_store`: outputs 0 and 1 are tied for the best."""
+
+
+def write_tied_store(root, *, metadata=None, token_dim=256, num_mask_tokens=4, models=("sam2.1-tiny",), images=4):
+    """A token store whose rows all have two equally good masks (:data:`TIED_MASK_IOUS`).
+
+    Every value of mask token j is ``j + 1`` and every value of the IoU token is -1, so a feature row tells which
+    token it was built from. ``metadata`` is recorded as the store's options (e.g. ``{"tie_rule": "last"}``).
+    """
+    import pyarrow as pa
+
+    from usam.store import StoreWriter, row_schema
+
+    schema = row_schema(token_dim=token_dim, num_mask_tokens=num_mask_tokens)
+    with StoreWriter(root, metadata=metadata or {}, token_dim=token_dim, num_mask_tokens=num_mask_tokens) as writer:
+        for image in range(images):
+            key = f"img{image:03d}"
+            rows = []
+            for model in models:
+                strings = {"image_key": key, "object_id": "o0", "model": model, "dataset": "coco", "split": "val"}
+                row = {}
+                for field in schema:
+                    if pa.types.is_string(field.type):
+                        row[field.name] = strings[field.name]
+                    elif pa.types.is_fixed_size_list(field.type):
+                        row[field.name] = np.zeros(field.type.list_size, np.float32)
+                    elif pa.types.is_integer(field.type):
+                        row[field.name] = 64
+                    else:
+                        row[field.name] = 0.25
+                row["iou_token"] = np.full(token_dim, -1.0, np.float32)
+                row["mask_tokens"] = np.repeat(np.arange(1.0, num_mask_tokens + 1.0), token_dim).astype(np.float32)
+                row["mask_ious"] = np.array(TIED_MASK_IOUS, np.float32)
+                row["iou"] = max(TIED_MASK_IOUS)
+                rows.append(row)
+            writer.add_image(key, rows)
+    return root

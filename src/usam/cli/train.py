@@ -52,7 +52,8 @@ def add_train(subparsers: Any) -> None:
     parser.add_argument(
         "--tie-rule",
         choices=TieRule.values(),
-        help="which of equally good masks gives the mask token a head reads (default: the preset's)",
+        help="which of equally good masks gives the mask token a head reads (default: the one the store's "
+        "extraction recorded, else the preset's)",
     )
     parser.add_argument("--models", nargs="+", metavar="MODEL", help="use rows of these models (default: all)")
     pooling = parser.add_mutually_exclusive_group()

@@ -28,8 +28,9 @@ multimask outputs (``argmax(mask_ious)``), as in the paper; SAM's score is that 
 entropies are the plain ``h_*`` columns. For task supervision the base is SAM's own pick
 (``argmax(sam_scores)``), so SAM's score is the highest score and the entropies are the ``h_*_sam_pick``
 columns (``h_task`` has no such variant: it describes all three outputs). The heads always read the IoU token
-and the mask token of the best output (token k + 1 with the ``"true"`` pairing, k with ``"as-released"``),
-built by the trainer's own feature function, so that they see exactly the inputs they were trained on.
+and the mask token of the best output (token k + 1 with the ``"true"`` pairing, k with ``"as-released"``; of
+tied outputs, the one the store's recorded tie rule picks, ``"first"`` if it records none), built by the trainer's
+own feature function, so that they see exactly the inputs they were trained on.
 
 Measures: per scenario the matching head (``model_gap``, ``prompt_gap``, ``task_gap``; for segmentation
 uncertainty the IoU head of the size, e.g. ``iou_tiny``), SAM's score, the entropies ``h_std``, ``h_all``,

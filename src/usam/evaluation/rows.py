@@ -1,9 +1,10 @@
 """Reading the rows an evaluation needs from a token store, and running the heads on their tokens.
 
-Which models are read: the evaluated model, and the tiny and large models of its SAM2 version (for model
-selection). Heads run on the rows of the evaluated and the tiny model, fed with exactly the features the trainer
-builds (:func:`usam.training.fill_head_features`). Rows whose tokens are not finite get NaN head outputs and are
-counted, so that a report can name that cause.
+The store is read through one :class:`usam.store.StoreReader`. Which models are read: the evaluated model, and the
+tiny and large models of its SAM2 version (for model selection). Heads run on the rows of the evaluated and the
+tiny model, fed with exactly the features the trainer builds (:func:`usam.training.fill_head_features`), with the
+mask token chosen by the tie rule the store records (``"first"`` if it records none). Rows whose tokens are not
+finite get NaN head outputs and are counted, so that a report can name that cause.
 """
 
 from __future__ import annotations
@@ -19,17 +20,15 @@ import torch
 from usam.errors import InvalidInputError
 from usam.heads import TOKEN_INPUTS, UncertaintyHeads
 from usam.models import SIZES, get_model_spec
-from usam.training import fill_head_features
+from usam.presets import TieRule
+from usam.store import KEY_COLUMNS, StoreReader, image_names
+from usam.training import fill_head_features, store_tie_rule
 
-KEY_COLUMNS: tuple[str, ...] = ("dataset", "image_key", "object_id", "model")
-"""Columns that identify a row; rows are sorted by them."""
 IOU_COLUMNS: tuple[str, ...] = ("iou", "unsupervised_iou", "iou_dense_prompt")
 """Store columns of IoUs before or after a correction."""
 GAP_COLUMNS: tuple[str, ...] = ("model_gap", "prompt_gap", "task_gap")
 """Store columns of the true gains."""
 
-# Rows are read in batches of this many (a float32 batch of mask tokens is 4 KiB a row, so ~64 MB).
-_READ_BATCH_ROWS = 16384
 # Heads run on this many rows at a time, which bounds their activations to some tens of MB.
 _HEAD_CHUNK_ROWS = 2048
 
@@ -78,8 +77,8 @@ class Rows:
         )
 
     def image_names(self, indices: np.ndarray) -> np.ndarray:
-        """``"<dataset>/<image_key>"`` of some rows, as the trainer names images."""
-        return np.char.add(np.char.add(self.dataset[indices].astype(str), "/"), self.image_key[indices].astype(str))
+        """``"<dataset>/<image_key>"`` of some rows, as the trainer names images (:func:`usam.store.image_names`)."""
+        return image_names(self.dataset[indices], self.image_key[indices])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +173,7 @@ def _spec_name(name: str) -> str | None:
 
 
 def read_rows(
-    store: Path,
+    reader: StoreReader,
     models: EvaluatedModels,
     heads: UncertaintyHeads,
     *,
@@ -184,7 +183,7 @@ def read_rows(
     """Read the rows of the models an evaluation uses; run the heads (and keep both-token features) on their tokens.
 
     Args:
-        store: Token store folder.
+        reader: The token store.
         models: The models to read.
         heads: The heads to run on the rows of :attr:`EvaluatedModels.token_models`.
         keep_features: Keep the IoU token and best mask token of those rows (for the token ablation).
@@ -195,22 +194,20 @@ def read_rows(
 
     Raises:
         InvalidInputError: If the heads read tokens of another size than the store holds.
-        StoreError: If the store cannot be read.
+        StoreError: If the store cannot be read or records an unknown tie rule.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
     from tqdm.auto import tqdm
 
-    from usam.store import open_store, reading_errors, token_arrays
-
-    dataset = open_store(store)
-    token_dim = dataset.schema.field("iou_token").type.list_size
+    token_dim = reader.token_dim
     if heads.metadata.token_dim != token_dim:
         raise InvalidInputError(
             f"the heads read tokens of {heads.metadata.token_dim} values, the store holds tokens of {token_dim}; "
             "use heads trained on this kind of store"
         )
-    entropy_columns = [name for name in dataset.schema.names if name.startswith("h_")]
+    tie_rule = store_tie_rule(reader.options, str(reader.root)) or TieRule.FIRST
+    entropy_columns = [name for name in reader.columns if name.startswith("h_")]
     value_columns = [*IOU_COLUMNS, *GAP_COLUMNS, *entropy_columns]
     columns = [*KEY_COLUMNS, *value_columns, "sam_scores", "mask_ious", "iou_token", "mask_tokens"]
     heads_inputs = tuple(heads.metadata.inputs)
@@ -220,32 +217,27 @@ def read_rows(
 
     parts: dict[str, list[np.ndarray]] = {name: [] for name in [*KEY_COLUMNS, *value_columns]}
     sam_scores, mask_ious, has_tokens, nonfinite, head_outputs, features = [], [], [], [], [], []
-    with reading_errors(f"the store {store}"):
-        total = dataset.count_rows(filter=row_filter)
-        batches = dataset.to_batches(columns=columns, filter=row_filter, batch_size=_READ_BATCH_ROWS)
-        with tqdm(total=total, desc="reading store", unit="row", disable=not progress) as bar:
-            for batch in batches:
-                if batch.num_rows == 0:
-                    continue
-                table = pa.Table.from_batches([batch])
-                for name in parts:
-                    parts[name].append(table.column(name).to_numpy(zero_copy_only=False))
-                sam_scores.append(token_arrays(table, "sam_scores", np.float64))
-                mask_ious.append(token_arrays(table, "mask_ious", np.float64))
-                with_tokens = np.isin(table.column("model").to_numpy(zero_copy_only=False), models.token_models)
-                has_tokens.append(with_tokens)
-                token_table = table.filter(pa.array(with_tokens))
-                both = np.empty((token_table.num_rows, 2 * token_dim), dtype=np.float32)
-                fill_head_features(token_table, both, both_inputs, pairing)
-                bad = ~np.isfinite(both).all(axis=1)
-                nonfinite.append(bad)
-                inputs = both if heads_inputs == both_inputs else _select_inputs(both, heads_inputs, token_dim)
-                outputs = run_heads(heads, inputs).T
-                outputs[bad] = np.nan  # infinity can give a finite output; such a row has no head value
-                head_outputs.append(outputs)
-                if keep_features:
-                    features.append(both)
-                bar.update(batch.num_rows)
+    total = reader.count_rows(row_filter)
+    with tqdm(total=total, desc="reading store", unit="row", disable=not progress) as bar:
+        for table in reader.iter_batches(columns, row_filter):
+            for name in parts:
+                parts[name].append(table.column(name).to_numpy(zero_copy_only=False))
+            sam_scores.append(reader.tokens(table, "sam_scores", np.float64))
+            mask_ious.append(reader.tokens(table, "mask_ious", np.float64))
+            with_tokens = np.isin(table.column("model").to_numpy(zero_copy_only=False), models.token_models)
+            has_tokens.append(with_tokens)
+            token_table = table.filter(pa.array(with_tokens))
+            both = np.empty((token_table.num_rows, 2 * token_dim), dtype=np.float32)
+            fill_head_features(token_table, both, both_inputs, pairing, tie_rule)
+            bad = ~np.isfinite(both).all(axis=1)
+            nonfinite.append(bad)
+            inputs = both if heads_inputs == both_inputs else _select_inputs(both, heads_inputs, token_dim)
+            outputs = run_heads(heads, inputs).T
+            outputs[bad] = np.nan  # infinity can give a finite output; such a row has no head value
+            head_outputs.append(outputs)
+            if keep_features:
+                features.append(both)
+            bar.update(table.num_rows)
 
     def joined(chunks: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         return np.concatenate(chunks) if chunks else np.empty(shape, dtype=dtype)
@@ -300,28 +292,14 @@ def run_heads(heads: UncertaintyHeads, features: np.ndarray) -> np.ndarray:
     return outputs
 
 
-def store_models(store: Path) -> list[str]:
+def store_models(reader: StoreReader) -> list[str]:
     """The models with rows in a store, sorted.
 
     Raises:
         InvalidInputError: If the store has no rows.
         StoreError: If the store cannot be read.
     """
-    import pyarrow.compute as pc
-
-    from usam.store import open_store, reading_errors
-
-    dataset = open_store(store)
-    with reading_errors(f"the store {store}"):
-        names = sorted(pc.unique(dataset.to_table(columns=["model"]).column("model")).to_pylist())
+    names = reader.models()
     if not names:
-        raise InvalidInputError(f"the store {store} has no rows; extract tokens into it first")
+        raise InvalidInputError(f"the store {reader.root} has no rows; extract tokens into it first")
     return names
-
-
-def store_metadata(store: Path) -> dict[str, Any]:
-    """What the store's extraction recorded about itself (models, Monte Carlo, tie rule, ...); may be empty."""
-    from usam.store import store_info
-
-    metadata = store_info(store).get("metadata")
-    return dict(metadata) if isinstance(metadata, dict) else {}

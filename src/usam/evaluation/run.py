@@ -23,8 +23,7 @@ from usam.evaluation.departures import RunDeparture, RunFacts, has_random_weight
 from usam.evaluation.measures import Measure, off_distribution_note, scenario_measures
 from usam.evaluation.plots import remove_earlier_plots, write_plots
 from usam.evaluation.report import report_markdown
-from usam.evaluation.rows import EvaluatedModels, read_rows, resolve_models, size_and_version, store_metadata
-from usam.evaluation.rows import store_models as models_of_store
+from usam.evaluation.rows import EvaluatedModels, read_rows, resolve_models, size_and_version, store_models
 from usam.evaluation.scenarios import (
     AUC_RANGES,
     ScenarioObjects,
@@ -39,6 +38,7 @@ from usam.head_table import SIZE_TARGETS_KEY, size_targets_of
 from usam.heads import UncertaintyHeads, load_heads
 from usam.metrics import CORRECTION_SCENARIOS, DEFAULT_NUM_POINTS
 from usam.presets import PRESETS, Preset
+from usam.store import StoreReader
 from usam.validation import check_choice, check_int
 
 REPORT_FILE = "report.md"
@@ -172,9 +172,10 @@ def run_evaluation(
         raise InvalidInputError(f"the output {out_dir} is a file; give a folder for the report and plots")
     store = Path(store).expanduser()
     heads = load_heads(heads_path)
-    models = resolve_models(model or PRESETS[preset].evaluation_model, models_of_store(store), store)
-    rows = read_rows(store, models, heads, keep_features=ablation, progress=progress)
-    metadata = store_metadata(store)
+    reader = StoreReader(store)
+    models = resolve_models(model or PRESETS[preset].evaluation_model, store_models(reader), store)
+    rows = read_rows(reader, models, heads, keep_features=ablation, progress=progress)
+    metadata = reader.options
 
     fractions = np.linspace(0.0, 1.0, DEFAULT_NUM_POINTS)
     scenario_models = {

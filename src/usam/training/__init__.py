@@ -5,7 +5,8 @@ Modules:
 * :mod:`~usam.training.data`: :class:`TrainingData` (feature rows shared by all heads; rows and targets per head)
   and :func:`split_by_image`.
 * :mod:`~usam.training.loading`: all of training's store reading: :func:`load_training_data` (which rows and
-  targets each head learns from, pooled size heads, dropped non-finite rows) and :func:`best_mask_token`.
+  targets each head learns from, pooled size heads, dropped non-finite rows), :func:`fill_head_features`,
+  :func:`best_mask_token` and :func:`store_tie_rule`.
 * :mod:`~usam.training.hyper_parameters`: :class:`HyperParameters`, the paper's values (:data:`PAPER_DEFAULTS`),
   its search space (:data:`HPO_SEARCH_SPACE`) and the inference of the defaults from a store's dataset.
 * :mod:`~usam.training.kernel`: the fused, vectorised SGD step of a group of heads.
@@ -32,7 +33,13 @@ from usam.training.hyper_parameters import (
     defaults_for_datasets,
     paper_hyper_parameters,
 )
-from usam.training.loading import TrainingWarning, best_mask_token, fill_head_features, load_training_data
+from usam.training.loading import (
+    TrainingWarning,
+    best_mask_token,
+    fill_head_features,
+    load_training_data,
+    store_tie_rule,
+)
 from usam.training.loop import regression_metrics, train_heads
 from usam.training.tuning import tune_hyper_parameters
 
@@ -54,6 +61,7 @@ __all__ = [
     "paper_hyper_parameters",
     "regression_metrics",
     "split_by_image",
+    "store_tie_rule",
     "target_column",
     "train_from_store",
     "train_heads",

@@ -51,7 +51,7 @@ class TrainingData:
         heads: Per head name, its rows and targets; in the order of :data:`~usam.heads.HEAD_NAMES`.
         inputs: Which tokens the features concatenate, in order.
         pairing: Which mask token was paired with the best mask.
-        token_dim: Size of one token.
+        token_dim: Size of one token (default: the features' width divided by the number of inputs).
         sam2_version: SAM2 version of the rows' models, if they all share one.
         source: Where the data came from (store path, models, pooled sizes, rows dropped, ...), for the heads'
             metadata.
@@ -63,14 +63,21 @@ class TrainingData:
     heads: dict[str, HeadRows]
     inputs: tuple[str, ...] = TOKEN_INPUTS
     pairing: Pairing | str = Pairing.TRUE
-    token_dim: int = 256
+    token_dim: int | None = None
     sam2_version: str | None = None
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.inputs = check_inputs(self.inputs)
         self.pairing = check_pairing(self.pairing)
-        if self.features.ndim != 2 or self.features.shape[1] != self.token_dim * len(self.inputs):
+        if self.features.ndim != 2 or self.features.shape[1] % len(self.inputs):
+            raise InvalidInputError(
+                f"features must have shape (rows, {len(self.inputs)} x token_dim) for inputs {list(self.inputs)}, "
+                f"got {self.features.shape}"
+            )
+        if self.token_dim is None:
+            self.token_dim = self.features.shape[1] // len(self.inputs)
+        if self.features.shape[1] != self.token_dim * len(self.inputs):
             raise InvalidInputError(
                 f"features must have shape (rows, {self.token_dim * len(self.inputs)}) for inputs "
                 f"{list(self.inputs)} of {self.token_dim} values each, got {self.features.shape}"

@@ -1,7 +1,8 @@
 """From a token store to a heads file: :func:`train_from_store`, the entry point of ``usam train``.
 
-It checks the output path before anything is read, chooses the defaults of a preset (``paper``: pooled size heads
-and the authors' tie rule), infers whose paper hyper-parameters fit the store's dataset, optionally tunes them per
+It checks the output path before anything is read, opens the store once (:class:`usam.store.StoreReader`), chooses
+the defaults of a preset (``paper``: pooled size heads and the authors' tie rule; a tie rule the store records wins
+over the preset's), infers whose paper hyper-parameters fit the store's dataset, optionally tunes them per
 head, trains and writes the heads with :meth:`usam.heads.UncertaintyHeads.save` (atomically).
 """
 
@@ -27,7 +28,7 @@ from usam.training.hyper_parameters import (
     defaults_for_datasets,
     paper_hyper_parameters,
 )
-from usam.training.loading import TrainingWarning, load_training_data
+from usam.training.loading import TrainingWarning, load_training_data, store_tie_rule
 from usam.training.loop import train_heads
 from usam.training.tuning import SEARCH_METHOD, search_seed, tune_hyper_parameters
 from usam.validation import check_choice, check_int
@@ -74,7 +75,8 @@ def train_from_store(
         preset: ``"usam"`` or ``"paper"``: the defaults of ``pool_sizes`` and ``tie_rule``.
         pool_sizes: Train each ``iou_<size>`` head on all models' rows with that size's IoU of the same object
             (default: the preset's; the paper pools).
-        tie_rule: Which of equally good masks gives the mask token (default: the preset's).
+        tie_rule: Which of equally good masks gives the mask token. Default: the one the store records
+            (:func:`~usam.training.loading.store_tie_rule`), else the preset's.
         progress: Show progress bars.
         validation_fraction: Fraction of images held out for validation.
         inputs: Tokens the heads read (ablations: ``["iou_token"]`` or ``["mask_token"]``).
@@ -87,26 +89,33 @@ def train_from_store(
         The path of the written heads file.
 
     Raises:
-        StoreError: If the store cannot be read.
+        StoreError: If the store cannot be read or records an unknown tie rule.
         InvalidInputError: If an argument or the output path is invalid, or the data do not allow training.
     """
+    from usam.store import StoreReader
+
     hpo_trials = check_int(hpo_trials, "hpo_trials", minimum=0)
     check_int(seed, "seed", minimum=0)
     check_validation_fraction(validation_fraction)
     precision = check_choice(Precision, precision, "precision")
     preset = check_choice(Preset, preset, "preset")
-    choices = {
+    if tie_rule is not None:
+        tie_rule = check_choice(TieRule, tie_rule, "tie_rule")
+    choices: dict[str, Any] = {
         "preset": str(preset),
         "pool_sizes": POOL_SIZES[preset] if pool_sizes is None else bool(pool_sizes),
-        "tie_rule": str(PRESETS[preset].tie_rule if tie_rule is None else check_choice(TieRule, tie_rule, "tie_rule")),
     }
     if dataset_defaults is not None:
         # Checked even when a search replaces them, so that a misspelt dataset name is reported either way.
         check_paper_dataset(dataset_defaults)
     device = select_device(device)  # before reading the store, so that a wrong device fails at once
     out = check_output_path(out_path, [store])
+    reader = StoreReader(store)
+    if tie_rule is None:
+        tie_rule = store_tie_rule(reader.options, str(reader.root)) or PRESETS[preset].tie_rule
+    choices["tie_rule"] = str(tie_rule)
     data = load_training_data(
-        store,
+        reader,
         heads,
         pairing=pairing,
         models=models,

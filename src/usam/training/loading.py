@@ -10,6 +10,10 @@ rows (the target column and the transform come from :data:`usam.head_table.HEADS
   that size has no target for the head and is left out of it (counted in the metadata);
 * the other heads: their own column of every model's rows; gap heads learn ``clip(gap + 0.5, 0, 1)``.
 
+The mask token's tie rule (which of equally good masks is the best) defaults to the one the store's extraction
+recorded (:func:`store_tie_rule`), so that the heads read the token of the mask the store's targets were computed
+for.
+
 A null target (a gap the extraction could not compute, e.g. ``model_gap`` of a store without a tiny and a large
 model) means "no target by design" and the row is left out of that head silently. A row whose target or tokens
 are NaN or infinite is broken data: it is dropped from the heads that would use it, a :class:`TrainingWarning`
@@ -22,7 +26,7 @@ import contextlib
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,12 +45,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-# Rows are read from the store in batches of this many rows: large enough for vectorised token handling,
-# small enough that a batch of float32 mask tokens (4 KiB a row) stays well below 100 MB.
-_READ_BATCH_ROWS = 16384
+    from usam.store import StoreReader
 
-_KEY_COLUMNS = ("dataset", "image_key", "object_id", "model")
-_OBJECT_KEY_COLUMNS = ("dataset", "image_key", "object_id")
+TIE_RULE_OPTION = "tie_rule"
+"""The key under which an extraction records its tie rule in the store's options (:attr:`StoreReader.options`)."""
 
 
 class TrainingWarning(UsamWarning):
@@ -54,7 +56,7 @@ class TrainingWarning(UsamWarning):
 
 
 def load_training_data(
-    store: str | os.PathLike[str] | pa.Table,
+    store: str | os.PathLike[str] | StoreReader | pa.Table,
     heads: Sequence[str] | None = None,
     *,
     pairing: Pairing | str = Pairing.TRUE,
@@ -62,12 +64,13 @@ def load_training_data(
     pool_sizes: bool = False,
     inputs: Sequence[str] = TOKEN_INPUTS,
     cache_dir: str | os.PathLike[str] | None = None,
-    tie_rule: TieRule | str = TieRule.FIRST,
+    tie_rule: TieRule | str | None = None,
 ) -> TrainingData:
     """Read the head inputs and targets of a token store.
 
     Args:
-        store: A token store directory (:mod:`usam.store`), or a ``pyarrow.Table`` with its columns.
+        store: A token store directory (:mod:`usam.store`), a :class:`~usam.store.StoreReader` of one (read as it
+            is, not opened again), or a ``pyarrow.Table`` with its columns.
         heads: Heads to load (default: every head that has at least one row with a target).
         pairing: ``"true"`` (mask k is paired with token k + 1) or ``"as-released"`` (token k).
         models: Use only rows of these models (default: all models in the store). The ``iou_<size>`` heads use
@@ -78,53 +81,57 @@ def load_training_data(
         cache_dir: If given, the feature matrix is written to a file in this directory and memory-mapped, so
             that stores larger than the RAM can be trained on (the file is deleted once mapped, where the
             operating system allows it).
-        tie_rule: Which of equally good masks gives the mask token (``"last"`` as the authors' code).
+        tie_rule: Which of equally good masks gives the mask token (``"last"`` as the authors' code). Default: the
+            store's recorded one (:func:`store_tie_rule`; ``"first"`` for a store or table that records none).
 
     Returns:
         The training data.
 
     Raises:
-        StoreError: If the store cannot be read or lacks a needed column.
+        StoreError: If the store cannot be read, lacks a needed column or records an unknown tie rule.
         InvalidInputError: If an argument is invalid, a model is not in the store, a requested head has no
             usable rows, or sizes are pooled while two models of one size are used.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from usam.store import reading_errors
+    from usam.store import KEY_COLUMNS, image_names
 
     pairing = check_pairing(pairing)
-    tie_rule = check_choice(TieRule, tie_rule, "tie_rule")
+    if tie_rule is not None:
+        tie_rule = check_choice(TieRule, tie_rule, "tie_rule")
     inputs = check_inputs(inputs)
     requested = None if heads is None else check_head_names(heads)
     wanted = list(HEAD_NAMES) if requested is None else requested
-    dataset, description = _open(store)
+    reader, description = _open(store)
+    if tie_rule is None:
+        tie_rule = store_tie_rule(reader.options, description) or TieRule.FIRST
 
     token_columns = (["iou_token"] if "iou_token" in inputs else []) + (
         ["mask_tokens", "mask_ious"] if "mask_token" in inputs else []
     )
-    key_columns = [name for name in _KEY_COLUMNS if name in dataset.schema.names]
+    store_columns = set(reader.columns)
+    key_columns = [name for name in KEY_COLUMNS if name in store_columns]
     # Asked-for heads need their target column; by default, heads whose column is absent are skipped.
     required = {"image_key", "model", *token_columns, *(HEADS[name].target_column for name in requested or [])}
     if pool_sizes and any(HEADS[name].model_size for name in wanted):
         required.add("object_id")
-    missing = sorted(required - set(dataset.schema.names))
+    missing = sorted(required - store_columns)
     if missing:
         raise StoreError(
             f"{description} lacks column(s) {missing} that training needs; is it a usam token store "
             f"(usam.store.row_schema)?"
         )
-    token_dim = _token_dim(dataset.schema, inputs)
+    token_dim = reader.token_dim
 
-    with reading_errors(description):
-        store_models = sorted(pc.unique(dataset.to_table(columns=["model"]).column("model")).to_pylist())
+    store_models = reader.models()
     if not store_models:
         raise InvalidInputError(f"{description} has no rows; extract tokens into it first")
     candidates = _check_models(models, store_models, description)
     size_models = _size_models(wanted, candidates, pool_sizes)
     head_models = {name: _models_of_head(name, candidates, size_models, pool_sizes) for name in wanted}
     head_models = {
-        name: used for name, used in head_models.items() if used and HEADS[name].target_column in dataset.schema.names
+        name: used for name, used in head_models.items() if used and HEADS[name].target_column in store_columns
     }
     if requested is not None:
         missing_heads = [name for name in requested if name not in head_models]
@@ -142,37 +149,27 @@ def load_training_data(
     target_columns = sorted({HEADS[name].target_column for name in head_models})
     row_filter = None if needed_models == store_models else pc.field("model").isin(needed_models)
 
-    with reading_errors(description):
-        num_rows = dataset.count_rows(filter=row_filter)
+    num_rows = reader.count_rows(row_filter)
     features, cache_path = _allocate_features(num_rows, token_dim * len(inputs), cache_dir)
     finite_tokens = np.ones(num_rows, dtype=bool)
     columns_kept: dict[str, list[pa.Array]] = {name: [] for name in [*key_columns, *target_columns]}
     position = 0
-    with reading_errors(description):
-        batches = dataset.to_batches(
-            columns=sorted({*key_columns, *token_columns, *target_columns}),
-            filter=row_filter,
-            batch_size=_READ_BATCH_ROWS,
-        )
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            if position + batch.num_rows > num_rows:
-                raise StoreError(f"{description} changed while it was being read; read it again when it is idle")
-            table = pa.Table.from_batches([batch])
-            written = features[position : position + batch.num_rows]
-            fill_head_features(table, written, inputs, pairing, tie_rule)
-            finite_tokens[position : position + batch.num_rows] = np.isfinite(written).all(axis=1)
-            for name in columns_kept:
-                columns_kept[name].extend(table.column(name).chunks)
-            position += batch.num_rows
+    for table in reader.iter_batches(sorted({*key_columns, *token_columns, *target_columns}), row_filter):
+        if position + table.num_rows > num_rows:
+            raise StoreError(f"{description} changed while it was being read; read it again when it is idle")
+        written = features[position : position + table.num_rows]
+        fill_head_features(table, written, inputs, pairing, tie_rule)
+        finite_tokens[position : position + table.num_rows] = np.isfinite(written).all(axis=1)
+        for name in columns_kept:
+            columns_kept[name].extend(table.column(name).chunks)
+        position += table.num_rows
     if position != num_rows:
         raise StoreError(f"{description} changed while it was being read; read it again when it is idle")
     if cache_path is not None:
         features = _map_features(features, cache_path)
 
     columns = {
-        name: pa.chunked_array(chunks, type=dataset.schema.field(name).type) for name, chunks in columns_kept.items()
+        name: pa.chunked_array(chunks, type=reader.schema.field(name).type) for name, chunks in columns_kept.items()
     }
     # Rows arrive in no guaranteed order; the heads' row lists follow the sorted keys, so that the same store
     # always gives the same training run.
@@ -184,12 +181,12 @@ def load_training_data(
         .to_numpy()
         .astype(np.int64)
     )
-    image_names = (
-        pc.binary_join_element_wise(columns["dataset"], columns["image_key"], "/")
+    row_images = (
+        image_names(columns["dataset"], columns["image_key"])
         if "dataset" in columns
-        else columns["image_key"]
+        else columns["image_key"].to_numpy(zero_copy_only=False).astype(str)
     )
-    image_keys, image_ids = np.unique(image_names.to_numpy(zero_copy_only=False).astype(str), return_inverse=True)
+    image_keys, image_ids = np.unique(row_images, return_inverse=True)
     row_models = columns["model"].to_numpy(zero_copy_only=False).astype(str)
     object_keys = _object_keys(columns) if pool_sizes and size_models else None
 
@@ -294,23 +291,49 @@ def fill_head_features(
     pairing: Pairing | str,
     tie_rule: TieRule | str = TieRule.FIRST,
 ) -> None:
-    """Write the head inputs of every store row into ``out`` (N, len(inputs) * 256), in ``inputs`` order.
+    """Write the head inputs of every store row into ``out``, ``(N, len(inputs) * token_dim)``, in ``inputs`` order.
 
-    The mask token is the one of the mask that is best against the truth, chosen by :func:`best_mask_token`.
+    The token width is that of ``out`` (allocate it with :attr:`StoreReader.token_dim`); the mask token is the one
+    of the mask that is best against the truth, chosen by :func:`best_mask_token` with ``tie_rule``.
     """
     from usam.store import token_arrays
 
-    column = 0
-    for part in inputs:
+    token_dim = out.shape[1] // len(inputs)
+    for index, part in enumerate(inputs):
         if part == "iou_token":
             tokens = token_arrays(table, "iou_token")
         else:
-            stacked = token_arrays(table, "mask_tokens")
-            stacked = stacked.reshape(len(stacked), 4, -1)
+            num_mask_tokens = table.schema.field("mask_tokens").type.list_size // token_dim
+            stacked = token_arrays(table, "mask_tokens", num_mask_tokens=num_mask_tokens)
             chosen = best_mask_token(token_arrays(table, "mask_ious", np.float32), pairing, tie_rule)
             tokens = stacked[np.arange(len(stacked)), chosen]
-        out[:, column : column + tokens.shape[1]] = tokens
-        column += tokens.shape[1]
+        out[:, index * token_dim : (index + 1) * token_dim] = tokens
+
+
+def store_tie_rule(options: Mapping[str, Any], description: str = "the store") -> TieRule | None:
+    """The tie rule a store's extraction recorded in its options, or None for a store that records none.
+
+    Args:
+        options: The store's recorded options (:attr:`usam.store.StoreReader.options`).
+        description: How error messages name the store.
+
+    Raises:
+        StoreError: If the recorded value is not a tie rule.
+
+    Example:
+        >>> store_tie_rule({"tie_rule": "last"}), store_tie_rule({})
+        (<TieRule.LAST: 'last'>, None)
+    """
+    # usam.store.StoreReader does not (yet) offer the recorded tie rule itself; this reads its options.
+    value = options.get(TIE_RULE_OPTION)
+    if value is None:
+        return None
+    if value not in TieRule.values():
+        raise StoreError(
+            f"{description} records the tie rule {value!r}, which is not one of {', '.join(TieRule.values())}; "
+            "fix its metadata or give the tie rule explicitly"
+        )
+    return TieRule(value)
 
 
 def model_size(model: str) -> str | None:
@@ -322,16 +345,55 @@ def model_size(model: str) -> str | None:
         return next((size for size in SIZES if model.endswith("-" + size)), None)
 
 
-def _open(store: str | os.PathLike[str] | pa.Table) -> tuple[ds.Dataset, str]:
+def _open(store: str | os.PathLike[str] | StoreReader | pa.Table) -> tuple[StoreReader | _TableReader, str]:
     import pyarrow as pa
-    import pyarrow.dataset as ds
 
-    from usam.store import open_store
+    from usam.store import StoreReader
 
     if isinstance(store, pa.Table):
-        return ds.dataset(store), "in-memory table"
-    store_path = Path(store).expanduser()
-    return open_store(store_path), str(store_path)
+        return _TableReader(store), "in-memory table"
+    reader = store if isinstance(store, StoreReader) else StoreReader(store)
+    return reader, str(reader.root)
+
+
+class _TableReader:
+    """An in-memory table read through the part of :class:`usam.store.StoreReader` that training uses.
+
+    Workaround: ``StoreReader`` opens store directories only; until it can wrap a table, this keeps
+    :func:`load_training_data` accepting tables (with any subset of the store's columns).
+    """
+
+    def __init__(self, table: pa.Table) -> None:
+        import pyarrow.dataset as ds
+
+        self.schema = table.schema
+        self.columns = list(table.column_names)
+        self.options: dict[str, Any] = {}
+        self._dataset = ds.dataset(table)
+
+    @property
+    def token_dim(self) -> int:
+        if "iou_token" in self.columns:
+            return self.schema.field("iou_token").type.list_size
+        from usam.store import NUM_MASK_TOKENS
+
+        # A table without IoU tokens does not say how many mask tokens a row holds: the store schema's default.
+        return self.schema.field("mask_tokens").type.list_size // NUM_MASK_TOKENS
+
+    def models(self) -> list[str]:
+        import pyarrow.compute as pc
+
+        return sorted(pc.unique(self._dataset.to_table(columns=["model"]).column("model")).to_pylist())
+
+    def count_rows(self, filter: ds.Expression | None = None) -> int:
+        return self._dataset.count_rows(filter=filter)
+
+    def iter_batches(self, columns: Sequence[str], filter: ds.Expression | None = None) -> Iterator[pa.Table]:
+        import pyarrow as pa
+
+        for batch in self._dataset.to_batches(columns=list(columns), filter=filter):
+            if batch.num_rows:
+                yield pa.Table.from_batches([batch])
 
 
 def _target_values(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -345,7 +407,9 @@ def _object_keys(columns: dict[str, pa.ChunkedArray]) -> np.ndarray:
     """One string per row naming its object (dataset, image, object id), to join rows of several models."""
     import pyarrow.compute as pc
 
-    parts = [columns[name] for name in _OBJECT_KEY_COLUMNS if name in columns]
+    from usam.store import KEY_COLUMNS
+
+    parts = [columns[name] for name in KEY_COLUMNS if name != "model" and name in columns]
     return pc.binary_join_element_wise(*parts, "\x1f").to_numpy(zero_copy_only=False).astype(str)
 
 
@@ -375,12 +439,6 @@ def _dropped_message(dropped: dict[str, dict[str, int]], description: str) -> st
         f"dropped row(s) with NaN or infinite values in {description} from training ({detail}); "
         "re-extract them to train on them"
     )
-
-
-def _token_dim(schema: pa.Schema, inputs: tuple[str, ...]) -> int:
-    if "iou_token" in inputs:
-        return schema.field("iou_token").type.list_size
-    return schema.field("mask_tokens").type.list_size // 4
 
 
 def _allocate_features(
