@@ -441,7 +441,7 @@ def test_part_with_foreign_schema_is_named(tmp_path):
 
 # Kill -9 at random moments -------------------------------------------------------------------------------
 
-CRASH_JOB_IMAGES = 800
+CRASH_JOB_IMAGES = 2400
 CRASH_JOB_SCRIPT = """
 import sys
 import types

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from conftest import write_tied_store
@@ -10,7 +11,7 @@ from usam.cli import main
 from usam.errors import StoreError
 from usam.heads import load_heads
 from usam.store import StoreReader
-from usam.training import load_training_data, store_tie_rule
+from usam.training import load_training_data
 
 
 def mask_token_read(data, head="iou_tiny"):
@@ -62,7 +63,7 @@ def test_train_uses_the_stores_tie_rule_unless_one_is_given(tmp_path):
 
 
 def test_an_unknown_recorded_tie_rule_is_a_store_error(tmp_path):
-    assert store_tie_rule({}) is None
+    assert StoreReader.from_table(pa.table({"model": ["m"]})).tie_rule is None
     store = write_tied_store(tmp_path / "store", metadata={"tie_rule": "middle"})
     with pytest.raises(StoreError, match="records the tie rule 'middle'"):
         load_training_data(store, ["iou_tiny"])

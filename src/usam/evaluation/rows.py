@@ -22,7 +22,7 @@ from usam.heads import TOKEN_INPUTS, UncertaintyHeads
 from usam.models import SIZES, get_model_spec
 from usam.presets import TieRule
 from usam.store import KEY_COLUMNS, StoreReader, image_names
-from usam.training import fill_head_features, store_tie_rule
+from usam.training import fill_head_features
 
 IOU_COLUMNS: tuple[str, ...] = ("iou", "unsupervised_iou", "iou_dense_prompt")
 """Store columns of IoUs before or after a correction."""
@@ -206,7 +206,7 @@ def read_rows(
             f"the heads read tokens of {heads.metadata.token_dim} values, the store holds tokens of {token_dim}; "
             "use heads trained on this kind of store"
         )
-    tie_rule = store_tie_rule(reader.options, str(reader.root)) or TieRule.FIRST
+    tie_rule = reader.tie_rule or TieRule.FIRST
     entropy_columns = [name for name in reader.columns if name.startswith("h_")]
     value_columns = [*IOU_COLUMNS, *GAP_COLUMNS, *entropy_columns]
     columns = [*KEY_COLUMNS, *value_columns, "sam_scores", "mask_ious", "iou_token", "mask_tokens"]

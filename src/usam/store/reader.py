@@ -22,6 +22,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from usam.errors import StoreError
+from usam.presets import TieRule
 from usam.store.layout import (
     MANIFEST_PATTERN,
     ShardManifest,
@@ -33,7 +34,7 @@ from usam.store.layout import (
     read_store_file,
     schema_of_store_file,
 )
-from usam.store.schema import token_arrays
+from usam.store.schema import NUM_MASK_TOKENS, token_arrays
 from usam.validation import check_int
 
 DEFAULT_BATCH_ROWS = 16384
@@ -79,6 +80,28 @@ class StoreReader:
         self._dataset = ds.dataset([str(path) for path in paths], schema=self.schema, format="parquet")
         self._distinct: dict[str, list[str]] = {}
 
+    @classmethod
+    def from_table(cls, table: pa.Table, options: dict[str, Any] | None = None) -> StoreReader:
+        """A reader over rows in memory (any subset of a store's columns), e.g. for training on a table.
+
+        Args:
+            table: Rows in the store's layout.
+            options: What the rows' extraction recorded (:attr:`options`), if anything.
+
+        Example:
+            >>> import pyarrow as pa
+            >>> StoreReader.from_table(pa.table({"model": ["sam2.1-tiny", "sam2.1-large"]})).models()
+            ['sam2.1-large', 'sam2.1-tiny']
+        """
+        reader = cls.__new__(cls)
+        reader.root = Path("<table in memory>")
+        reader._content = {"metadata": dict(options or {})}
+        reader.schema = table.schema
+        reader._part_rows = {"<table in memory>": table.num_rows}
+        reader._dataset = ds.dataset(table)
+        reader._distinct = {}
+        return reader
+
     @property
     def metadata(self) -> dict[str, Any]:
         """The content of the store's ``_usam_store.json`` (a copy).
@@ -99,8 +122,28 @@ class StoreReader:
         return list(self.schema.names)
 
     @property
+    def tie_rule(self) -> TieRule | None:
+        """The tie rule the extraction recorded (which of equally good masks is the best), or None if none is.
+
+        Raises:
+            StoreError: If the recorded value is not a tie rule.
+        """
+        value = self._content.get("metadata", {}).get("tie_rule")
+        if value is None:
+            return None
+        if value not in TieRule.values():
+            raise StoreError(
+                f"{self._description} records the tie rule {value!r}, which is not one of "
+                f"{', '.join(TieRule.values())}; fix its metadata or give the tie rule explicitly"
+            )
+        return TieRule(value)
+
+    @property
     def token_dim(self) -> int:
         """Values per decoder token, from the schema."""
+        if "iou_token" not in self.schema.names:
+            # Rows without IoU tokens (a table of some columns) do not say it: the schema's default token count.
+            return int(self.schema.field("mask_tokens").type.list_size) // NUM_MASK_TOKENS
         return int(self.schema.field("iou_token").type.list_size)
 
     @property

@@ -6,7 +6,7 @@ Modules:
   and :func:`split_by_image`.
 * :mod:`~usam.training.loading`: all of training's store reading: :func:`load_training_data` (which rows and
   targets each head learns from, pooled size heads, dropped non-finite rows), :func:`fill_head_features`,
-  :func:`best_mask_token` and :func:`store_tie_rule`.
+  :func:`best_mask_token`.
 * :mod:`~usam.training.hyper_parameters`: :class:`HyperParameters`, the paper's values (:data:`PAPER_DEFAULTS`),
   its search space (:data:`HPO_SEARCH_SPACE`) and the inference of the defaults from a store's dataset.
 * :mod:`~usam.training.kernel`: the fused, vectorised SGD step of a group of heads.
@@ -38,7 +38,6 @@ from usam.training.loading import (
     best_mask_token,
     fill_head_features,
     load_training_data,
-    store_tie_rule,
 )
 from usam.training.loop import regression_metrics, train_heads
 from usam.training.tuning import tune_hyper_parameters
@@ -61,7 +60,6 @@ __all__ = [
     "paper_hyper_parameters",
     "regression_metrics",
     "split_by_image",
-    "store_tie_rule",
     "target_column",
     "train_from_store",
     "train_heads",

@@ -28,7 +28,7 @@ from usam.training.hyper_parameters import (
     defaults_for_datasets,
     paper_hyper_parameters,
 )
-from usam.training.loading import TrainingWarning, load_training_data, store_tie_rule
+from usam.training.loading import TrainingWarning, load_training_data
 from usam.training.loop import train_heads
 from usam.training.tuning import SEARCH_METHOD, search_seed, tune_hyper_parameters
 from usam.validation import check_choice, check_int
@@ -76,7 +76,7 @@ def train_from_store(
         pool_sizes: Train each ``iou_<size>`` head on all models' rows with that size's IoU of the same object
             (default: the preset's; the paper pools).
         tie_rule: Which of equally good masks gives the mask token. Default: the one the store records
-            (:func:`~usam.training.loading.store_tie_rule`), else the preset's.
+            (:attr:`usam.store.StoreReader.tie_rule`), else the preset's.
         progress: Show progress bars.
         validation_fraction: Fraction of images held out for validation.
         inputs: Tokens the heads read (ablations: ``["iou_token"]`` or ``["mask_token"]``).
@@ -112,7 +112,7 @@ def train_from_store(
     out = check_output_path(out_path, [store])
     reader = StoreReader(store)
     if tie_rule is None:
-        tie_rule = store_tie_rule(reader.options, str(reader.root)) or PRESETS[preset].tie_rule
+        tie_rule = reader.tie_rule or PRESETS[preset].tie_rule
     choices["tie_rule"] = str(tie_rule)
     data = load_training_data(
         reader,

@@ -11,8 +11,8 @@ rows (the target column and the transform come from :data:`usam.head_table.HEADS
 * the other heads: their own column of every model's rows; gap heads learn ``clip(gap + 0.5, 0, 1)``.
 
 The mask token's tie rule (which of equally good masks is the best) defaults to the one the store's extraction
-recorded (:func:`store_tie_rule`), so that the heads read the token of the mask the store's targets were computed
-for.
+recorded (:attr:`usam.store.StoreReader.tie_rule`), so that the heads read the token of the mask the store's targets
+were computed for.
 
 A null target (a gap the extraction could not compute, e.g. ``model_gap`` of a store without a tiny and a large
 model) means "no target by design" and the row is left out of that head silently. A row whose target or tokens
@@ -26,7 +26,7 @@ import contextlib
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,11 +43,9 @@ from usam.validation import check_choice
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    import pyarrow.dataset as ds
 
     from usam.store import StoreReader
 
-TIE_RULE_OPTION = "tie_rule"
 """The key under which an extraction records its tie rule in the store's options (:attr:`StoreReader.options`)."""
 
 
@@ -82,7 +80,8 @@ def load_training_data(
             that stores larger than the RAM can be trained on (the file is deleted once mapped, where the
             operating system allows it).
         tie_rule: Which of equally good masks gives the mask token (``"last"`` as the authors' code). Default: the
-            store's recorded one (:func:`store_tie_rule`; ``"first"`` for a store or table that records none).
+            store's recorded one (:attr:`usam.store.StoreReader.tie_rule`; ``"first"`` for a store or table that
+            records none).
 
     Returns:
         The training data.
@@ -105,7 +104,7 @@ def load_training_data(
     wanted = list(HEAD_NAMES) if requested is None else requested
     reader, description = _open(store)
     if tie_rule is None:
-        tie_rule = store_tie_rule(reader.options, description) or TieRule.FIRST
+        tie_rule = reader.tie_rule or TieRule.FIRST
 
     token_columns = (["iou_token"] if "iou_token" in inputs else []) + (
         ["mask_tokens", "mask_ious"] if "mask_token" in inputs else []
@@ -310,32 +309,6 @@ def fill_head_features(
         out[:, index * token_dim : (index + 1) * token_dim] = tokens
 
 
-def store_tie_rule(options: Mapping[str, Any], description: str = "the store") -> TieRule | None:
-    """The tie rule a store's extraction recorded in its options, or None for a store that records none.
-
-    Args:
-        options: The store's recorded options (:attr:`usam.store.StoreReader.options`).
-        description: How error messages name the store.
-
-    Raises:
-        StoreError: If the recorded value is not a tie rule.
-
-    Example:
-        >>> store_tie_rule({"tie_rule": "last"}), store_tie_rule({})
-        (<TieRule.LAST: 'last'>, None)
-    """
-    # usam.store.StoreReader does not (yet) offer the recorded tie rule itself; this reads its options.
-    value = options.get(TIE_RULE_OPTION)
-    if value is None:
-        return None
-    if value not in TieRule.values():
-        raise StoreError(
-            f"{description} records the tie rule {value!r}, which is not one of {', '.join(TieRule.values())}; "
-            "fix its metadata or give the tie rule explicitly"
-        )
-    return TieRule(value)
-
-
 def model_size(model: str) -> str | None:
     """The SAM2 size of a model name: a released name's, else the size its name ends with, else None."""
     try:
@@ -345,55 +318,15 @@ def model_size(model: str) -> str | None:
         return next((size for size in SIZES if model.endswith("-" + size)), None)
 
 
-def _open(store: str | os.PathLike[str] | StoreReader | pa.Table) -> tuple[StoreReader | _TableReader, str]:
+def _open(store: str | os.PathLike[str] | StoreReader | pa.Table) -> tuple[StoreReader, str]:
     import pyarrow as pa
 
     from usam.store import StoreReader
 
     if isinstance(store, pa.Table):
-        return _TableReader(store), "in-memory table"
+        return StoreReader.from_table(store), "in-memory table"
     reader = store if isinstance(store, StoreReader) else StoreReader(store)
     return reader, str(reader.root)
-
-
-class _TableReader:
-    """An in-memory table read through the part of :class:`usam.store.StoreReader` that training uses.
-
-    Workaround: ``StoreReader`` opens store directories only; until it can wrap a table, this keeps
-    :func:`load_training_data` accepting tables (with any subset of the store's columns).
-    """
-
-    def __init__(self, table: pa.Table) -> None:
-        import pyarrow.dataset as ds
-
-        self.schema = table.schema
-        self.columns = list(table.column_names)
-        self.options: dict[str, Any] = {}
-        self._dataset = ds.dataset(table)
-
-    @property
-    def token_dim(self) -> int:
-        if "iou_token" in self.columns:
-            return self.schema.field("iou_token").type.list_size
-        from usam.store import NUM_MASK_TOKENS
-
-        # A table without IoU tokens does not say how many mask tokens a row holds: the store schema's default.
-        return self.schema.field("mask_tokens").type.list_size // NUM_MASK_TOKENS
-
-    def models(self) -> list[str]:
-        import pyarrow.compute as pc
-
-        return sorted(pc.unique(self._dataset.to_table(columns=["model"]).column("model")).to_pylist())
-
-    def count_rows(self, filter: ds.Expression | None = None) -> int:
-        return self._dataset.count_rows(filter=filter)
-
-    def iter_batches(self, columns: Sequence[str], filter: ds.Expression | None = None) -> Iterator[pa.Table]:
-        import pyarrow as pa
-
-        for batch in self._dataset.to_batches(columns=list(columns), filter=filter):
-            if batch.num_rows:
-                yield pa.Table.from_batches([batch])
 
 
 def _target_values(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
