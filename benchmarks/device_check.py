@@ -45,7 +45,7 @@ def run(command: list[str], log: Path, timeout: float) -> dict:
     seconds = time.perf_counter() - started
     log.write_text(f"$ {' '.join(command)}\n{output}\n[status {status}, {seconds:.1f} s]\n")
     print(f"[{status}] {seconds:7.1f} s  {' '.join(command)[:150]}", flush=True)
-    return {"status": status, "seconds": round(seconds, 2), "tail": output.strip().splitlines()[-12:]}
+    return {"status": status, "seconds": round(seconds, 2), "tail": output.strip().splitlines()[-20:]}
 
 
 def save_random_checkpoints(folder: Path, models: list[str]) -> None:
@@ -97,6 +97,9 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=100_000)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--iterations", type=int, default=20, help="timed iterations per benchmark variant")
+    parser.add_argument(
+        "--summary", type=Path, help="where summary.json goes (default: in --out); rewritten after each step"
+    )
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -109,18 +112,16 @@ def main() -> None:
     steps = summary["steps"]
     print(json.dumps({key: summary[key] for key in ("torch", "device")}), flush=True)
 
+    summary_path = args.summary or out / "summary.json"
+
+    def save_summary() -> None:
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+
     steps["selfcheck"] = run(
         [*usam, "selfcheck", "--device", args.device, "--out", str(out / "selfcheck")], out / "selfcheck.log", 300
     )
-    for model in args.models:
-        for precision in ("bfloat16", "float32"):
-            key = f"benchmark_{model}_{precision}"
-            steps[key] = run(
-                [*usam, "benchmark", "--random-weights", "--model", model, "--device", args.device,
-                 "--protocol", "both", "--precision", precision, "--iterations", str(args.iterations)],
-                out / f"{key}.log",
-                400,
-            )  # fmt: skip
+    save_summary()
 
     from usam.testbed import write_scene_dataset
 
@@ -137,8 +138,23 @@ def main() -> None:
             out / f"extract_{precision}.log",
             900,
         )  # fmt: skip
+        save_summary()
     if all(steps[f"extract_{precision}"]["status"] == 0 for precision in stores):
         summary["extraction_float32_vs_bfloat16"] = compare_stores(stores["float32"], stores["bfloat16"])
+        save_summary()
+
+    def benchmark(model: str, precision: str) -> None:
+        key = f"benchmark_{model}_{precision}"
+        steps[key] = run(
+            [*usam, "benchmark", "--random-weights", "--model", model, "--device", args.device,
+             "--protocol", "both", "--precision", precision, "--iterations", str(args.iterations)],
+            out / f"{key}.log",
+            400,
+        )  # fmt: skip
+        save_summary()
+
+    benchmark(args.models[0], "bfloat16")
+    benchmark(args.models[0], "float32")
     if not args.skip_train:
         steps["train_speed"] = run(
             [sys.executable, str(Path(__file__).with_name("train_speed.py")), "--device", args.device,
@@ -146,9 +162,13 @@ def main() -> None:
             out / "train_speed.log",
             600,
         )  # fmt: skip
+        save_summary()
+    for model in args.models[1:]:
+        benchmark(model, "bfloat16")
+        benchmark(model, "float32")
     for path in checkpoints.glob("*.pt"):
         os.unlink(path)  # hundreds of MB of random weights: nothing to keep
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    save_summary()
     print(json.dumps(summary, indent=2))
 
 
