@@ -152,8 +152,7 @@ class ModelCard:
         }
         if self.version is not None:
             content["version"] = self.version
-        if self.prompting is not None:
-            content["prompting"] = self.prompting.to_dict()
+        content["prompting"] = prompting_entry(self.prompting)
         if self.training is not None:
             content["training"] = self.training
         return content
@@ -163,6 +162,11 @@ class ModelCard:
         content = self.to_dict(self.source.parent if self.source is not None else None)
         content.pop("training", None)
         return content
+
+
+def prompting_entry(prompting: ClickMapPrompting | None) -> dict[str, Any]:
+    """A card's ``prompting`` entry: the click map's, or ``{"kind": "sparse"}`` for points and boxes alone."""
+    return {"kind": str(PromptingKind.SPARSE)} if prompting is None else prompting.to_dict()
 
 
 def card_from_dict(content: Any, folder: Path | None = None, source: Path | None = None) -> ModelCard:

@@ -162,7 +162,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     prompts = make_prompts(args.point, args.negative_point, args.box)
     json_path, png_path = output_paths(args.out, args.image.stem)
     outputs = [json_path, png_path] + ([args.coco_results] if args.coco_results is not None else [])
-    refuse_to_overwrite_inputs(outputs, [args.image, args.heads, args.checkpoint])
+    from usam.model_card import is_model_card_path
+
+    card = Path(args.model) if is_model_card_path(args.model) else None
+    refuse_to_overwrite_inputs(outputs, [args.image, args.heads, args.checkpoint, card])
     image = load_image(args.image)
     prepare_output_folder(args.out)
     if args.coco_results is not None:
