@@ -40,7 +40,7 @@ def _run(argv, capsys):
 
 
 def test_predict_with_a_model_card(files, tmp_path, capsys):
-    status, out, err = _run(
+    status, _out, err = _run(
         ["predict", files / "photo.png", "--model", files / "mine-tiny.yaml", "--point", "40,30", "--out", tmp_path],
         capsys,
     )
@@ -88,7 +88,7 @@ def test_bad_cards_are_one_line_errors(files, tmp_path, capsys, content, extra, 
     card.write_text(content)
     extra = [files / value if value.endswith(".pt") else value for value in extra]
     argv = ["predict", files / "photo.png", "--model", card, "--point", "40,30", "--out", tmp_path, *extra]
-    status, out, err = _run(argv, capsys)
+    status, _out, err = _run(argv, capsys)
     assert status == 2
     errors = [line for line in err.splitlines() if line.startswith("usam: error: ")]
     assert len(errors) == 1
