@@ -187,3 +187,20 @@ def test_a_card_refuses_a_second_checkpoint_and_a_click_map_of_the_wrong_size(ch
     wrong = save_model_card(tiny_card(path, prompting=ClickMapPrompting(4.0, 5.0, 64)), tmp_path / "wrong.json")
     with pytest.raises(InvalidInputError, match="click map is 64 px but the model's mask input is 32 px"):
         sam2_adapter.build_sam2_model(wrong, device="cpu")
+
+
+def test_the_heads_version_check_reads_the_cards_version(checkpoint, tmp_path):
+    import warnings
+
+    from usam.errors import UsamWarning
+    from usam.heads import random_heads
+
+    heads = random_heads(sam2_version="sam2.1")
+    older = save_model_card(tiny_card(checkpoint[0], version="sam2"), tmp_path / "older.json")
+    with pytest.warns(UsamWarning, match="trained for sam2.1 but the model is mine-tiny"):
+        UncertainSAM.from_pretrained(older, heads, device="cpu")
+    for version in ("sam2.1", None):
+        card_path = save_model_card(tiny_card(checkpoint[0], version=version), tmp_path / f"{version}.json")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UsamWarning)
+            UncertainSAM.from_pretrained(card_path, heads, device="cpu")
