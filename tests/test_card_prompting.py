@@ -138,3 +138,22 @@ def test_the_click_map_of_a_square_image_is_the_training_map():
         prompt.points * [2, 1] + [0.5, 0], None, map_size=32, image_hw=(128, 256), model_image_size=128
     )
     np.testing.assert_allclose(stretched, general, atol=1e-5)  # twice as wide (same pixel centres): the same map
+
+
+def test_a_test_bed_model_trained_with_the_click_map_gets_it_through_its_card(tmp_path, image):
+    """The trainer's card says click_map when the map was never annealed away; usam then feeds it from the card."""
+    from usam.testbed.model_training import TrainingConfig, model_card_path, train_testbed_model
+
+    config = TrainingConfig(
+        size="tiny", steps=4, seed=1, scenes_per_step=1, prompts_per_scene=2, click_map_full_until=1.0,
+        click_map_off_from=1.0,
+    )  # fmt: skip
+    checkpoint = tmp_path / "clicky.pt"
+    train_testbed_model(checkpoint, config, stop_after=1, progress=False)
+    model = UncertainSAM.from_pretrained(model_card_path(checkpoint), device="cpu")
+    model.set_image(image)
+    with MaskInputs(model) as captured:
+        model.predict(point_coords=[[30.0, 40.0]], point_labels=[1])
+    expected = click_map(np.array([[30.0, 40.0]], np.float32), None, map_size=32, image_hw=image.shape[:2],
+                         model_image_size=128)  # fmt: skip
+    np.testing.assert_array_equal(captured.seen[0][0, 0], expected)
