@@ -223,8 +223,12 @@ class UncertainSAM:
         Arguments are SAM2's: ``point_coords`` (N, 2) or (B, N, 2) in pixels (x, y), ``point_labels`` (N,) or
         (B, N), ``box`` (4,) or (B, 4) as x0, y0, x1, y1, ``mask_input`` (1, h, w) or (B, 1, h, w) low-res logits.
 
+        A model whose card asks for click-map prompting (:mod:`usam.model_card`) gets each prompt's click map as its
+        ``mask_input``; it cannot take one from the caller.
+
         Raises:
-            InvalidInputError: No image set, no prompt, or a malformed prompt (NaN, outside the image, ...).
+            InvalidInputError: No image set, no prompt, or a malformed prompt (NaN, outside the image, ...), or a
+                ``mask_input`` for a click-map model.
             CheckpointError: SAM2 returned NaN or infinite scores or logits (its weights are broken).
             HeadsFileError: The heads returned NaN or infinite estimates.
         """
@@ -347,10 +351,13 @@ class UncertainSAM:
             )
         height, width = self.image_size
         scale = np.ones(2, dtype=np.float32) if normalize_coords else np.array([width, height], dtype=np.float32)
-        batched = (point_coords is not None and point_coords.ndim == 3) or (box is not None and box.ndim == 2)
-        count = (point_coords.shape[0] if point_coords is not None and point_coords.ndim == 3 else None) or (
-            box.shape[0] if box is not None and box.ndim == 2 else 1
-        )
+        # The prompts agree on their batch size (checked before); without a batch axis there is one prompt.
+        if point_coords is not None and point_coords.ndim == 3:
+            batched, count = True, point_coords.shape[0]
+        elif box is not None and box.ndim == 2:
+            batched, count = True, box.shape[0]
+        else:
+            batched, count = False, 1
         maps = []
         for index in range(count):
             positive = None
