@@ -19,6 +19,7 @@ from usam.errors import (
 from usam.head_table import HEAD_NAMES
 from usam.heads import HeadsMetadata, UncertaintyHeads, load_heads, random_heads
 from usam.images import as_rgb_uint8, load_image
+from usam.model_card import ModelCard, load_model_card
 from usam.models import SAM2_MODELS, get_model_spec
 from usam.predictor import UncertainPrediction, UncertainSAM
 from usam.torchvision_fix import install_import_hook
@@ -35,6 +36,7 @@ __all__ = [
     "HeadsFileError",
     "HeadsMetadata",
     "InvalidInputError",
+    "ModelCard",
     "StoreError",
     "UncertainPrediction",
     "UncertainSAM",
@@ -46,6 +48,7 @@ __all__ = [
     "get_model_spec",
     "load_heads",
     "load_image",
+    "load_model_card",
     "mask_entropy",
     "pixel_entropy",
     "random_heads",

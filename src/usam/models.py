@@ -101,3 +101,25 @@ def get_model_spec(name: str) -> SAM2ModelSpec:
     if spec is None:
         raise InvalidInputError(f"unknown SAM2 model {name!r}; known models: {', '.join(SAM2_MODELS)}")
     return spec
+
+
+def size_and_family(name: str) -> tuple[str | None, str | None]:
+    """The size of a model name and the family it belongs to: a release's version, else the name before ``-<size>``.
+
+    Models of one family pair for the model gap (tiny against large). A model card's name ends with its size
+    (:mod:`usam.model_card`), so ``mysam-tiny`` and ``mysam-large`` form a family, as ``sam2.1-tiny`` and
+    ``sam2.1-large`` do.
+
+    Example:
+        >>> size_and_family("sam2.1-base-plus"), size_and_family("my-sam-large"), size_and_family("x")
+        (('base-plus', 'sam2.1'), ('large', 'my-sam'), (None, None))
+    """
+    try:
+        spec = get_model_spec(name)
+    except InvalidInputError:
+        # Sizes are tested longest first, so that "...-base-plus" is not mistaken for something shorter.
+        for size in sorted(SIZES, key=len, reverse=True):
+            if name.endswith("-" + size):
+                return size, name[: -len(size) - 1]
+        return None, None
+    return spec.size, spec.version

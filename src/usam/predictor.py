@@ -17,12 +17,15 @@ import numpy as np
 import torch
 
 from usam import sam2_adapter
+from usam.click_map import click_map
 from usam.devices import Precision
 from usam.entropy import mask_entropy, pixel_entropy
 from usam.errors import CheckpointError, HeadsFileError, InvalidInputError, UsamWarning
 from usam.head_table import Pairing
 from usam.heads import UncertaintyHeads, load_heads
 from usam.images import as_rgb_uint8
+from usam.model_card import ModelCard
+from usam.models import SAM2ModelSpec
 
 
 @dataclasses.dataclass
@@ -160,8 +163,9 @@ class UncertainSAM:
 
     def _warn_on_version_mismatch(self, heads: UncertaintyHeads) -> None:
         model_name = sam2_adapter.model_name_of(self.predictor)
+        version = sam2_adapter.sam2_version_of(self.predictor)
         trained_for = heads.metadata.sam2_version
-        if model_name and trained_for and model_name.split("-")[0] != trained_for:
+        if version and trained_for and version != trained_for:
             warnings.warn(
                 f"these heads were trained for {trained_for} but the model is {model_name}; estimates may be off",
                 UsamWarning,
@@ -171,7 +175,7 @@ class UncertainSAM:
     @classmethod
     def from_pretrained(
         cls,
-        model: str = "sam2.1-tiny",
+        model: str | Path | SAM2ModelSpec | ModelCard = "sam2.1-tiny",
         heads: UncertaintyHeads | str | Path | None = None,
         *,
         checkpoint: str | Path | None = None,
@@ -179,10 +183,11 @@ class UncertainSAM:
         precision: Precision | str | None = None,
         **build_kwargs: Any,
     ) -> UncertainSAM:
-        """Build a released SAM2 model (weights downloaded on first use) and wrap its image predictor.
+        """Build a released SAM2 model (weights downloaded on first use) or a card's, and wrap its image predictor.
 
         Args:
-            model: Model name, e.g. ``sam2.1-tiny`` (see :data:`usam.models.SAM2_MODELS`).
+            model: Model name, e.g. ``sam2.1-tiny`` (see :data:`usam.models.SAM2_MODELS`), or a model card or the
+                path of one (see :mod:`usam.model_card`).
             heads: Heads or a path to them.
             checkpoint: Local checkpoint file; skips the download.
             device: CUDA if available, else CPU.
@@ -218,14 +223,19 @@ class UncertainSAM:
         Arguments are SAM2's: ``point_coords`` (N, 2) or (B, N, 2) in pixels (x, y), ``point_labels`` (N,) or
         (B, N), ``box`` (4,) or (B, 4) as x0, y0, x1, y1, ``mask_input`` (1, h, w) or (B, 1, h, w) low-res logits.
 
+        A model whose card asks for click-map prompting (:mod:`usam.model_card`) gets each prompt's click map as its
+        ``mask_input``; it cannot take one from the caller.
+
         Raises:
-            InvalidInputError: No image set, no prompt, or a malformed prompt (NaN, outside the image, ...).
+            InvalidInputError: No image set, no prompt, or a malformed prompt (NaN, outside the image, ...), or a
+                ``mask_input`` for a click-map model.
             CheckpointError: SAM2 returned NaN or infinite scores or logits (its weights are broken).
             HeadsFileError: The heads returned NaN or infinite estimates.
         """
         point_coords, point_labels, box, mask_input = self._checked_prompts(
             point_coords, point_labels, box, mask_input, normalize_coords
         )
+        mask_input = self._with_click_map(point_coords, point_labels, box, mask_input, normalize_coords)
         # Telling the capture what the call asks for lets a multimask call get by with one hook.
         capture = sam2_adapter.DecoderTokenCapture(self.predictor, multimask_output=multimask_output)
         with capture, sam2_adapter.inference_context(self.device, self.precision):
@@ -304,10 +314,73 @@ class UncertainSAM:
             InvalidInputError: No image set, no prompt, or a malformed prompt.
         """
         point_coords, point_labels, box, _ = self._checked_prompts(point_coords, point_labels, box, None, True)
+        mask_input = self._with_click_map(point_coords, point_labels, box, None, True)
         with sam2_adapter.inference_context(self.device, self.precision):
             return self.predictor.predict(
-                point_coords=point_coords, point_labels=point_labels, box=box, multimask_output=multimask_output
+                point_coords=point_coords,
+                point_labels=point_labels,
+                box=box,
+                mask_input=mask_input,
+                multimask_output=multimask_output,
             )
+
+    def _with_click_map(
+        self,
+        point_coords: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        normalize_coords: bool,
+    ) -> np.ndarray | None:
+        """The mask input to give SAM2: the user's, or for a model whose card asks for it, each prompt's click map.
+
+        Such a model was trained to read its prompt from the click map as well (it ignores sparse prompts alone), so
+        the map goes with every prompt, built exactly as in training (:func:`usam.click_map.click_map`, from the
+        positive clicks and the box).
+
+        Raises:
+            InvalidInputError: A ``mask_input`` for a click-map model (its mask input is taken by the click map).
+        """
+        prompting = sam2_adapter.click_map_prompting_of(self.predictor)
+        if prompting is None:
+            return mask_input
+        if mask_input is not None:
+            raise InvalidInputError(
+                f"{sam2_adapter.describe_model(self.predictor)} takes the click map of its points and box as its mask "
+                "input (its model card says prompting: click_map), so it cannot take a mask_input; pass points or a box"
+            )
+        height, width = self.image_size
+        scale = np.ones(2, dtype=np.float32) if normalize_coords else np.array([width, height], dtype=np.float32)
+        # The prompts agree on their batch size (checked before); without a batch axis there is one prompt.
+        if point_coords is not None and point_coords.ndim == 3:
+            batched, count = True, point_coords.shape[0]
+        elif box is not None and box.ndim == 2:
+            batched, count = True, box.shape[0]
+        else:
+            batched, count = False, 1
+        maps = []
+        for index in range(count):
+            positive = None
+            if point_coords is not None:
+                coords = point_coords[index] if point_coords.ndim == 3 else point_coords
+                labels = point_labels[index] if point_labels.ndim == 2 else point_labels
+                positive = coords[labels == 1] * scale
+            prompt_box = None
+            if box is not None:
+                prompt_box = (box[index] if box.ndim == 2 else box) * np.tile(scale, 2)
+            maps.append(
+                click_map(
+                    positive,
+                    prompt_box,
+                    map_size=prompting.map_size,
+                    image_hw=(height, width),
+                    model_image_size=sam2_adapter.low_res_mask_size(self.predictor) * 4,
+                    sigma_px=prompting.sigma_px,
+                    amplitude=prompting.amplitude,
+                )
+            )
+        stacked = np.stack(maps)[:, None]  # (B, 1, h, w)
+        return stacked if batched else stacked[0]
 
     def _checked_prompts(
         self,

@@ -23,6 +23,7 @@ import torch
 
 from usam.devices import Precision, select_device
 from usam.errors import CheckpointError, InvalidInputError, UsamError
+from usam.model_card import ClickMapPrompting, ModelCard, resolve_model
 from usam.models import SAM2ModelSpec, get_model_spec
 from usam.torchvision_fix import ensure_torchvision
 from usam.validation import check_choice, check_int
@@ -149,7 +150,7 @@ def load_sam2_checkpoint(model: torch.nn.Module, path: str | Path, model_name: s
 
 
 def build_sam2_model(
-    model: str | SAM2ModelSpec,
+    model: str | Path | SAM2ModelSpec | ModelCard,
     checkpoint: str | Path | None = None,
     *,
     device: str | torch.device | None = None,
@@ -159,45 +160,55 @@ def build_sam2_model(
     seed: int = 0,
     progress: bool = True,
 ) -> torch.nn.Module:
-    """Build a released SAM2 model with its official weights (downloaded on first use), in eval mode.
+    """Build a released SAM2 model with its official weights (downloaded on first use), or a card's, in eval mode.
 
     Args:
-        model: A model name such as ``sam2.1-tiny`` or its spec.
-        checkpoint: A local checkpoint file; skips the download.
+        model: A model name such as ``sam2.1-tiny`` or its spec, or a model card (:mod:`usam.model_card`) or the
+            path of one (``.json``, ``.yaml``, ``.yml``).
+        checkpoint: A local checkpoint file; skips the download (not with a card, which names its checkpoint).
         device: Target device; CUDA if available, else CPU.
         random_weights: Skip weights entirely (random, seeded by ``seed``): for tests and self-checks only.
         checkpoint_dir: A folder with official checkpoints under their official names.
-        hydra_overrides: Extra Hydra overrides for the config (e.g. :func:`small_model_overrides`).
+        hydra_overrides: Extra Hydra overrides for the config (e.g. :func:`small_model_overrides`), after a card's.
         seed: Seed of the random weights.
         progress: Show a progress bar while downloading.
+
+    Raises:
+        InvalidInputError: Unknown model, a bad card, or a config that does not build with the overrides.
+        CheckpointError: A checkpoint that is missing, corrupt or does not fit the config.
     """
     from usam.download import resolve_checkpoint
 
-    spec = model if isinstance(model, SAM2ModelSpec) else get_model_spec(model)
+    spec = resolve_model(model)
+    card = spec if isinstance(spec, ModelCard) else None
     checkpoint_path = None
-    if not random_weights:
+    if card is not None:
+        if checkpoint is not None:
+            raise InvalidInputError(f"model card {card.source or card.name} names its checkpoint; drop --checkpoint")
+        hydra_overrides = [*card.hydra_overrides, *hydra_overrides]
+        checkpoint_path = None if random_weights else card.checkpoint
+    elif not random_weights:
         checkpoint_path = resolve_checkpoint(spec, checkpoint, checkpoint_dir=checkpoint_dir, progress=progress)
     _import_sam2()
-    from hydra.errors import HydraException
-    from sam2.build_sam import build_sam2
-
     target_device = select_device(device)
     torch.manual_seed(seed)
-    try:
-        sam_model = build_sam2(spec.config, None, device="cpu", hydra_overrides_extra=list(hydra_overrides))
-    except HydraException as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InvalidInputError(
-            f"SAM2 config {spec.config} does not accept the Hydra overrides {list(hydra_overrides)} ({first_line}); "
-            "an override looks like ++model.image_size=512"
-        ) from None
+    sam_model = _build_from_config(spec.config if card is None else card, list(hydra_overrides))
     check_image_size(sam_model.image_size, "the model's image_size (++model.image_size)")
     if checkpoint_path is not None:
-        load_sam2_checkpoint(sam_model, checkpoint_path, spec.name)
+        fits = spec.name if card is None else f"the config of model card {card.source or card.name}"
+        load_sam2_checkpoint(sam_model, checkpoint_path, fits)
+    if card is not None and card.prompting is not None and card.prompting.map_size != low_res_mask_size(sam_model):
+        raise InvalidInputError(
+            f"model card {card.source or card.name}: its click map is {card.prompting.map_size} px but the model's "
+            f"mask input is {low_res_mask_size(sam_model)} px (a quarter of its image size); fix prompting.map_size"
+        )
     sam_model = sam_model.to(target_device).eval()
     # Remember which release and weights these are: to flag heads trained for another version, and to name the
     # weights when they produce NaN.
     sam_model.usam_model_name = spec.name  # type: ignore[attr-defined]
+    sam_model.usam_sam2_version = spec.version  # type: ignore[attr-defined]
+    # How the model must be prompted (a card's click map goes with every prompt, see usam.predictor).
+    sam_model.usam_click_map = card.prompting if card is not None else None  # type: ignore[attr-defined]
     # ... and how it got its weights: an extraction records what produced its tokens, and NaN outputs name them.
     sam_model.usam_weights = {  # type: ignore[attr-defined]
         "config": spec.config,
@@ -205,7 +216,63 @@ def build_sam2_model(
         "checkpoint": None if checkpoint_path is None else str(Path(checkpoint_path).resolve()),
         "random_weights_seed": seed if checkpoint_path is None else None,
     }
+    if card is not None:
+        sam_model.usam_weights["model_card"] = card.identity()  # type: ignore[attr-defined]
     return sam_model
+
+
+# Overrides SAM2's build_sam2 applies to every model it builds (its "postprocessing"), for configs read from files.
+_SAM2_POSTPROCESSING = (
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
+)
+
+
+def _build_from_config(config: str | ModelCard, hydra_overrides: list[str]) -> torch.nn.Module:
+    """A SAM2 model with random weights from a package config (via ``build_sam2``) or a card's YAML file."""
+    from hydra.errors import HydraException
+    from sam2.build_sam import build_sam2
+
+    card = config if isinstance(config, ModelCard) else None
+    name = config if card is None else card.config
+    where = "" if card is None else f"model card {card.source or card.name}: "
+    try:
+        if card is None or not card.config_is_file:
+            return build_sam2(name, None, device="cpu", hydra_overrides_extra=hydra_overrides)
+        return _build_from_yaml_file(card.config_path(), [*hydra_overrides, *_SAM2_POSTPROCESSING])
+    except HydraException as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InvalidInputError(
+            f"{where}SAM2 config {name} does not build with the Hydra overrides {hydra_overrides} ({first_line}); "
+            "a package config looks like configs/sam2.1/sam2.1_hiera_t.yaml, an override like ++model.image_size=512"
+        ) from None
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, AttributeError, KeyError) as error:
+        # The config composed but SAM2's modules refuse its values (e.g. inconsistent trunk and neck sizes).
+        raise InvalidInputError(
+            f"{where}SAM2 config {name} with the overrides {hydra_overrides} does not make a model "
+            f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''})"
+        ) from None
+
+
+def _build_from_yaml_file(path: Path, hydra_overrides: list[str]) -> torch.nn.Module:
+    """Instantiate the ``model`` of a SAM2 config file outside the sam2 package, with ``key=value`` overrides."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        config = OmegaConf.load(path)
+        overrides = OmegaConf.from_dotlist([override.lstrip("+") for override in hydra_overrides])
+        config = OmegaConf.merge(config, overrides)
+        OmegaConf.resolve(config)
+    except FileNotFoundError:
+        raise InvalidInputError(f"the SAM2 config file {path} does not exist") from None
+    except (OmegaConfBaseException, OSError, ValueError) as error:
+        raise InvalidInputError(f"cannot read the SAM2 config file {path} ({error})") from None
+    if "model" not in config:
+        raise InvalidInputError(f"the SAM2 config file {path} has no 'model' section")
+    return instantiate(config.model, _recursive_=True).eval()
 
 
 def make_image_predictor(sam_model: torch.nn.Module, **kwargs: Any) -> Any:
@@ -308,6 +375,16 @@ def weights_record_of(predictor: Any) -> dict[str, Any] | None:
 def model_name_of(predictor: Any) -> str | None:
     """The release name of a model built by :func:`build_sam2_model`, else None."""
     return getattr(getattr(predictor, "model", predictor), "usam_model_name", None)
+
+
+def sam2_version_of(predictor: Any) -> str | None:
+    """The release (``sam2``/``sam2.1``) a model built by :func:`build_sam2_model` is or derives from, else None."""
+    return getattr(getattr(predictor, "model", predictor), "usam_sam2_version", None)
+
+
+def click_map_prompting_of(predictor: Any) -> ClickMapPrompting | None:
+    """The click map a card's model needs with every prompt (see :mod:`usam.model_card`), else None."""
+    return getattr(getattr(predictor, "model", predictor), "usam_click_map", None)
 
 
 def low_res_mask_size(predictor: Any) -> int:

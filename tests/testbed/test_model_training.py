@@ -118,8 +118,8 @@ def trained(tmp_path_factory):
 
 def test_resume_continues_from_the_saved_step_exactly(trained):
     folder, _, straight, resumed, first_card = trained
-    assert first_card["steps"] == 1
-    assert json.loads(model_card_path(folder / "split.pt").read_text())["steps"] == 2
+    assert first_card["training"]["steps_done"] == 1
+    assert json.loads(model_card_path(folder / "split.pt").read_text())["training"]["steps_done"] == 2
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
@@ -136,10 +136,10 @@ def test_checkpoint_loads_through_usams_normal_loading_and_runs_uncertain_sam(tr
     card = json.loads(model_card_path(folder / "straight.pt").read_text())
     assert card["size"] == "tiny"
     assert card["prompting"] == {"kind": "sparse"}
-    assert card["steps"] == 2
-    assert card["seed"] == config.seed
+    assert card["training"]["steps_done"] == 2
+    assert card["training"]["settings"]["seed"] == config.seed
     assert card["config"].endswith("sam2.1_hiera_t.yaml")
-    assert [entry["step"] for entry in card["training_log"]] == [1, 2]
+    assert [entry["step"] for entry in card["training"]["log"]] == [1, 2]
     loaded = sam2_adapter.build_sam2_model(
         "sam2.1-tiny", checkpoint=folder / card["checkpoint"], device="cpu", hydra_overrides=card["hydra_overrides"]
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from usam.click_map import CLICK_MAP_AMPLITUDE
 from usam.errors import InvalidInputError
 from usam.extraction.prompts import center_point
 from usam.testbed.prompts import (
-    CLICK_MAP_AMPLITUDE,
     MAX_CLICKS,
     MIN_CLICKS,
     PromptKind,

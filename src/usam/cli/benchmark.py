@@ -62,7 +62,7 @@ def _run_benchmark(args: argparse.Namespace) -> int:
 
     from usam.heads import random_heads
     from usam.images import load_image
-    from usam.models import get_model_spec
+    from usam.model_card import resolve_model
     from usam.predictor import UncertainSAM
     from usam.validation import check_int
 
@@ -70,11 +70,11 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     check_int(args.iterations, "--iterations", minimum=1, optional=True)
     check_int(args.warmup, "--warmup", minimum=0)
     protocols = list(Protocol) if args.protocol == BOTH_PROTOCOLS else [Protocol(args.protocol)]
-    spec = get_model_spec(args.model)
+    spec = resolve_model(args.model)
     image = load_image(args.image or Path(str(resources.files("usam") / "assets" / "example.jpg")))
     heads = args.heads if args.heads is not None else random_heads(sam2_version=spec.version)
     model = UncertainSAM.from_pretrained(
-        spec.name,
+        spec,
         heads,
         checkpoint=args.checkpoint,
         device=args.device,

@@ -120,13 +120,16 @@ def parse_numbers(text: str, count: int, form: str) -> list[float]:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Add the options that choose and load a SAM2 model (name, checkpoint, device, Hydra overrides)."""
     parser.add_argument(
-        "--model", default="sam2.1-tiny", help="SAM2 model name (see `usam models`); default %(default)s"
+        "--model",
+        default="sam2.1-tiny",
+        help="SAM2 model name (see `usam models`), or the model card of your own SAM2 (a file ending with .json, "
+        ".yaml or .yml: config, overrides, checkpoint, size; see the README); default %(default)s",
     )
     parser.add_argument(
         "--checkpoint",
         type=Path,
         help="local SAM2 checkpoint file; without it the official checkpoint is downloaded on first use into the "
-        "cache folder ($USAM_CACHE_DIR, default ~/.cache/usam)",
+        "cache folder ($USAM_CACHE_DIR, default ~/.cache/usam); not with a model card, which names its own",
     )
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: CUDA if available, else CPU)")
     parser.add_argument(

@@ -48,14 +48,15 @@ def add_extract(subparsers: Any) -> None:
         "--models",
         nargs="+",
         metavar="MODEL",
-        help=f"SAM2 models to run (default: the preset's; usam: {' '.join(usam_defaults.models)}); model_gap needs "
-        "a tiny and a large of one version",
+        help=f"SAM2 models to run (default: the preset's; usam: {' '.join(usam_defaults.models)}), names and model "
+        "card files (.json/.yaml/.yml) mixed as needed; model_gap needs a tiny and a large of one version, or two "
+        "cards whose names differ only in the size (mysam-tiny, mysam-large)",
     )
     parser.add_argument(
         "--checkpoint-dir",
         type=Path,
         help="folder with the official checkpoints under their official names (e.g. sam2.1_hiera_tiny.pt); "
-        "default: the download cache",
+        "default: the download cache (model cards name their own checkpoints)",
     )
     parser.add_argument(
         "--precision",
@@ -110,7 +111,7 @@ def add_extract(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="advanced: SAM2 config override (repeatable; recorded in the store)",
+        help="advanced: SAM2 config override (repeatable; after a model card's own; recorded in the store)",
     )
     parser.set_defaults(handler=_run_extract)
 

@@ -162,7 +162,11 @@ def _run_predict(args: argparse.Namespace) -> int:
     prompts = make_prompts(args.point, args.negative_point, args.box)
     json_path, png_path = output_paths(args.out, args.image.stem)
     outputs = [json_path, png_path] + ([args.coco_results] if args.coco_results is not None else [])
-    refuse_to_overwrite_inputs(outputs, [args.image, args.heads, args.checkpoint])
+    from usam.model_card import ModelCard, resolve_model
+
+    model_spec = resolve_model(args.model)  # a bad name or card fails before any work
+    card = model_spec.source if isinstance(model_spec, ModelCard) else None
+    refuse_to_overwrite_inputs(outputs, [args.image, args.heads, args.checkpoint, card])
     image = load_image(args.image)
     prepare_output_folder(args.out)
     if args.coco_results is not None:
@@ -173,7 +177,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from usam.predictor import UncertainSAM
 
     model = UncertainSAM.from_pretrained(
-        args.model, heads, checkpoint=args.checkpoint, device=args.device, hydra_overrides=args.hydra_override
+        model_spec, heads, checkpoint=args.checkpoint, device=args.device, hydra_overrides=args.hydra_override
     )
     record = _predict_and_write(
         model,

@@ -19,7 +19,7 @@ import torch
 
 from usam.errors import InvalidInputError
 from usam.heads import TOKEN_INPUTS, UncertaintyHeads
-from usam.models import SIZES, get_model_spec
+from usam.models import SIZES, get_model_spec, size_and_family
 from usam.presets import TieRule
 from usam.store import KEY_COLUMNS, StoreReader, image_names
 from usam.training import fill_head_features
@@ -113,17 +113,7 @@ def size_and_version(model: str | None) -> tuple[str | None, str | None]:
         >>> size_and_version("sam2.1-base-plus"), size_and_version("my-sam-large"), size_and_version("x")
         (('base-plus', 'sam2.1'), ('large', 'my-sam'), (None, None))
     """
-    if model is None:
-        return None, None
-    try:
-        spec = get_model_spec(model)
-    except InvalidInputError:
-        # Sizes are tested longest first, so that "...-base-plus" is not mistaken for something shorter.
-        for size in sorted(SIZES, key=len, reverse=True):
-            if model.endswith("-" + size):
-                return size, model[: -len(size) - 1]
-        return None, None
-    return spec.size, spec.version
+    return (None, None) if model is None else size_and_family(model)
 
 
 def resolve_models(model: str, store_models: Sequence[str], store: Path) -> EvaluatedModels:

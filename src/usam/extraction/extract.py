@@ -29,7 +29,8 @@ from usam.extraction.augment import AUGMENTATIONS, augmented_images
 from usam.extraction.identity import extraction_identity
 from usam.extraction.prompts import ObjectPrompts, sample_prompts
 from usam.extraction.targets import MonteCarloEntropies, mask_ious
-from usam.models import SAM2ModelSpec, get_model_spec
+from usam.model_card import ModelCard, resolve_model
+from usam.models import SAM2ModelSpec, size_and_family
 from usam.predictor import UncertainSAM
 from usam.presets import PRESETS, Preset, TieRule
 from usam.store import StoreWriter, TokenDtype, shard_of_key
@@ -342,14 +343,17 @@ class Extractor:
 
 
 def _gap_model_pair(model_names: Sequence[str]) -> tuple[str, str] | None:
-    """The (tiny, large) models of one version among the names, for ``model_gap``; None if absent."""
-    specs = [get_model_spec(name) for name in model_names]
-    for spec in specs:
-        if spec.size == "tiny":
-            large = next((other for other in specs if other.version == spec.version and other.size == "large"), None)
+    """The (tiny, large) models of one family among the names, for ``model_gap``; None if absent.
+
+    A family is a release's version, or for model cards the name before its ``-<size>`` suffix
+    (:func:`usam.models.size_and_family`), which is also how the evaluation pairs them.
+    """
+    members = {name: size_and_family(name) for name in model_names}
+    for name, (size, family) in members.items():
+        if size == "tiny":
+            large = next((other for other, key in members.items() if key == ("large", family)), None)
             if large is not None:
-                names = {get_model_spec(name).name: name for name in model_names}
-                return names[spec.name], names[large.name]
+                return name, large
     return None
 
 
@@ -377,28 +381,35 @@ def _prepend_center(center: _PromptOutputs, extra: _PromptOutputs, extra_per_obj
 
 
 def build_models(
-    model_names: Sequence[str],
+    models: Sequence[str | Path | SAM2ModelSpec | ModelCard],
     *,
     checkpoint_dir: str | Path | None = None,
     device: str | torch.device | None = None,
     precision: Precision | str | None = None,
     **build_kwargs: Any,
 ) -> dict[str, UncertainSAM]:
-    """Build each SAM2 model once (official checkpoints from a folder or the download cache).
+    """Build each SAM2 model once (official checkpoints from a folder or the download cache, or a card's).
 
     Args:
-        model_names: SAM2 model names, e.g. ``sam2.1-tiny``.
+        models: SAM2 model names, e.g. ``sam2.1-tiny``, model cards or their paths (:mod:`usam.model_card`),
+            mixed as needed; each is keyed by its name.
         checkpoint_dir: Folder with the official checkpoints under their official names.
         device: Torch device (default: CUDA if available, else the CPU).
         precision: Number type of SAM2 on a GPU (see :class:`usam.UncertainSAM`).
         **build_kwargs: Passed to :func:`usam.sam2_adapter.build_sam2_model`.
+
+    Raises:
+        InvalidInputError: An unknown name, a bad card, or two models of one name.
     """
-    models = {}
-    for name in model_names:
-        spec: SAM2ModelSpec = get_model_spec(name)
+    built = {}
+    for model in models:
+        spec = resolve_model(model)
+        if spec.name in built:
+            raise InvalidInputError(f"two of the models are named {spec.name}; give each model its own name")
+        # A card names its own checkpoint; checkpoint_dir serves the released models.
         sam_model = sam2_adapter.build_sam2_model(spec, device=device, checkpoint_dir=checkpoint_dir, **build_kwargs)
-        models[spec.name] = UncertainSAM(sam2_adapter.make_image_predictor(sam_model), precision=precision)
-    return models
+        built[spec.name] = UncertainSAM(sam2_adapter.make_image_predictor(sam_model), precision=precision)
+    return built
 
 
 class ExtractionInterrupted(KeyboardInterrupt):

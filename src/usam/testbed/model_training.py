@@ -13,8 +13,10 @@ linearly to 0 (:func:`click_map_probability`), so the model ends trained on, and
 usam prompts every SAM2.
 
 Every random draw of step s comes from ``(seed, s)``, so a resumed run continues exactly as an uninterrupted one.
-Checkpoints are ordinary SAM2 checkpoints (``{"model": state_dict}``) with a JSON model card next to them and the
-optimizer's state in a third file for resuming. The model is handled only through :mod:`usam.sam2_adapter`.
+Checkpoints are ordinary SAM2 checkpoints (``{"model": state_dict}``) with a JSON model card next to them
+(:mod:`usam.model_card`: usam builds and prompts the model from it; the run's settings, steps and log are under its
+``training``) and the optimizer's state in a third file for resuming. The model is handled only through
+:mod:`usam.sam2_adapter`.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ import torch
 from torch.nn import functional
 
 from usam import sam2_adapter
+from usam.click_map import CLICK_MAP_AMPLITUDE, CLICK_MAP_SIGMA
 from usam.errors import CheckpointError, UsamError
-from usam.files import atomic_path, write_json_atomically
+from usam.files import atomic_path
+from usam.model_card import ClickMapPrompting, ModelCard, load_model_card, prompting_entry, save_model_card
 from usam.testbed.prompts import (
-    CLICK_MAP_AMPLITUDE,
-    CLICK_MAP_SIGMA,
     PromptKind,
     TrainingPrompt,
     click_map,
@@ -317,36 +319,43 @@ def resume_state_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(RESUME_SUFFIX)
 
 
-def prompting(config: TrainingConfig) -> dict[str, Any]:
-    """How a model trained with ``config`` must be prompted, for its model card.
+def click_map_prompting(config: TrainingConfig) -> ClickMapPrompting | None:
+    """The click map a model trained with ``config`` needs with every prompt, or None (points and boxes alone).
 
-    ``{"kind": "sparse"}`` when the click map was annealed to zero (points and boxes alone, like any SAM2); else
-    ``{"kind": "click_map", ...}`` with the map's encoding, which must then accompany every prompt as SAM2's mask
-    input (:func:`usam.testbed.prompts.click_map`).
+    None when the click map was annealed to zero; else the map's encoding, which usam's predictor then adds to every
+    prompt as SAM2's mask input (:mod:`usam.model_card`, :func:`usam.click_map.click_map`).
     """
     if config.click_map_off_from < 1.0:
-        return {"kind": "sparse"}
-    return {
-        "kind": "click_map",
-        "sigma_px": CLICK_MAP_SIGMA,
-        "amplitude": CLICK_MAP_AMPLITUDE,
-        "map_size": config.image_size // 4,
-    }
+        return None
+    return ClickMapPrompting(sigma_px=CLICK_MAP_SIGMA, amplitude=CLICK_MAP_AMPLITUDE, map_size=config.image_size // 4)
 
 
-def model_card(config: TrainingConfig, checkpoint: Path, steps_done: int, log: list[dict[str, Any]]) -> dict:
-    """The model card of a test-bed checkpoint: how to build it like any SAM2, and how it was trained."""
-    return {
-        "config": sam2_adapter.testbed_config_name(),
-        "hydra_overrides": sam2_adapter.testbed_model_overrides(config.size, config.image_size),
-        "checkpoint": checkpoint.name,
-        "size": config.size,
-        "prompting": prompting(config),
-        "steps": steps_done,
-        "seed": config.seed,
-        "training": dataclasses.asdict(config),
-        "training_log": log,
-    }
+def prompting(config: TrainingConfig) -> dict[str, Any]:
+    """The model card's ``prompting`` entry for a model trained with ``config`` (see :func:`click_map_prompting`)."""
+    return prompting_entry(click_map_prompting(config))
+
+
+def default_model_name(config: TrainingConfig) -> str:
+    """The name of a test-bed model in its card, stores and heads: ``testbed-<size>``."""
+    return f"testbed-{config.size}"
+
+
+def model_card(
+    config: TrainingConfig, checkpoint: Path, steps_done: int, log: list[dict[str, Any]], name: str | None = None
+) -> ModelCard:
+    """The model card of a test-bed checkpoint: how to build and prompt it like any card's SAM2.
+
+    Its ``training`` records how it was trained: ``settings`` (the config), ``steps_done`` and the ``log``.
+    """
+    return ModelCard(
+        name=name or default_model_name(config),
+        config=sam2_adapter.testbed_config_name(),
+        checkpoint=Path(checkpoint).resolve(),
+        size=config.size,
+        hydra_overrides=tuple(sam2_adapter.testbed_model_overrides(config.size, config.image_size)),
+        prompting=click_map_prompting(config),
+        training={"settings": dataclasses.asdict(config), "steps_done": steps_done, "log": log},
+    )
 
 
 def save_checkpoint(
@@ -356,24 +365,23 @@ def save_checkpoint(
     config: TrainingConfig,
     steps_done: int,
     log: list[dict[str, Any]],
+    name: str | None = None,
 ) -> None:
     """Write the checkpoint, its resume state and its model card, each atomically (card last: it marks completion)."""
     with atomic_path(checkpoint) as temporary:
         torch.save({"model": model.state_dict()}, temporary)
     with atomic_path(resume_state_path(checkpoint)) as temporary:
         torch.save({"optimizer": optimizer.state_dict(), "steps_done": steps_done}, temporary)
-    write_json_atomically(model_card(config, checkpoint, steps_done, log), model_card_path(checkpoint))
+    save_model_card(model_card(config, checkpoint, steps_done, log, name), model_card_path(checkpoint))
 
 
 def _load_resume(checkpoint: Path, config: TrainingConfig) -> tuple[dict, dict, int, list[dict]] | None:
     """The saved model state, optimizer state, steps done and log of an earlier run of the same config, if any."""
-    import json
-
     card_file, resume_file = model_card_path(checkpoint), resume_state_path(checkpoint)
     if not (checkpoint.exists() and card_file.exists() and resume_file.exists()):
         return None
-    card = json.loads(card_file.read_text())
-    if card.get("training") != dataclasses.asdict(config):
+    training = load_model_card(card_file).training or {}
+    if training.get("settings") != dataclasses.asdict(config):
         raise UsamError(
             f"{checkpoint} was trained with other settings than asked for now; choose another output path or "
             "delete it (and its .json and .resume.pt) to start over"
@@ -383,9 +391,9 @@ def _load_resume(checkpoint: Path, config: TrainingConfig) -> tuple[dict, dict, 
         resume = torch.load(resume_file, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated files
         raise CheckpointError(f"cannot resume from {checkpoint}: {error}; delete it to start over") from None
-    if int(resume["steps_done"]) != int(card["steps"]):
+    if int(resume["steps_done"]) != int(training.get("steps_done", -1)):
         raise CheckpointError(f"{checkpoint} and its resume state disagree; delete them to start over")
-    return model_state, resume["optimizer"], int(card["steps"]), list(card.get("training_log", []))
+    return model_state, resume["optimizer"], int(training["steps_done"]), list(training.get("log", []))
 
 
 def _default_scene_maker() -> SceneMaker:
@@ -409,6 +417,7 @@ def train_testbed_model(
     stop_after: int | None = None,
     log_every: int = 50,
     progress: bool = True,
+    name: str | None = None,
 ) -> torch.nn.Module:
     """Train a test-bed model from scratch (or resume an interrupted run of the same settings) and save it.
 
@@ -420,6 +429,7 @@ def train_testbed_model(
             or to split a run; the schedule still spans ``config.steps``.
         log_every: Steps per entry of the training log (averages over the entry's steps).
         progress: Show a progress bar.
+        name: The model's name in its card (ending with ``-<size>``); default :func:`default_model_name`.
 
     Returns:
         The trained model, in eval mode.
@@ -463,7 +473,7 @@ def train_testbed_model(
                 bar.set_postfix(loss=f"{log[-1]['loss']:.3f}", best3=log[-1]["best3"])
                 window, window_start = [], time.perf_counter()
             if steps_done % config.checkpoint_every == 0 or steps_done == end:
-                save_checkpoint(model, optimizer, checkpoint, config, steps_done, log)
+                save_checkpoint(model, optimizer, checkpoint, config, steps_done, log, name)
     if start >= end and not checkpoint.exists():
-        save_checkpoint(model, optimizer, checkpoint, config, end, log)
+        save_checkpoint(model, optimizer, checkpoint, config, end, log, name)
     return model.eval()

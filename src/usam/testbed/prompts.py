@@ -5,7 +5,8 @@ click, :func:`usam.extraction.prompts.center_point`, the rest uniform in the mas
 in the mask, 20 % boxes jittered by 10 % of their size. All coordinates are SAM2's (x, y) pixels.
 
 The *click map* is a dense form of a prompt for SAM's mask-prompt input (Gaussians at the clicks, a filled box): it
-is only a training aid (see :mod:`usam.testbed.model_training`); trained models are prompted with points and boxes.
+is a training aid (see :mod:`usam.testbed.model_training`); :mod:`usam.click_map` builds it, also for models whose
+card asks for it with every prompt.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 
 import numpy as np
 
+from usam.click_map import click_map as dense_click_map
 from usam.errors import InvalidInputError
 from usam.extraction.prompts import center_point
 from usam.validation import StrEnum
@@ -38,12 +40,6 @@ MIN_CLICKS, MAX_CLICKS = 2, 8
 
 BOX_JITTER = 0.1
 """Standard deviation of each box coordinate's noise, as a fraction of the box's width or height."""
-
-CLICK_MAP_SIGMA = 4.0
-"""Standard deviation of a click's Gaussian in the click map, in image pixels."""
-
-CLICK_MAP_AMPLITUDE = 5.0
-"""Peak value (a mask logit) of the click map."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,26 +103,15 @@ def sample_training_prompt(mask: np.ndarray, rng: np.random.Generator) -> Traini
 
 
 def click_map(prompt: TrainingPrompt, map_size: int, image_size: int) -> np.ndarray:
-    """The dense form of a prompt at SAM's mask-input resolution: Gaussians at the clicks, or a filled box.
+    """The dense form of a training prompt at SAM's mask-input resolution (see :func:`usam.click_map.click_map`).
 
     Args:
-        prompt: The prompt, in pixels of an image of side ``image_size``.
+        prompt: The prompt, in pixels of a square image of side ``image_size`` (the model's input size).
         map_size: Side of the map (SAM2's mask input: a quarter of the model's image size).
         image_size: Side of the image the prompt's coordinates refer to.
 
     Returns:
-        (map_size, map_size) float32 logits: ``CLICK_MAP_AMPLITUDE`` at a click or inside the box, 0 far away.
+        (map_size, map_size) float32 logits: the amplitude at a click or inside the box, 0 far away.
     """
-    scale = map_size / image_size
-    centres = (np.arange(map_size, dtype=np.float32) + 0.5) / scale  # map cell centres in image pixels
-    if prompt.kind is PromptKind.BOX:
-        x0, y0, x1, y1 = prompt.box
-        inside_x = (centres >= x0) & (centres <= x1 + 1)
-        inside_y = (centres >= y0) & (centres <= y1 + 1)
-        return (CLICK_MAP_AMPLITUDE * (inside_y[:, None] & inside_x[None, :])).astype(np.float32)
-    result = np.zeros((map_size, map_size), dtype=np.float32)
-    for x, y in prompt.points + 0.5:  # a click is the centre of its pixel
-        gauss_x = np.exp(-0.5 * ((centres - x) / CLICK_MAP_SIGMA) ** 2)
-        gauss_y = np.exp(-0.5 * ((centres - y) / CLICK_MAP_SIGMA) ** 2)
-        result = np.maximum(result, CLICK_MAP_AMPLITUDE * gauss_y[:, None] * gauss_x[None, :])
-    return result
+    box = prompt.box if prompt.kind is PromptKind.BOX else None
+    return dense_click_map(prompt.points, box, map_size=map_size, image_hw=(image_size, image_size))

@@ -36,7 +36,7 @@ from usam.errors import InvalidInputError, StoreError, UsamWarning
 from usam.extraction.targets import best_output
 from usam.head_table import HEAD_NAMES, HEADS, SIZE_TARGETS_KEY, Pairing, SizeTargets
 from usam.heads import TOKEN_INPUTS
-from usam.models import SIZES, get_model_spec
+from usam.models import get_model_spec, size_and_family
 from usam.presets import TieRule
 from usam.training.data import HeadRows, TrainingData, check_head_names, check_inputs, check_pairing
 from usam.validation import check_choice
@@ -310,12 +310,8 @@ def fill_head_features(
 
 
 def model_size(model: str) -> str | None:
-    """The SAM2 size of a model name: a released name's, else the size its name ends with, else None."""
-    try:
-        return get_model_spec(model).size
-    except InvalidInputError:
-        # Not a released name: fall back to its suffix, e.g. "my-finetune-large".
-        return next((size for size in SIZES if model.endswith("-" + size)), None)
+    """The SAM2 size of a model name: a released name's, else the size it ends with (e.g. "my-finetune-large")."""
+    return size_and_family(model)[0]
 
 
 def _open(store: str | os.PathLike[str] | StoreReader | pa.Table) -> tuple[StoreReader, str]:
