@@ -441,7 +441,7 @@ def test_part_with_foreign_schema_is_named(tmp_path):
 
 # Kill -9 at random moments -------------------------------------------------------------------------------
 
-CRASH_JOB_IMAGES = 2400
+CRASH_JOB_IMAGES = 800
 CRASH_JOB_SCRIPT = """
 import sys
 import types
@@ -468,7 +468,7 @@ writer.close()
 """
 
 
-def start_crash_job(root: Path, shard_index: int, num_shards: int) -> subprocess.Popen:
+def launch_crash_job(root: Path, shard_index: int, num_shards: int) -> subprocess.Popen:
     script = CRASH_JOB_SCRIPT.format(
         package_dir=str(Path(usam.store.__file__).parent.parent),
         tests_dir=str(Path(__file__).parent),
@@ -477,13 +477,19 @@ def start_crash_job(root: Path, shard_index: int, num_shards: int) -> subprocess
         num_shards=num_shards,
         num_images=CRASH_JOB_IMAGES,
     )
-    process = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_started(process: subprocess.Popen) -> None:
     started = process.stdout.readline()
     if started.strip() != "started":
         process.wait(timeout=30)
         pytest.fail(f"crash job did not start: {started!r}\n{process.stderr.read()}")
+
+
+def start_crash_job(root: Path, shard_index: int, num_shards: int) -> subprocess.Popen:
+    process = launch_crash_job(root, shard_index, num_shards)
+    wait_until_started(process)
     return process
 
 
@@ -492,12 +498,17 @@ def test_kill_at_random_moments_then_rerun_writes_every_row_once(tmp_path):
     timing = random.Random(20250505)
     kills = 0
     for _ in range(4):
-        processes = [start_crash_job(tmp_path, shard, num_shards) for shard in range(num_shards)]
-        started = time.monotonic()
-        kill_times = [timing.uniform(0.0, 0.08) for _ in processes]
-        for kill_time, process in sorted(zip(kill_times, processes, strict=True), key=lambda pair: pair[0]):
+        # Each job's kill moment counts from the moment that job said it started: a job does not get the
+        # start-up time of the jobs started after it as a head start.
+        # All jobs are launched before any is waited for, so that they run side by side.
+        processes = [launch_crash_job(tmp_path, shard, num_shards) for shard in range(num_shards)]
+        jobs = []
+        for process in processes:
+            wait_until_started(process)
+            jobs.append((time.monotonic() + timing.uniform(0.0, 0.08), process))
+        for kill_at, process in sorted(jobs, key=lambda job: job[0]):
             try:
-                process.wait(timeout=max(0.0, started + kill_time - time.monotonic()))
+                process.wait(timeout=max(0.0, kill_at - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.kill(process.pid, signal.SIGKILL)
                 kills += 1
