@@ -12,6 +12,7 @@ import torch
 
 from usam import UncertainSAM, sam2_adapter
 from usam.errors import UsamError
+from usam.sam2_adapter import testbed as sam2_testbed
 from usam.testbed.model_quality import prompt_dependence, single_click_miou
 from usam.testbed.model_training import (
     TrainingConfig,
@@ -92,7 +93,7 @@ def test_a_model_that_keeps_the_click_map_says_so_in_its_card():
 
 def test_a_step_has_a_finite_loss_and_changes_the_parameters():
     config = TrainingConfig(**FAST)
-    model = sam2_adapter.build_testbed_model("tiny", seed=config.seed)
+    model = sam2_testbed.build_testbed_model("tiny", seed=config.seed)
     before = {name: value.detach().clone() for name, value in model.named_parameters()}
     stats = training_step(model, make_optimizer(model, config), 0, config, stand_in_scene)
     assert math.isfinite(stats.loss)

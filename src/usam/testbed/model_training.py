@@ -16,7 +16,7 @@ Every random draw of step s comes from ``(seed, s)``, so a resumed run continues
 Checkpoints are ordinary SAM2 checkpoints (``{"model": state_dict}``) with a JSON model card next to them
 (:mod:`usam.model_card`: usam builds and prompts the model from it; the run's settings, steps and log are under its
 ``training``) and the optimizer's state in a third file for resuming. The model is handled only through
-:mod:`usam.sam2_adapter`.
+:mod:`usam.sam2_adapter.testbed`.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from usam import sam2_adapter
 from usam.click_map import CLICK_MAP_AMPLITUDE, CLICK_MAP_SIGMA
 from usam.errors import CheckpointError, UsamError
 from usam.files import atomic_path
 from usam.model_card import ClickMapPrompting, ModelCard, load_model_card, prompting_entry, save_model_card
+from usam.sam2_adapter import testbed as sam2_testbed
 from usam.testbed.prompts import (
     PromptKind,
     TrainingPrompt,
@@ -71,7 +71,7 @@ class TrainingConfig:
     """Settings of one training run (all of them go into the model card).
 
     Attributes:
-        size: ``tiny`` or ``large`` (:func:`usam.sam2_adapter.testbed_model_overrides`).
+        size: ``tiny`` or ``large`` (:func:`usam.sam2_testbed.testbed_model_overrides`).
         steps: Length of the schedule, in optimizer steps.
         seed: Seed of the initial weights and of every scene and prompt.
         image_size: Side of the model input (and of the scenes).
@@ -109,7 +109,7 @@ class TrainingConfig:
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
-        sam2_adapter.testbed_model_overrides(self.size, self.image_size)  # validates the size
+        sam2_testbed.testbed_model_overrides(self.size, self.image_size)  # validates the size
         for name in ("steps", "scenes_per_step", "prompts_per_scene", "checkpoint_every", "loss_size", "image_size"):
             check_int(getattr(self, name), name, minimum=1)
         check_int(self.seed, "seed", minimum=0)
@@ -183,8 +183,8 @@ def _decode_batch(
     Prompts are decoded in groups of equal point count and click-map use, so every prompt gets exactly the tokens
     SAM2's predictor would give it (no extra padding points).
     """
-    images = sam2_adapter.training_image_batch(model, batch.images)
-    features = sam2_adapter.encode_training_images(model, images)
+    images = sam2_testbed.training_image_batch(model, batch.images)
+    features = sam2_testbed.encode_training_images(model, images)
     device = images.device
     scale = config.image_size / batch.images[0].shape[1]  # SAM2's predictor rescales coordinates to its input
     map_size = config.image_size // 4
@@ -207,7 +207,7 @@ def _decode_batch(
         if use_click_map:
             maps = np.stack([click_map(batch.prompts[i], map_size, batch.images[0].shape[1]) for i in indices])
             maps = torch.from_numpy(maps)[:, None].to(device)
-        outputs = sam2_adapter.decoder_training_outputs(
+        outputs = sam2_testbed.decoder_training_outputs(
             model,
             features,
             torch.from_numpy(np.stack(coords) * scale).float().to(device),
@@ -349,10 +349,10 @@ def model_card(
     """
     return ModelCard(
         name=name or default_model_name(config),
-        config=sam2_adapter.testbed_config_name(),
+        config=sam2_testbed.testbed_config_name(),
         checkpoint=Path(checkpoint).resolve(),
         size=config.size,
-        hydra_overrides=tuple(sam2_adapter.testbed_model_overrides(config.size, config.image_size)),
+        hydra_overrides=tuple(sam2_testbed.testbed_model_overrides(config.size, config.image_size)),
         prompting=click_map_prompting(config),
         training={"settings": dataclasses.asdict(config), "steps_done": steps_done, "log": log},
     )
@@ -440,7 +440,7 @@ def train_testbed_model(
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     make_scene = make_scene or _default_scene_maker()
     end = config.steps if stop_after is None else min(config.steps, check_int(stop_after, "stop_after", minimum=0))
-    model = sam2_adapter.build_testbed_model(config.size, image_size=config.image_size, seed=config.seed)
+    model = sam2_testbed.build_testbed_model(config.size, image_size=config.image_size, seed=config.seed)
     optimizer = make_optimizer(model, config)
     start, log = 0, []
     resumed = _load_resume(checkpoint, config)
