@@ -146,3 +146,25 @@ def write_tied_store(root, *, metadata=None, token_dim=256, num_mask_tokens=4, m
                 rows.append(row)
             writer.add_image(key, rows)
     return root
+
+
+def run_cli(argv, capsys):
+    """Run ``usam`` in-process: (exit status, stdout, stderr)."""
+    from usam.cli import main
+
+    status = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.fixture(scope="session")
+def two_size_checkpoint_dir(tmp_path_factory, two_size_sam2):
+    """The :func:`two_size_sam2` models saved as checkpoints under their official file names."""
+    import torch
+
+    from usam.models import get_model_spec
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+    for name, model in two_size_sam2.items():
+        torch.save({"model": model.state_dict()}, folder / get_model_spec(name).checkpoint_name)
+    return folder

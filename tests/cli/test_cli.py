@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import build_small_sam2, write_authors_heads
+from conftest import build_small_sam2, run_cli, write_authors_heads
 from usam import sam2_adapter
 from usam.cli import build_parser, main
 from usam.head_table import HEAD_NAMES
@@ -31,14 +31,8 @@ def files(tmp_path_factory):
     return folder
 
 
-def _run(argv, capsys):
-    status = main([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
 def test_predict_writes_json_and_png(files, tmp_path, capsys):
-    status, out, err = _run(
+    status, out, err = run_cli(
         [
             "predict",
             files / "photo.png",
@@ -74,7 +68,7 @@ def test_predict_writes_json_and_png(files, tmp_path, capsys):
 
 
 def test_predict_single_mask_with_box_and_16_bit_image(files, tmp_path, capsys):
-    status, _, err = _run(
+    status, _, err = run_cli(
         [
             "predict",
             files / "deep.png",
@@ -98,7 +92,7 @@ def test_predict_single_mask_with_box_and_16_bit_image(files, tmp_path, capsys):
 
 def test_authors_heads_folder_works_in_predict(files, tmp_path, capsys):
     write_authors_heads(tmp_path / "sam2.1", names=["task_gap", "iou_tiny"])
-    status, _, err = _run(
+    status, _, err = run_cli(
         [
             "predict",
             files / "photo.png",
@@ -157,7 +151,7 @@ def test_user_errors_are_one_line_and_exit_2(files, tmp_path, capsys, argv, mess
     argv = [part.format(**names) for part in argv]
     if "--checkpoint" not in argv:
         argv += ["--checkpoint", str(files / "small.pt")]
-    status, _, err = _run(["predict", *argv, *SMALL, "--out", tmp_path / "out"], capsys)
+    status, _, err = run_cli(["predict", *argv, *SMALL, "--out", tmp_path / "out"], capsys)
     if message is None:
         assert status == 0, err
         return
@@ -203,7 +197,7 @@ def test_help_explains_every_option(capsys):
 
 
 def test_selfcheck_runs_offline(tmp_path, capsys):
-    status, out, err = _run(["selfcheck", "--image-size", "128", "--out", tmp_path], capsys)
+    status, out, err = run_cli(["selfcheck", "--image-size", "128", "--out", tmp_path], capsys)
     assert status == 0, err
     assert "meaningless" in out
     record = json.loads((tmp_path / "selfcheck.usam.json").read_text())
@@ -214,10 +208,10 @@ def test_selfcheck_runs_offline(tmp_path, capsys):
 
 def test_convert_and_inspect_authors_heads(tmp_path, capsys):
     write_authors_heads(tmp_path / "mlps" / "sam2.1")
-    status, out, _ = _run(["convert-heads", tmp_path / "mlps" / "sam2.1", tmp_path / "h.safetensors"], capsys)
+    status, out, _ = run_cli(["convert-heads", tmp_path / "mlps" / "sam2.1", tmp_path / "h.safetensors"], capsys)
     assert status == 0
     assert "as-released" in out
-    status, out, _ = _run(["heads-info", tmp_path / "h.safetensors"], capsys)
+    status, out, _ = run_cli(["heads-info", tmp_path / "h.safetensors"], capsys)
     assert status == 0
     info = json.loads(out)
     assert info["sam2_version"] == "sam2.1"
@@ -228,7 +222,7 @@ def test_models_lists_cache_status(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("USAM_CACHE_DIR", str(tmp_path))
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "sam2.1_hiera_large.pt").write_bytes(b"x")
-    status, out, _ = _run(["models"], capsys)
+    status, out, _ = run_cli(["models"], capsys)
     assert status == 0
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert "cached" in lines["sam2.1-large"]
@@ -251,7 +245,7 @@ def test_predict_into_the_image_folder_keeps_the_image(files, tmp_path, capsys):
     image = tmp_path / "photo.png"
     image.write_bytes((files / "photo.png").read_bytes())
     original = image.read_bytes()
-    status, _, err = _run(_predict_argv(files, image, tmp_path, "--point", "30,40"), capsys)
+    status, _, err = run_cli(_predict_argv(files, image, tmp_path, "--point", "30,40"), capsys)
     assert status == 0, err
     assert image.read_bytes() == original
     assert (tmp_path / "photo.usam.json").is_file()
@@ -264,7 +258,7 @@ def test_predict_refuses_an_output_that_is_the_input(files, tmp_path, capsys):
     original = image.read_bytes()
     (tmp_path / "out").mkdir()
     os.link(image, tmp_path / "out" / "photo.usam.png")  # the figure's name, but the same file as the input
-    status, _, err = _run(_predict_argv(files, image, tmp_path / "out", "--point", "30,40"), capsys)
+    status, _, err = run_cli(_predict_argv(files, image, tmp_path / "out", "--point", "30,40"), capsys)
     assert status == 2
     assert "is the input" in _one_error_line(err)
     assert image.read_bytes() == original
@@ -274,7 +268,7 @@ def test_predict_refuses_an_output_that_is_the_input(files, tmp_path, capsys):
 def test_several_boxes_are_several_objects(files, tmp_path, capsys):
     boxes = ["5,5,40,30", "30,20,75,55"]
     argv = ["--box", boxes[0], "--box", boxes[1], "--heads", files / "heads.safetensors"]
-    status, out, err = _run(_predict_argv(files, files / "photo.png", tmp_path / "both", *argv), capsys)
+    status, out, err = run_cli(_predict_argv(files, files / "photo.png", tmp_path / "both", *argv), capsys)
     assert status == 0, err
     assert "object 1 mask 2" in out
     record = json.loads((tmp_path / "both" / "photo.usam.json").read_text())
@@ -283,7 +277,7 @@ def test_several_boxes_are_several_objects(files, tmp_path, capsys):
     for index, box in enumerate(boxes):
         folder = tmp_path / f"alone{index}"
         argv = ["--box", box, "--heads", files / "heads.safetensors"]
-        status, _, err = _run(_predict_argv(files, files / "photo.png", folder, *argv), capsys)
+        status, _, err = run_cli(_predict_argv(files, files / "photo.png", folder, *argv), capsys)
         assert status == 0, err
         alone = json.loads((folder / "photo.usam.json").read_text())["objects"][0]["masks"]
         batched = record["objects"][index]["masks"]
@@ -296,7 +290,7 @@ def test_several_boxes_are_several_objects(files, tmp_path, capsys):
 
 def test_points_with_several_boxes_are_refused(files, tmp_path, capsys):
     argv = ["--box", "5,5,40,30", "--box", "30,20,75,55", "--point", "10,10"]
-    status, _, err = _run(_predict_argv(files, files / "photo.png", tmp_path, *argv), capsys)
+    status, _, err = run_cli(_predict_argv(files, files / "photo.png", tmp_path, *argv), capsys)
     assert status == 2
     assert "cannot tell which object" in _one_error_line(err)
 
@@ -305,9 +299,9 @@ def test_written_files_follow_the_umask(files, tmp_path, capsys):
     previous = os.umask(0o022)
     try:
         argv = ["--point", "30,40", "--coco-results", tmp_path / "coco" / "results.json"]
-        status, _, err = _run(_predict_argv(files, files / "photo.png", tmp_path, *argv), capsys)
+        status, _, err = run_cli(_predict_argv(files, files / "photo.png", tmp_path, *argv), capsys)
         assert status == 0, err
-        status, _, err = _run(["convert-heads", _authors_folder(tmp_path), tmp_path / "h.safetensors"], capsys)
+        status, _, err = run_cli(["convert-heads", _authors_folder(tmp_path), tmp_path / "h.safetensors"], capsys)
         assert status == 0, err
     finally:
         os.umask(previous)
@@ -326,7 +320,7 @@ def test_json_is_compact_and_coco_tools_read_it(files, tmp_path, capsys):
     results_path = tmp_path / "results.json"
     argv = ["--point", "30,40", "--heads", files / "heads.safetensors", "--coco-results", results_path]
     argv += ["--image-id", "7", "--category-id", "3"]
-    status, _, err = _run(_predict_argv(files, files / "photo.png", tmp_path, *argv), capsys)
+    status, _, err = run_cli(_predict_argv(files, files / "photo.png", tmp_path, *argv), capsys)
     assert status == 0, err
     text = (tmp_path / "photo.usam.json").read_text()
     record = json.loads(text)
@@ -362,7 +356,7 @@ def test_nan_checkpoint_is_an_error_naming_it(tmp_path, capsys):
     torch.save({"model": model.state_dict()}, tmp_path / "nan.pt")
     Image.fromarray(np.full((40, 50, 3), 128, np.uint8)).save(tmp_path / "grey.png")
     argv = ["predict", tmp_path / "grey.png", "--checkpoint", tmp_path / "nan.pt", *SMALL, "--point", "10,10"]
-    status, _, err = _run([*argv, "--out", tmp_path / "out"], capsys)
+    status, _, err = run_cli([*argv, "--out", tmp_path / "out"], capsys)
     assert status == 2
     line = _one_error_line(err)
     assert "NaN" in line
@@ -393,7 +387,7 @@ def test_more_user_errors_are_one_line(files, tmp_path, monkeypatch, capsys, cas
         monkeypatch.setattr("usam.predictor.UncertainSAM.from_pretrained", fail)
         argv = _predict_argv(files, photo, tmp_path / "blocker" / "out", "--point", "3,3")
         expected = "cannot create the output folder"
-    status, _, err = _run(argv, capsys)
+    status, _, err = run_cli(argv, capsys)
     assert status == 2
     assert expected in _one_error_line(err)
 
@@ -413,12 +407,12 @@ def test_closed_pipe_ends_quietly(files):
 
 def test_convert_heads_asks_for_the_version(tmp_path, capsys):
     write_authors_heads(tmp_path / "released", names=["iou_tiny"])
-    status, _, err = _run(["convert-heads", tmp_path / "released", tmp_path / "h.safetensors"], capsys)
+    status, _, err = run_cli(["convert-heads", tmp_path / "released", tmp_path / "h.safetensors"], capsys)
     assert status == 2
     assert "pass --sam2-version sam2|sam2.1" in _one_error_line(err)
     assert not (tmp_path / "h.safetensors").exists()
     argv = ["convert-heads", tmp_path / "released", tmp_path / "h.safetensors", "--sam2-version", "sam2"]
-    status, out, err = _run(argv, capsys)
+    status, out, err = run_cli(argv, capsys)
     assert status == 0, err
     assert "for sam2" in out
 
@@ -426,7 +420,7 @@ def test_convert_heads_asks_for_the_version(tmp_path, capsys):
 def test_version_mismatch_is_one_usam_warning(files, tmp_path, capsys):
     random_heads(["iou_tiny"], sam2_version="sam2").save(tmp_path / "old.safetensors")
     argv = ["--point", "30,40", "--heads", tmp_path / "old.safetensors"]
-    status, _, err = _run(_predict_argv(files, files / "photo.png", tmp_path, *argv), capsys)
+    status, _, err = run_cli(_predict_argv(files, files / "photo.png", tmp_path, *argv), capsys)
     assert status == 0, err
     warnings_printed = [line for line in err.splitlines() if "trained for sam2" in line]
     assert len(warnings_printed) == 1, err

@@ -9,9 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import build_small_sam2
+from conftest import build_small_sam2, run_cli
 from usam import sam2_adapter
-from usam.cli import main
 from usam.model_card import ModelCard, save_model_card
 
 
@@ -33,14 +32,8 @@ def files(tmp_path_factory):
     return folder
 
 
-def _run(argv, capsys):
-    status = main([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
 def test_predict_with_a_model_card(files, tmp_path, capsys):
-    status, _out, err = _run(
+    status, _out, err = run_cli(
         ["predict", files / "photo.png", "--model", files / "mine-tiny.yaml", "--point", "40,30", "--out", tmp_path],
         capsys,
     )
@@ -53,7 +46,7 @@ def test_predict_with_a_model_card(files, tmp_path, capsys):
 
 def test_benchmark_with_a_model_card(files, capsys):
     argv = ["benchmark", "--model", files / "mine-tiny.yaml", "--iterations", "1", "--warmup", "0"]
-    status, out, err = _run(argv, capsys)
+    status, out, err = run_cli(argv, capsys)
     assert status == 0, err
     assert json.loads(out.strip().splitlines()[-1])["model"] == "mine-tiny"
 
@@ -88,7 +81,7 @@ def test_bad_cards_are_one_line_errors(files, tmp_path, capsys, content, extra, 
     card.write_text(content)
     extra = [files / value if value.endswith(".pt") else value for value in extra]
     argv = ["predict", files / "photo.png", "--model", card, "--point", "40,30", "--out", tmp_path, *extra]
-    status, _out, err = _run(argv, capsys)
+    status, _out, err = run_cli(argv, capsys)
     assert status == 2
     errors = [line for line in err.splitlines() if line.startswith("usam: error: ")]
     assert len(errors) == 1

@@ -171,11 +171,8 @@ def test_parse_shard():
 
 
 @pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory, sam_models):
-    folder = tmp_path_factory.mktemp("checkpoints")
-    for name, model in sam_models.items():
-        torch.save({"model": model.state_dict()}, folder / f"{name.replace('-', '_hiera_')}.pt")
-    return folder
+def checkpoint_dir(two_size_checkpoint_dir):
+    return two_size_checkpoint_dir
 
 
 def _extract_command(dataset, store, checkpoint_dir, *extra):

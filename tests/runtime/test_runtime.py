@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import run_cli
 from usam import runtime, sam2_adapter
-from usam.cli import main
 from usam.devices import Precision
 from usam.errors import InvalidInputError
 from usam.extraction.augment import AUGMENTATIONS
@@ -18,12 +18,6 @@ from usam.predictor import UncertainSAM
 from usam.runtime import VARIANTS, Protocol, Variant, measure_runtime
 
 SMALL = [f"--hydra-override={override}" for override in sam2_adapter.small_model_overrides(128)]
-
-
-def _run(argv, capsys):
-    status = main([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 class CountingModel:
@@ -193,7 +187,7 @@ def test_measure_runtime_refuses_bad_arguments(model, rgb_image, arguments, mess
 
 
 def test_benchmark_prints_every_method_as_a_ratio(capsys):
-    status, out, err = _run(["benchmark", "--random-weights", "--repeats", "1", *SMALL], capsys)
+    status, out, err = run_cli(["benchmark", "--random-weights", "--repeats", "1", *SMALL], capsys)
     assert status == 0, err
     for label in ("SAM2 alone", "+ entropy", "+ 5 image augmentations (MC)", "+ 8 prompts (MC)", "+ USAM (9 heads)"):
         assert label in out
@@ -206,7 +200,7 @@ def test_benchmark_prints_every_method_as_a_ratio(capsys):
 
 def test_benchmark_reports_both_protocols_labelled_at_the_chosen_precision(rgb_image, tmp_path, capsys):
     Image.fromarray(rgb_image).save(tmp_path / "small.png")
-    status, out, err = _run(
+    status, out, err = run_cli(
         [
             "benchmark",
             "--random-weights",
@@ -248,7 +242,7 @@ def test_benchmark_reports_both_protocols_labelled_at_the_chosen_precision(rgb_i
     ],
 )
 def test_benchmark_refuses_bad_counts_in_one_line(capsys, option, value, message):
-    status, out, err = _run(["benchmark", "--random-weights", option, value, *SMALL], capsys)
+    status, out, err = run_cli(["benchmark", "--random-weights", option, value, *SMALL], capsys)
     assert status == 2
     assert err.strip() == message
     assert out == ""
