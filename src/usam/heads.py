@@ -329,13 +329,6 @@ def _load_authors_folder(folder: Path, names: Sequence[str] | None, sam2_version
     if missing:
         raise HeadsFileError(f"{folder}: requested head(s) {missing} not found; it has {sorted(head_folders)}")
     sam2_version = sam2_version or sam2_version_from_folder_name(folder)
-    if sam2_version is None:
-        warnings.warn(
-            f"cannot tell the SAM2 version of the heads in {folder} from the folder name, so a mismatch with the "
-            "model goes unnoticed; pass sam2_version='sam2' or 'sam2.1' (usam convert-heads --sam2-version)",
-            UsamWarning,
-            stacklevel=3,
-        )
     metadata = HeadsMetadata(
         names=wanted,
         pairing=Pairing.AS_RELEASED,
@@ -357,6 +350,13 @@ def _load_authors_folder(folder: Path, names: Sequence[str] | None, sam2_version
             raise HeadsFileError(f"{weights_path}: expected a state dict, found {type(state).__name__}")
         _check_head_state(state, name, str(weights_path), metadata)
         heads.load_head_state_dict(name, {key: value.float() for key, value in state.items()})
+    if sam2_version is None:  # only for heads that loaded: a broken folder gets its error alone
+        warnings.warn(
+            f"cannot tell the SAM2 version of the heads in {folder} from the folder name, so a mismatch with the "
+            "model goes unnoticed; pass sam2_version='sam2' or 'sam2.1' (usam convert-heads --sam2-version)",
+            UsamWarning,
+            stacklevel=3,
+        )
     return heads
 
 
