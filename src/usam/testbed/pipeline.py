@@ -95,6 +95,8 @@ class TestbedSettings:
         random_orders: Random orders averaged for the random baseline.
     """
 
+    __test__ = False  # not a pytest test class despite its name
+
     train_scenes: int = 8000
     test_scenes: int = 1000
     train_seed: int = 1
@@ -121,7 +123,7 @@ class TestbedSettings:
     def quick(cls) -> TestbedSettings:
         """A smoke run: a few scenes, a few training steps per model, few resamples (seconds on a CPU)."""
         return cls(
-            train_scenes=8, test_scenes=6, tiny_steps=2, tiny_early_steps=1, large_steps=2, scenes_per_step=1,
+            train_scenes=6, test_scenes=4, tiny_steps=2, tiny_early_steps=1, large_steps=2, scenes_per_step=1,
             prompts_per_scene=2, bootstrap_resamples=50, random_orders=2,
         )  # fmt: skip
 
@@ -147,6 +149,8 @@ class TestbedSettings:
 @dataclasses.dataclass(frozen=True)
 class TestbedPaths:
     """Where everything of a test-bed folder lives (see the module docstring)."""
+
+    __test__ = False  # not a pytest test class despite its name
 
     root: Path
 
