@@ -19,7 +19,9 @@ def add_testbed(subparsers: Any) -> None:
         "scenes that are ambiguous by construction, SAM2-architecture models trained on them from scratch, and "
         "usam's extract -> train -> evaluate pipeline on a held-out split. Run 'build', then 'run', with one --out.",
     )
-    commands = group.add_subparsers(dest="testbed_command", metavar="STEP", parser_class=UsageParser)
+    commands = group.add_subparsers(
+        dest="testbed_command", metavar="STEP", help="build, then run", parser_class=UsageParser
+    )
     build = commands.add_parser(
         "build",
         help="write the scene datasets and train the tiny, under-trained tiny and large models (cached)",

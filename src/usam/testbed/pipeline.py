@@ -11,8 +11,9 @@ Folder layout under ``DIR``::
     results/results.md, results.json        the combined results page
 
 The models and the model gap: ``tiny`` is trained with the full budget, ``large`` likewise, and ``tiny-early`` is
-its own, shorter run (about half the steps) whose learning rate and click-map schedule anneal within its shorter
-schedule; stopping a copy of the full run halfway would leave a model still half trained on click maps. Stores,
+its own, shorter run (about half the steps) whose learning rate anneals within its shorter schedule, so it is a
+finished model of a smaller budget rather than a snapshot taken at a high learning rate. All three keep the click map
+(their cards record it; usam adds it to every prompt). Stores,
 heads and the evaluation pair models for the model gap by family (the card name before ``-<size>``,
 :func:`usam.models.size_and_family`), and the model gap's tiny is the under-trained one, so the cards are named by
 the role they play: ``tiny-early`` is ``testbed-tiny`` (family ``testbed``, paired with ``testbed-large``) and the
@@ -143,6 +144,10 @@ class TestbedSettings:
             scenes_per_step=self.scenes_per_step,
             prompts_per_scene=self.prompts_per_scene,
             checkpoint_every=min(100, self.steps_of(key)),
+            # Annealing the click map away left models that ignore clicks (see the README): keep it throughout;
+            # the card then records it and usam adds it to every prompt.
+            click_map_full_until=1.0,
+            click_map_off_from=1.0,
         )
 
 
