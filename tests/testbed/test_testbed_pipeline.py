@@ -41,6 +41,9 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
         card = json.loads(paths.card(key).read_text())
         assert card["name"] == MODEL_NAMES[key]
         assert card["training"]["steps_done"] == TestbedSettings.quick().steps_of(key)
+    written = {key: paths.checkpoint(key).stat().st_mtime_ns for key in MODEL_KEYS}
+    _run(["testbed", "build", "--out", out, "--quick", "--no-progress"], capsys)
+    assert {key: paths.checkpoint(key).stat().st_mtime_ns for key in MODEL_KEYS} == written  # reused, not retrained
 
     _run(["testbed", "run", "--out", out, "--quick", "--seeds", "1", "--no-progress"], capsys)
     for split in ("train", "test"):

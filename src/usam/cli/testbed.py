@@ -33,7 +33,7 @@ def add_testbed(subparsers: Any) -> None:
         help="extract, train heads per seed, evaluate, and write DIR/results/results.md and results.json",
         description="Extract the training split (no Monte Carlo) and the test split (with Monte Carlo) with the "
         "three models, train heads per seed, evaluate each seed on the test split, and write the results page: "
-        "relative AUC of every measure in the four correction scenarios with 95 %% bootstrap intervals over test "
+        "relative AUC of every measure in the four correction scenarios with 95 % bootstrap intervals over test "
         "objects, the Pearson correlations, and each model's mIoU.",
     )
     for parser in (build, run):
