@@ -11,11 +11,13 @@ correction (0 %) to the oracle (100 %).
 :data:`CORRECTION_SCENARIOS` names the four kinds of correction the paper evaluates; an evaluation
 module builds the base and corrected arrays from its results table with them. :func:`pearson` and
 :func:`pearson_matrix` are the one Pearson correlation of usam (the evaluation's table, the trainer's metrics).
+:func:`bootstrap_statistics` and :func:`percentile_interval` are the one bootstrap of usam (the test-bed's
+confidence intervals over objects).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -496,3 +498,69 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     """
     _, matrix = pearson_matrix({"x": x, "y": y})
     return float(matrix[0, 1])
+
+
+#: Default number of bootstrap resamples.
+DEFAULT_BOOTSTRAP_RESAMPLES = 1000
+
+
+def bootstrap_statistics(
+    statistic: Callable[[np.ndarray], float | np.ndarray],
+    num_objects: int,
+    *,
+    resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> np.ndarray:
+    """A statistic of N objects on bootstrap resamples: N objects drawn with replacement, ``resamples`` times.
+
+    The resamples depend only on ``num_objects``, ``resamples`` and ``seed``, so statistics bootstrapped with one
+    seed are paired: the same resample holds the same objects for each of them.
+
+    Args:
+        statistic: Function of the resampled objects' indices (an int array of length N) returning a number or an
+            array of numbers (e.g. one per AUC range); NaN is allowed.
+        num_objects: N, at least 1.
+        resamples: Number of resamples, at least 1.
+        seed: Seed of the generator that draws the resamples.
+
+    Returns:
+        Array of shape ``(resamples, *shape of the statistic)``.
+
+    Example:
+        >>> values = np.array([1.0, 2.0, 3.0])
+        >>> means = bootstrap_statistics(lambda index: values[index].mean(), 3, resamples=4000, seed=0)
+        >>> means.shape, bool(means.min() >= 1.0 and means.max() <= 3.0), round(float(means.mean()), 1)
+        ((4000,), True, 2.0)
+    """
+    num_objects = check_int(num_objects, "number of objects", minimum=1)
+    resamples = check_int(resamples, "bootstrap resamples", minimum=1)
+    rng = np.random.default_rng(check_int(seed, "bootstrap seed", minimum=0))
+    return np.stack(
+        [np.asarray(statistic(rng.integers(0, num_objects, size=num_objects)), dtype=float) for _ in range(resamples)]
+    )
+
+
+def percentile_interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile interval of bootstrap samples (axis 0), NaN samples left out; NaN where all are NaN.
+
+    Args:
+        samples: Bootstrap values, shape ``(resamples, ...)`` (see :func:`bootstrap_statistics`); samples of
+            several runs may be concatenated along axis 0 to pool them.
+        confidence: Share of the samples inside the interval, in (0, 1).
+
+    Returns:
+        Lower and upper bounds, each of shape ``samples.shape[1:]`` (0-d arrays for scalar statistics).
+
+    Example:
+        >>> low, high = percentile_interval(np.arange(1.0, 101.0), confidence=0.9)
+        >>> round(float(low), 2), round(float(high), 2)
+        (5.95, 95.05)
+    """
+    if not 0.0 < confidence < 1.0:
+        raise InvalidInputError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    samples = np.asarray(samples, dtype=float)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    empty = np.isnan(samples).all(axis=0)
+    # nanpercentile warns on all-NaN columns: give them a stand-in value and NaN bounds.
+    low, high = np.nanpercentile(np.where(empty[None], 0.0, samples), [tail, 100.0 - tail], axis=0)
+    return np.where(empty, np.nan, low), np.where(empty, np.nan, high)

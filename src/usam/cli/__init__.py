@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from usam.cli import benchmark, evaluate, extract, heads, predict, train
+from usam.cli import benchmark, evaluate, extract, heads, predict, testbed, train
 from usam.cli.common import EXIT_USER_ERROR, WARNINGS, UsageParser
 from usam.errors import UsamError
 
@@ -30,6 +30,7 @@ _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     train.add_train,
     evaluate.add_evaluate,
     benchmark.add_benchmark,
+    testbed.add_testbed,
 )
 
 

@@ -8,10 +8,13 @@ Modules:
 - :mod:`usam.testbed.model_training`: training SAM2-architecture models from scratch (checkpoints with model cards,
   resumable).
 - :mod:`usam.testbed.model_quality`: checks through SAM2's normal predictor: prompt dependence, single-click mIoU.
+- :mod:`usam.testbed.pipeline`: ``usam testbed build`` (scenes and the three models, cached) and ``usam testbed run``
+  (extraction, heads per seed, evaluation, the results page with bootstrap intervals).
 """
 
 from usam.testbed.model_quality import ClickQuality, prompt_dependence, single_click_miou
 from usam.testbed.model_training import TrainingConfig, learning_rate, model_card_path, train_testbed_model
+from usam.testbed.pipeline import TestbedPaths, TestbedSettings, build_testbed, run_testbed
 from usam.testbed.prompts import PromptKind, TrainingPrompt, click_map, sample_training_prompt
 from usam.testbed.scenes import (
     LABELS_FILE,
@@ -39,15 +42,19 @@ __all__ = [
     "SceneTarget",
     "Shape",
     "TargetKind",
+    "TestbedPaths",
+    "TestbedSettings",
     "Texture",
     "TrainingConfig",
     "TrainingPrompt",
+    "build_testbed",
     "click_map",
     "learning_rate",
     "make_scene",
     "model_card_path",
     "prompt_dependence",
     "read_scene_labels",
+    "run_testbed",
     "sample_training_prompt",
     "scene_name",
     "scene_seed",

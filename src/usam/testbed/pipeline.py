@@ -1,0 +1,546 @@
+"""The test-bed end to end: scenes and models (``usam testbed build``), then usam's pipeline (``usam testbed run``).
+
+Folder layout under ``DIR``::
+
+    testbed.json            the settings the folder was built with (``run`` refuses other settings)
+    scenes/train, scenes/test   scene datasets in usam's ``folder`` layout (distinct seeds)
+    models/<key>.pt, .json  SAM2 checkpoints and their model cards (keys ``tiny``, ``tiny-early``, ``large``)
+    stores/train, stores/test   token stores (the training split without, the test split with Monte Carlo)
+    heads/seed-<k>.safetensors  heads trained per seed
+    evaluation/seed-<k>/{main,model-gap}/   ``usam evaluate``'s reports per seed
+    results/results.md, results.json        the combined results page
+
+The models and the model gap: ``tiny`` is trained with the full budget, ``large`` likewise, and ``tiny-early`` is
+its own, shorter run (about half the steps) whose learning rate anneals within its shorter schedule, so it is a
+finished model of a smaller budget rather than a snapshot taken at a high learning rate. All three keep the click map
+(their cards record it; usam adds it to every prompt). Stores,
+heads and the evaluation pair models for the model gap by family (the card name before ``-<size>``,
+:func:`usam.models.size_and_family`), and the model gap's tiny is the under-trained one, so the cards are named by
+the role they play: ``tiny-early`` is ``testbed-tiny`` (family ``testbed``, paired with ``testbed-large``) and the
+fully trained ``tiny`` is ``testbed_full-tiny`` (a family of its own). One store holds the rows of all three; the
+``iou_tiny`` head trains on both tiny models' rows. Each seed is evaluated twice: the model under evaluation is the
+fully trained tiny for prompt refinement, task supervision and segmentation uncertainty, and ``testbed-tiny`` for
+model selection (``testbed-tiny`` -> ``testbed-large``).
+
+Seeds change the heads' initialisation, shuffling and validation split (:func:`usam.training.train_from_store`);
+the models, scenes and stores are made once. Each figure of the results page is the mean over seeds of the
+evaluation's own number; its 95 % interval pools the bootstrap over test objects of every seed: each seed's
+statistic is recomputed on the same resamples of the objects (:func:`usam.metrics.bootstrap_statistics`), the
+samples of all seeds are put together, and their 2.5 and 97.5 percentiles are the bounds, so the interval covers
+both the variation between test objects and between seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from usam.errors import InvalidInputError
+from usam.evaluation.scenarios import RANGE_LABELS
+from usam.files import write_json_atomically, write_text_atomically
+from usam.metrics import (
+    CORRECTION_SCENARIOS,
+    DEFAULT_BOOTSTRAP_RESAMPLES,
+    bootstrap_statistics,
+    no_correction_curve,
+    oracle_curve,
+    percentile_interval,
+    random_curve,
+)
+from usam.validation import check_int
+
+SETTINGS_FILE = "testbed.json"
+MODEL_KEYS: tuple[str, ...] = ("tiny", "tiny-early", "large")
+MODEL_NAMES: dict[str, str] = {"tiny": "testbed_full-tiny", "tiny-early": "testbed-tiny", "large": "testbed-large"}
+"""The card name of each model: the model gap pairs ``tiny-early`` with ``large`` (one family, ``testbed``)."""
+MAIN_EVALUATION, GAP_EVALUATION = "main", "model-gap"
+SCENARIO_SOURCE: dict[str, str] = {
+    "model_selection": GAP_EVALUATION,
+    "prompt_refinement": MAIN_EVALUATION,
+    "task_supervision": MAIN_EVALUATION,
+    "segmentation_uncertainty": MAIN_EVALUATION,
+}
+"""Which of a seed's two evaluations gives each scenario."""
+MIOU_COLUMNS: dict[str, str] = {
+    "best_of_three": "iou",
+    "sam_pick": "unsupervised_iou",
+    "dense_prompt": "iou_dense_prompt",
+}
+"""Store column of each mIoU the results page reports per model."""
+RESULTS_FOLDER = "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class TestbedSettings:
+    """Sizes and budgets of the test-bed; the defaults are the issue's figures.
+
+    Attributes:
+        train_scenes: Scenes of the training split (about 3.2 targets each).
+        test_scenes: Scenes of the held-out test split.
+        train_seed: Seed of the training split's scenes.
+        test_seed: Seed of the test split's scenes (distinct from the training split's).
+        image_size: Side of the scenes and of the models' input.
+        tiny_steps: Training steps of the fully trained tiny model.
+        tiny_early_steps: Training steps of the under-trained tiny (its own, shorter schedule).
+        large_steps: Training steps of the large model.
+        model_seed: Seed of the models' initial weights and training scenes.
+        scenes_per_step: Fresh scenes per training step.
+        prompts_per_scene: Prompts per scene and training step.
+        extraction_seed: Seed of the extraction's prompts and image noise.
+        bootstrap_resamples: Bootstrap resamples of the test objects per seed.
+        random_orders: Random orders averaged for the random baseline.
+    """
+
+    __test__ = False  # not a pytest test class despite its name
+
+    train_scenes: int = 8000
+    test_scenes: int = 1000
+    train_seed: int = 1
+    test_seed: int = 2
+    image_size: int = 128
+    tiny_steps: int = 850
+    tiny_early_steps: int = 425
+    large_steps: int = 1600
+    model_seed: int = 0
+    scenes_per_step: int = 8
+    prompts_per_scene: int = 8
+    extraction_seed: int = 0
+    bootstrap_resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES
+    random_orders: int = 10
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            minimum = 0 if field.name.endswith("_seed") else 1
+            check_int(getattr(self, field.name), field.name.replace("_", " "), minimum=minimum)
+        if self.train_seed == self.test_seed:
+            raise InvalidInputError("the training and test splits need distinct scene seeds")
+
+    @classmethod
+    def quick(cls) -> TestbedSettings:
+        """A smoke run: a few scenes, a few training steps per model, few resamples (seconds on a CPU)."""
+        return cls(
+            train_scenes=6, test_scenes=4, tiny_steps=2, tiny_early_steps=1, large_steps=2, scenes_per_step=1,
+            prompts_per_scene=2, bootstrap_resamples=50, random_orders=2,
+        )  # fmt: skip
+
+    def steps_of(self, key: str) -> int:
+        """Training steps of model ``key`` (one of :data:`MODEL_KEYS`)."""
+        return {"tiny": self.tiny_steps, "tiny-early": self.tiny_early_steps, "large": self.large_steps}[key]
+
+    def training_config(self, key: str) -> Any:
+        """The :class:`usam.testbed.model_training.TrainingConfig` of model ``key``."""
+        from usam.testbed.model_training import TrainingConfig
+
+        return TrainingConfig(
+            size="large" if key == "large" else "tiny",
+            steps=self.steps_of(key),
+            seed=self.model_seed,
+            image_size=self.image_size,
+            scenes_per_step=self.scenes_per_step,
+            prompts_per_scene=self.prompts_per_scene,
+            checkpoint_every=min(100, self.steps_of(key)),
+            # Annealing the click map away left models that ignore clicks (see the README): keep it throughout;
+            # the card then records it and usam adds it to every prompt.
+            click_map_full_until=1.0,
+            click_map_off_from=1.0,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TestbedPaths:
+    """Where everything of a test-bed folder lives (see the module docstring)."""
+
+    __test__ = False  # not a pytest test class despite its name
+
+    root: Path
+
+    @property
+    def settings(self) -> Path:
+        """The settings file."""
+        return self.root / SETTINGS_FILE
+
+    def scenes(self, split: str) -> Path:
+        """Scene dataset of ``train`` or ``test``."""
+        return self.root / "scenes" / split
+
+    def checkpoint(self, key: str) -> Path:
+        """Checkpoint of model ``key``."""
+        return self.root / "models" / f"{key}.pt"
+
+    def card(self, key: str) -> Path:
+        """Model card of model ``key``."""
+        from usam.testbed.model_training import model_card_path
+
+        return model_card_path(self.checkpoint(key))
+
+    def store(self, split: str) -> Path:
+        """Token store of ``train`` or ``test``."""
+        return self.root / "stores" / split
+
+    def heads(self, seed: int) -> Path:
+        """Heads trained with ``seed``."""
+        return self.root / "heads" / f"seed-{seed}.safetensors"
+
+    def evaluation(self, seed: int, which: str) -> Path:
+        """Report folder of one of a seed's evaluations."""
+        return self.root / "evaluation" / f"seed-{seed}" / which
+
+    @property
+    def results(self) -> Path:
+        """Folder of the results page."""
+        return self.root / RESULTS_FOLDER
+
+
+def build_testbed(out: str | Path, settings: TestbedSettings | None = None, *, progress: bool = True) -> TestbedPaths:
+    """Write the scene datasets and train the three models, reusing what a run with the same settings left.
+
+    Scenes resume (:func:`usam.testbed.scenes.write_scene_dataset`); a model whose checkpoint and card exist with
+    the same settings is reused, an interrupted one resumes (:func:`usam.testbed.model_training.train_testbed_model`).
+
+    Raises:
+        InvalidInputError: ``out`` was built with other settings.
+        UsamError: A model or scene folder there holds something else.
+    """
+    from usam.testbed.model_training import train_testbed_model
+    from usam.testbed.scenes import write_scene_dataset
+
+    settings = settings or TestbedSettings()
+    paths = TestbedPaths(Path(out).expanduser())
+    recorded = _recorded_settings(paths)
+    if recorded is not None and recorded != settings:
+        raise InvalidInputError(
+            f"{paths.root} was built with other settings ({_settings_difference(recorded, settings)}); use another "
+            "--out folder, or the same --quick choice as before"
+        )
+    paths.root.mkdir(parents=True, exist_ok=True)
+    write_json_atomically({"settings": dataclasses.asdict(settings)}, paths.settings)
+    for split, count, seed in (
+        ("train", settings.train_scenes, settings.train_seed),
+        ("test", settings.test_scenes, settings.test_seed),
+    ):
+        write_scene_dataset(paths.scenes(split), count, seed, settings.image_size, progress=progress)
+    for key in MODEL_KEYS:
+        train_testbed_model(
+            paths.checkpoint(key),
+            settings.training_config(key),
+            progress=progress,
+            name=MODEL_NAMES[key],
+            log_every=max(1, min(50, settings.steps_of(key))),
+        )
+    return paths
+
+
+def run_testbed(
+    out: str | Path,
+    settings: TestbedSettings | None = None,
+    *,
+    seeds: int = 3,
+    progress: bool = True,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Extract, train heads per seed, evaluate per seed and write ``results/results.md`` and ``results.json``.
+
+    Extraction resumes into existing stores; heads and evaluations are redone.
+
+    Args:
+        out: A folder made by :func:`build_testbed` with the same settings.
+        settings: The settings it was built with (default: the issue's).
+        seeds: Seeds of the heads (0 to seeds - 1).
+        progress: Show progress bars.
+        device: Torch device of extraction and head training (default: CUDA when available, else the CPU).
+
+    Returns:
+        The content of ``results.json``.
+
+    Raises:
+        InvalidInputError: ``out`` was not built, or with other settings.
+    """
+    from usam.datasets import open_dataset
+    from usam.extraction import ExtractionOptions, build_models, run_extraction
+    from usam.training import train_from_store
+
+    settings = settings or TestbedSettings()
+    seeds = check_int(seeds, "seeds", minimum=1)
+    paths = TestbedPaths(Path(out).expanduser())
+    recorded = _recorded_settings(paths)
+    missing = [key for key in MODEL_KEYS if not paths.card(key).exists()]
+    if recorded is None or missing:
+        raise InvalidInputError(f"{paths.root} holds no built test-bed; run 'usam testbed build --out {out}' first")
+    if recorded != settings:
+        raise InvalidInputError(
+            f"{paths.root} was built with other settings ({_settings_difference(recorded, settings)}); pass the "
+            "same --quick choice as to 'usam testbed build'"
+        )
+    models = build_models([paths.card(key) for key in MODEL_KEYS], device=device)
+    for split, monte_carlo in (("train", False), ("test", True)):
+        run_extraction(
+            open_dataset("folder", paths.scenes(split), split),
+            models,
+            paths.store(split),
+            options=ExtractionOptions(monte_carlo=monte_carlo, seed=settings.extraction_seed),
+            progress=progress,
+        )
+    del models
+    evaluations: list[dict[str, Any]] = []
+    for seed in range(seeds):
+        heads = train_from_store(
+            paths.store("train"), paths.heads(seed), seed=seed, dataset_defaults="coco", progress=progress,
+            device=device,
+        )  # fmt: skip
+        evaluations.append(
+            {
+                which: _evaluate(paths, heads, seed, which, model, settings, progress)
+                for which, model in (
+                    (MAIN_EVALUATION, MODEL_NAMES["tiny"]),
+                    (GAP_EVALUATION, MODEL_NAMES["tiny-early"]),
+                )
+            }
+        )
+    results = combine_results(paths, evaluations, settings)
+    paths.results.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(results, paths.results / "results.json", indent=1)
+    write_text_atomically(paths.results / "results.md", results_markdown(results))
+    return results
+
+
+def _evaluate(
+    paths: TestbedPaths, heads: Path, seed: int, which: str, model: str, settings: TestbedSettings, progress: bool
+) -> Any:
+    """One of a seed's evaluations on the test store (no token ablation)."""
+    from usam.evaluation import run_evaluation
+
+    return run_evaluation(
+        paths.store("test"), heads, paths.evaluation(seed, which), model=model, seeds=settings.random_orders,
+        ablation=False, progress=progress,
+    )  # fmt: skip
+
+
+def combine_results(paths: TestbedPaths, evaluations: list[dict[str, Any]], settings: TestbedSettings) -> dict:
+    """The results page's data: per scenario and measure the mean over seeds and the pooled bootstrap interval.
+
+    Args:
+        paths: The test-bed folder.
+        evaluations: Per seed, its two :class:`usam.evaluation.EvaluationResult` (keys ``main``, ``model-gap``).
+        settings: The test-bed's settings (bootstrap resamples, random orders).
+    """
+    scenarios: dict[str, Any] = {}
+    for scenario in CORRECTION_SCENARIOS:
+        per_seed = [seed_results[SCENARIO_SOURCE[scenario.name]] for seed_results in evaluations]
+        scenarios[scenario.name] = _scenario_summary(scenario, per_seed, settings)
+    first = evaluations[0][MAIN_EVALUATION]
+    return {
+        "settings": dataclasses.asdict(settings),
+        "seeds": len(evaluations),
+        "models": dict(MODEL_NAMES),
+        "interval": {
+            "confidence": 0.95,
+            "method": (
+                "percentile bootstrap over test objects, resamples shared by all seeds and pooled; the value is the "
+                "mean over seeds"
+            ),
+            "resamples_per_seed": settings.bootstrap_resamples,
+        },
+        "scenarios": scenarios,
+        "correlation": [result[MAIN_EVALUATION].correlation.to_json() for result in evaluations],
+        "correlation_model": first.model,
+        "miou": store_miou(paths.store("test")),
+    }
+
+
+def _scenario_summary(scenario: Any, per_seed: list[Any], settings: TestbedSettings) -> dict[str, Any]:
+    """One scenario: each measure's mean relative AUC over seeds and its pooled bootstrap interval."""
+    results = [evaluation.scenarios[scenario.name] for evaluation in per_seed]
+    if any(str(result.status) != "done" for result in results):
+        reasons = sorted({str(result.reason) for result in results if str(result.status) != "done"})
+        return {"status": "skipped", "title": results[0].title, "reason": "; ".join(reasons)}
+    keys = [key for key in results[0].measures if all(key in result.measures for result in results)]
+    samples: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+    for evaluation, result in zip(per_seed, results, strict=True):
+        for key, statistic, num_objects in _statistics(scenario, evaluation, result, keys, settings):
+            samples[key].append(
+                bootstrap_statistics(statistic, num_objects, resamples=settings.bootstrap_resamples, seed=0)
+            )
+    ranges = list(results[0].measures[keys[0]].relative_auc_percent) if keys else []
+    measures: dict[str, Any] = {}
+    for key in keys:
+        low, high = percentile_interval(np.concatenate(samples[key]))
+        values = np.array([[result.measures[key].relative_auc_percent[r] for r in ranges] for result in results])
+        mean = values.mean(axis=0)
+        measures[key] = {
+            "label": results[0].measures[key].label,
+            "kind": str(results[0].measures[key].kind),
+            "relative_auc_percent": {
+                r: {"value": _number(mean[i]), "lower": _number(low[i]), "upper": _number(high[i]),
+                    "per_seed": [_number(v) for v in values[:, i]]}
+                for i, r in enumerate(ranges)
+            },
+        }  # fmt: skip
+    return {
+        "status": "done",
+        "title": results[0].title,
+        "base_model": results[0].base_model,
+        "corrected_model": results[0].corrected_model,
+        "num_objects": results[0].num_objects,
+        "measures": measures,
+    }
+
+
+def _statistics(
+    scenario: Any, evaluation: Any, result: Any, keys: list[str], settings: TestbedSettings
+) -> list[tuple[str, Callable[[np.ndarray], np.ndarray], int]]:
+    """Per measure key, its relative AUCs (one per range) as a function of resampled object indices.
+
+    The objects, measures and scores are the evaluation's own (:mod:`usam.evaluation.scenarios`), recomputed on
+    the rows of the store the evaluation read.
+    """
+    from usam.evaluation.measures import scenario_measures
+    from usam.evaluation.rows import read_rows, resolve_models, size_and_version
+    from usam.evaluation.scenarios import ranking_scores, relative_aucs, scenario_objects, values_of
+    from usam.heads import load_heads
+    from usam.store import StoreReader
+
+    reader = StoreReader(evaluation.store)
+    models = resolve_models(evaluation.model, reader.models(), Path(evaluation.store))
+    rows = read_rows(reader, models, load_heads(evaluation.heads), keep_features=False, progress=False)
+    joined = result.corrected_model if scenario.corrected_model is not None else None
+    objects = scenario_objects(rows, scenario, result.base_model, joined)
+    base, corrected = objects.base_iou, objects.corrected_iou
+    fractions = evaluation.fractions
+    measures = scenario_measures(
+        scenario, size_and_version(result.base_model)[0], size_and_version(result.corrected_model)[0]
+    )
+    ranges = list(result.measures[keys[0]].relative_auc_percent)
+
+    def as_vector(aucs: dict[str, float]) -> np.ndarray:
+        return np.array([aucs[r] for r in ranges])
+
+    def references(index: np.ndarray) -> tuple[Any, Any]:
+        return (
+            no_correction_curve(base[index], fractions=fractions),
+            oracle_curve(base[index], corrected[index], fractions=fractions),
+        )
+
+    statistics: list[tuple[str, Callable[[np.ndarray], np.ndarray], int]] = []
+    for measure in measures:
+        if measure.key not in keys:
+            continue
+        values = values_of(measure, rows, objects.base_rows)
+
+        def ranked(index: np.ndarray, values: np.ndarray = values, higher: bool = measure.higher_is_uncertain):
+            return as_vector(ranking_scores(base[index], corrected[index], values[index], higher, fractions)[1])
+
+        statistics.append((measure.key, ranked, base.size))
+
+    def random(index: np.ndarray) -> np.ndarray:
+        curve = random_curve(base[index], corrected[index], num_seeds=settings.random_orders, fractions=fractions)
+        return as_vector(relative_aucs(curve, *references(index)))
+
+    def oracle(index: np.ndarray) -> np.ndarray:
+        none, best = references(index)
+        return as_vector(relative_aucs(best, none, best))
+
+    statistics += [("random", random, base.size), ("oracle", oracle, base.size)]
+    return [entry for entry in statistics if entry[0] in keys]
+
+
+def store_miou(store: Path) -> dict[str, dict[str, float | None]]:
+    """Mean IoU of each model in a store: best of three, SAM's pick and the dense prompt."""
+    from usam.store import StoreReader
+
+    table = StoreReader(store).read(["model", *MIOU_COLUMNS.values()])
+    model = np.asarray(table.column("model").to_pylist())
+    result: dict[str, dict[str, float | None]] = {}
+    for name in sorted(set(model.tolist())):
+        chosen = model == name
+        result[name] = {
+            label: _number(np.nanmean(np.asarray(table.column(column).to_numpy(zero_copy_only=False), float)[chosen]))
+            for label, column in MIOU_COLUMNS.items()
+        }
+    return result
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The results page in Markdown, from the data :func:`combine_results` returns."""
+    lines = [
+        "# usam on the test-bed",
+        "",
+        f"Heads trained with {results['seeds']} seed(s); each figure is the mean over seeds with a 95 % pooled "
+        "bootstrap interval over test objects (relative AUC in %, 0 = no correction, 100 = oracle).",
+        "",
+        "## Models (test split, mIoU)",
+        "",
+        "| model | best of three | SAM's pick | dense prompt |",
+        "|---|---|---|---|",
+    ]
+    for name, miou in results["miou"].items():
+        lines.append(f"| {name} | " + " | ".join(_format(miou[label], 3) for label in MIOU_COLUMNS) + " |")
+    for scenario in results["scenarios"].values():
+        lines += ["", f"## {scenario['title']}", ""]
+        if scenario["status"] != "done":
+            lines.append(f"Skipped: {scenario['reason']}")
+            continue
+        ranges = list(next(iter(scenario["measures"].values()))["relative_auc_percent"])
+        lines += [
+            f"{scenario['num_objects']} objects; base {scenario['base_model']}, "
+            f"corrected {scenario['corrected_model']}.",
+            "",
+            "| measure | " + " | ".join(f"relative AUC {RANGE_LABELS[r]}" for r in ranges) + " |",
+            "|---|" + "---|" * len(ranges),
+        ]
+        for measure in scenario["measures"].values():
+            cells = [_interval(entry) for entry in measure["relative_auc_percent"].values()]
+            lines.append(f"| {measure['label']} | " + " | ".join(cells) + " |")
+    lines += _correlation_lines(results["correlation"], results["correlation_model"])
+    return "\n".join(lines) + "\n"
+
+
+def _correlation_lines(per_seed: list[dict[str, Any]], model: str) -> list[str]:
+    """Each value's Pearson correlation with the true IoU, mean over seeds (the full matrices are in the JSON)."""
+    first = per_seed[0]
+    lines = ["", f"## Pearson correlation with the true IoU ({model}, mean over seeds)", ""]
+    if "true_iou" not in first["names"]:
+        return [*lines, "Not computed (no true IoU column)."]
+    lines += ["| value | Pearson r |", "|---|---|"]
+    for label, name in zip(first["labels"], first["names"], strict=True):
+        column = [
+            table["matrix"][table["names"].index("true_iou")][table["names"].index(name)]
+            for table in per_seed
+            if name in table["names"] and "true_iou" in table["names"]
+        ]
+        defined = [value for value in column if value is not None]
+        lines.append(f"| {label} | {_format(float(np.mean(defined)) if defined else None, 3)} |")
+    return lines
+
+
+def _interval(entry: dict[str, float | None]) -> str:
+    return f"{_format(entry['value'], 1)} [{_format(entry['lower'], 1)}, {_format(entry['upper'], 1)}]"
+
+
+def _format(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _number(value: Any) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _recorded_settings(paths: TestbedPaths) -> TestbedSettings | None:
+    """The settings a test-bed folder was built with, or None if it was not built."""
+    try:
+        content = json.loads(paths.settings.read_text(encoding="utf-8"))
+        return TestbedSettings(**content["settings"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InvalidInputError(f"cannot read {paths.settings} ({error}); delete it to rebuild") from None
+
+
+def _settings_difference(recorded: TestbedSettings, wanted: TestbedSettings) -> str:
+    old, new = dataclasses.asdict(recorded), dataclasses.asdict(wanted)
+    return ", ".join(f"{key} {old[key]} there, {new[key]} now" for key in old if old[key] != new[key])

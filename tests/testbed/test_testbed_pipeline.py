@@ -1,0 +1,124 @@
+"""``usam testbed build --quick`` and ``usam testbed run --quick`` end to end, and the bootstrap they use."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from usam.metrics import CORRECTION_SCENARIOS, bootstrap_statistics, percentile_interval
+from usam.testbed import TestbedSettings
+from usam.testbed.pipeline import MODEL_KEYS, MODEL_NAMES, TestbedPaths
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: on a shared 2-core machine, two spinning threads make the small models many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _run(argv, capsys):
+    status, out, err = run_cli(argv, capsys)
+    assert status == 0, err
+    return out
+
+
+def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_path, capsys, one_torch_thread):
+    from usam.heads import load_heads
+    from usam.store import StoreReader
+
+    out = tmp_path / "bed"
+    _run(["testbed", "build", "--out", out, "--quick", "--no-progress"], capsys)
+    paths = TestbedPaths(out)
+    for key in MODEL_KEYS:
+        card = json.loads(paths.card(key).read_text())
+        assert card["name"] == MODEL_NAMES[key]
+        assert card["training"]["steps_done"] == TestbedSettings.quick().steps_of(key)
+    written = {key: paths.checkpoint(key).stat().st_mtime_ns for key in MODEL_KEYS}
+    _run(["testbed", "build", "--out", out, "--quick", "--no-progress"], capsys)
+    assert {key: paths.checkpoint(key).stat().st_mtime_ns for key in MODEL_KEYS} == written  # reused, not retrained
+
+    _run(["testbed", "run", "--out", out, "--quick", "--seeds", "1", "--no-progress"], capsys)
+    for split in ("train", "test"):
+        assert StoreReader(paths.store(split)).models() == sorted(MODEL_NAMES.values())
+    assert StoreReader(paths.store("test")).options["monte_carlo"] is True
+    assert StoreReader(paths.store("train")).options["monte_carlo"] is False
+    assert "iou_tiny" in load_heads(paths.heads(0)).names
+
+    results = json.loads((paths.results / "results.json").read_text())
+    assert (paths.results / "results.md").read_text().startswith("# usam on the test-bed")
+    assert set(results["scenarios"]) == {scenario.name for scenario in CORRECTION_SCENARIOS}
+    gap = results["scenarios"]["model_selection"]
+    assert (gap["base_model"], gap["corrected_model"]) == (MODEL_NAMES["tiny-early"], MODEL_NAMES["large"])
+    for name, scenario in results["scenarios"].items():
+        assert scenario["status"] == "done", name
+        expected = {
+            "sam_score",
+            "random",
+            "oracle",
+            "h_std",
+            "h_all",
+            "h_theta",
+            "h_task",
+            "h_prompt",
+            "h_augmentation",
+        }
+        assert expected <= set(scenario["measures"]), name
+        assert any(measure["kind"] == "usam_head" for measure in scenario["measures"].values()), name
+        source = "model-gap" if name == "model_selection" else "main"
+        evaluated = json.loads((paths.evaluation(0, source) / "results.json").read_text())["scenarios"][name]
+        for key, measure in scenario["measures"].items():
+            for auc_range, entry in measure["relative_auc_percent"].items():
+                # One seed: the figure is the evaluation's own number.
+                assert entry["value"] == pytest.approx(evaluated["measures"][key]["relative_auc_percent"][auc_range])
+                assert entry["lower"] <= entry["upper"], (name, key)
+        oracle = scenario["measures"]["oracle"]["relative_auc_percent"]["r_0_1"]
+        assert [oracle["lower"], oracle["value"], oracle["upper"]] == pytest.approx([100.0] * 3)
+    for name in MODEL_NAMES.values():
+        assert all(0.0 <= value <= 1.0 for value in results["miou"][name].values())
+
+    # Built with --quick: running without it is refused with one line.
+    status, _, err = run_cli(["testbed", "run", "--out", out, "--no-progress"], capsys)
+    assert status == 2
+    assert err.startswith("usam: error:")
+    assert "--quick" in err
+
+
+def test_run_before_build_is_a_one_line_error(tmp_path, capsys):
+    status, _, err = run_cli(["testbed", "run", "--out", tmp_path / "nothing", "--quick"], capsys)
+    assert status == 2
+    assert err.strip().count("\n") == 0
+    assert "usam testbed build" in err
+
+
+def test_bootstrap_interval_of_a_mean_matches_the_normal_approximation():
+    # 400 objects, half 0 and half 1: the mean's standard error is 0.5 / sqrt(400) = 0.025.
+    values = np.repeat([0.0, 1.0], 200)
+    samples = bootstrap_statistics(lambda index: values[index].mean(), values.size, resamples=4000, seed=1)
+    low, high = percentile_interval(samples)
+    assert float(low) == pytest.approx(0.5 - 1.96 * 0.025, abs=0.006)
+    assert float(high) == pytest.approx(0.5 + 1.96 * 0.025, abs=0.006)
+
+
+def test_bootstrap_resamples_are_seeded_and_shared_by_statistics():
+    values = np.arange(10.0)
+    first = bootstrap_statistics(lambda index: values[index].sum(), 10, resamples=50, seed=3)
+    again = bootstrap_statistics(lambda index: values[index].sum(), 10, resamples=50, seed=3)
+    doubled = bootstrap_statistics(lambda index: 2 * values[index].sum(), 10, resamples=50, seed=3)
+    assert np.array_equal(first, again)
+    assert np.array_equal(doubled, 2 * first)
+    assert not np.array_equal(first, bootstrap_statistics(lambda index: values[index].sum(), 10, resamples=50, seed=4))
+
+
+def test_percentile_interval_of_a_constant_and_of_undefined_values():
+    low, high = percentile_interval(np.array([[3.0, np.nan], [3.0, np.nan]]))
+    assert low[0] == high[0] == 3.0
+    assert np.isnan(low[1])
+    assert np.isnan(high[1])
