@@ -4,7 +4,10 @@ PyPI's torchvision wheels are CUDA builds. Next to a CPU torch their compiled ex
 operators, and ``import torchvision`` dies with "operator torchvision::nms does not exist" while registering fake
 kernels for them. SAM2's image predictor needs only torchvision's transforms, which do not use the extension, so
 when (and only when) the plain import fails this way, we declare the two missing operator schemas and import again.
-``torchvision.ops`` and ``torchvision.io`` stay unusable then; nothing in usam or SAM2's image predictor uses them.
+The ``torchvision::nms`` operator then also gets a CPU kernel written in plain torch (:func:`nms_cpu`), so
+``torch.ops.torchvision.nms`` works. ``torchvision.ops.nms`` itself still refuses to run (torchvision checks that its
+compiled extension loaded), and so does SAM2's automatic mask generator, which calls it; the rest of
+``torchvision.ops`` and ``torchvision.io`` stay unusable.
 
 ``import usam`` only installs an import hook (:func:`install_import_hook`, microseconds): torchvision itself is
 imported when someone imports it (usam's SAM2 adapter, SAM2, or the user), so ``import usam`` stays fast and the
@@ -29,6 +32,49 @@ def _is_missing_operator_error(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "torchvision::" in str(error)
 
 
+def nms_cpu(dets: Any, scores: Any, iou_threshold: float) -> Any:
+    """Non-maximum suppression as torchvision's CPU kernel computes it, in plain torch.
+
+    Boxes are ``(x1, y1, x2, y2)``; they are visited by decreasing score (a stable sort, so of equal scores the
+    earlier box comes first), and a box is dropped when its IoU with a kept box is greater than ``iou_threshold``.
+
+    Args:
+        dets: ``(N, 4)`` boxes.
+        scores: ``(N,)`` scores.
+        iou_threshold: IoU above which the lower-scored box is dropped.
+
+    Returns:
+        ``(K,)`` int64 indices of the kept boxes, by decreasing score.
+
+    Example:
+        >>> import torch
+        >>> boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]])
+        >>> nms_cpu(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist()
+        [0, 2]
+    """
+    import torch
+
+    if dets.numel() == 0:
+        return torch.empty(0, dtype=torch.long, device=dets.device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    boxes = dets[order]
+    x1, y1, x2, y2 = boxes.unbind(1)
+    areas = (x2 - x1) * (y2 - y1)
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool, device=dets.device)
+    keep = []
+    # O(N) memory per kept box, like torchvision's kernel, rather than an N x N IoU matrix.
+    for index in range(len(boxes)):
+        if suppressed[index]:
+            continue
+        keep.append(index)
+        width = (torch.minimum(x2[index], x2) - torch.maximum(x1[index], x1)).clamp(min=0)
+        height = (torch.minimum(y2[index], y2) - torch.maximum(y1[index], y1)).clamp(min=0)
+        intersection = width * height
+        iou = intersection / (areas[index] + areas - intersection)
+        suppressed |= iou > iou_threshold
+    return order[torch.tensor(keep, dtype=torch.long, device=dets.device)]
+
+
 def _declare_missing_operators() -> None:
     import torch
 
@@ -36,6 +82,8 @@ def _declare_missing_operators() -> None:
     for operator in _MISSING_OPERATORS:
         with contextlib.suppress(RuntimeError):  # already defined by an earlier attempt
             library.define(f"{operator}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    with contextlib.suppress(RuntimeError):  # already registered by an earlier attempt
+        library.impl("nms", nms_cpu, "CPU")
     _LIBRARIES.append(library)
 
 
