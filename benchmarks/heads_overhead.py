@@ -2,7 +2,7 @@
 
 Runs sam2.1 tiny at its real 1024-pixel size (random weights: speed does not depend on the values) on the CPU with
 the image already set, and prints for 1 prompt and for 16 prompts the median time of
-  - SAM2ImagePredictor.predict alone (UncertainSAM.sam2_predict: the same inference context as predict),
+  - SAM2ImagePredictor.predict alone (UncertainSAM.predict_masks: the same inference context as predict),
   - UncertainSAM.predict without heads (token hooks + entropy),
   - UncertainSAM.predict with all nine heads,
   - the same and reading result.entropy (computed on first access),
@@ -59,7 +59,7 @@ def main() -> None:
             points = rng.uniform([0, 0], [1023, 767], size=(num_prompts, 1, 2))
             prompt = {"point_coords": points, "point_labels": np.ones((num_prompts, 1))}
         sam2, no_heads, nine_heads, with_entropy = _interleaved(
-            lambda prompt=prompt: without_heads.sam2_predict(**prompt),
+            lambda prompt=prompt: without_heads.predict_masks(**prompt),
             lambda prompt=prompt: without_heads.predict(**prompt),
             lambda prompt=prompt: model.predict(**prompt),
             lambda prompt=prompt: model.predict(**prompt).entropy,
