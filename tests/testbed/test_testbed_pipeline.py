@@ -83,6 +83,12 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
         assert [oracle["lower"], oracle["value"], oracle["upper"]] == pytest.approx([100.0] * 3)
     for name in MODEL_NAMES.values():
         assert all(0.0 <= value <= 1.0 for value in results["miou"][name].values())
+    # The click check ran per model on the test scenes (a fraction of pixels; NaN only without two clicks).
+    assert set(results["prompt_dependence"]) == set(MODEL_NAMES.values())
+    assert all(value is None or 0.0 <= value <= 1.0 for value in results["prompt_dependence"].values())
+    assert "prompt dependence" in (paths.results / "results.md").read_text()
+    assert set(results["seconds"]) == {"extraction", "click_check", "heads", "evaluation", "results"}
+    assert all(value >= 0 for value in results["seconds"].values())
 
     # Built with --quick: running without it is refused with one line.
     status, _, err = run_cli(["testbed", "run", "--out", out, "--no-progress"], capsys)

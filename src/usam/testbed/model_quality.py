@@ -30,16 +30,27 @@ def _center_clicks(scene: SceneLike) -> list[np.ndarray]:
     return [np.array([click], dtype=np.float32) for click in sorted(clicks)]
 
 
-def prompt_dependence(model: torch.nn.Module, scenes: Sequence[SceneLike]) -> float:
+def _wrapped(model: torch.nn.Module | UncertainSAM) -> UncertainSAM:
+    """The model as usam prompts it: an already wrapped one as it is, a bare SAM2 model in eval mode."""
+    if isinstance(model, UncertainSAM):
+        return model
+    return UncertainSAM(sam2_adapter.make_image_predictor(model.eval()))
+
+
+def prompt_dependence(model: torch.nn.Module | UncertainSAM, scenes: Sequence[SceneLike]) -> float:
     """Fraction of pixels where the masks for different clicks in one image differ (0: the model ignores clicks).
 
     Each target's center click is given alone (multimask output); for every pair of clicks in an image the three
     masks are compared output by output. Scenes with fewer than two distinct clicks are skipped.
 
+    Args:
+        model: A SAM2 model, or a :class:`usam.UncertainSAM` wrapping one (its image is replaced).
+        scenes: The scenes.
+
     Returns:
         The mean over scenes, click pairs and outputs; NaN if no scene has two distinct clicks.
     """
-    wrapper = UncertainSAM(sam2_adapter.make_image_predictor(model.eval()))
+    wrapper = _wrapped(model)
     fractions = []
     for scene in scenes:
         clicks = _center_clicks(scene)
@@ -66,9 +77,9 @@ class ClickQuality:
     count: int
 
 
-def single_click_miou(model: torch.nn.Module, scenes: Sequence[SceneLike]) -> ClickQuality:
+def single_click_miou(model: torch.nn.Module | UncertainSAM, scenes: Sequence[SceneLike]) -> ClickQuality:
     """Mean IoU of each target's center click (multimask output, full resolution), prompted as usam prompts."""
-    wrapper = UncertainSAM(sam2_adapter.make_image_predictor(model.eval()))
+    wrapper = _wrapped(model)
     best, picked = [], []
     for scene in scenes:
         if not scene.targets:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ class TestbedSettings:
         extraction_seed: Seed of the extraction's prompts and image noise.
         bootstrap_resamples: Bootstrap resamples of the test objects per seed.
         random_orders: Random orders averaged for the random baseline.
+        dependence_scenes: Test scenes of the click check (:func:`usam.testbed.prompt_dependence`) per model.
     """
 
     __test__ = False  # not a pytest test class despite its name
@@ -112,6 +114,7 @@ class TestbedSettings:
     extraction_seed: int = 0
     bootstrap_resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES
     random_orders: int = 10
+    dependence_scenes: int = 200
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -125,7 +128,7 @@ class TestbedSettings:
         """A smoke run: a few scenes, a few training steps per model, few resamples (seconds on a CPU)."""
         return cls(
             train_scenes=6, test_scenes=4, tiny_steps=2, tiny_early_steps=1, large_steps=2, scenes_per_step=1,
-            prompts_per_scene=2, bootstrap_resamples=50, random_orders=2,
+            prompts_per_scene=2, bootstrap_resamples=50, random_orders=2, dependence_scenes=4,
         )  # fmt: skip
 
     def steps_of(self, key: str) -> int:
@@ -276,6 +279,8 @@ def run_testbed(
             f"{paths.root} was built with other settings ({_settings_difference(recorded, settings)}); pass the "
             "same --quick choice as to 'usam testbed build'"
         )
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
     models = build_models([paths.card(key) for key in MODEL_KEYS], device=device)
     for split, monte_carlo in (("train", False), ("test", True)):
         run_extraction(
@@ -285,13 +290,21 @@ def run_testbed(
             options=ExtractionOptions(monte_carlo=monte_carlo, seed=settings.extraction_seed),
             progress=progress,
         )
+    seconds["extraction"] = time.perf_counter() - started
+    started = time.perf_counter()
+    dependence = click_dependence(models, settings)
+    seconds["click_check"] = time.perf_counter() - started
     del models
+    seconds["heads"] = seconds["evaluation"] = 0.0
     evaluations: list[dict[str, Any]] = []
     for seed in range(seeds):
+        started = time.perf_counter()
         heads = train_from_store(
             paths.store("train"), paths.heads(seed), seed=seed, dataset_defaults="coco", progress=progress,
             device=device,
         )  # fmt: skip
+        seconds["heads"] += time.perf_counter() - started
+        started = time.perf_counter()
         evaluations.append(
             {
                 which: _evaluate(paths, heads, seed, which, model, settings, progress)
@@ -301,11 +314,30 @@ def run_testbed(
                 )
             }
         )
-    results = combine_results(paths, evaluations, settings)
+        seconds["evaluation"] += time.perf_counter() - started
+    started = time.perf_counter()
+    results = combine_results(paths, evaluations, settings, prompt_dependence=dependence)
+    seconds["results"] = time.perf_counter() - started
+    results["seconds"] = {key: round(value, 1) for key, value in seconds.items()}
     paths.results.mkdir(parents=True, exist_ok=True)
     write_json_atomically(results, paths.results / "results.json", indent=1)
     write_text_atomically(paths.results / "results.md", results_markdown(results))
     return results
+
+
+def click_dependence(models: dict[str, Any], settings: TestbedSettings) -> dict[str, float | None]:
+    """Each model's prompt dependence on the first test scenes (:func:`usam.testbed.prompt_dependence`).
+
+    Args:
+        models: Wrapped models (:class:`usam.UncertainSAM`) by card name.
+        settings: The test-bed's settings (test seed, image size, ``dependence_scenes``).
+    """
+    from usam.testbed.model_quality import prompt_dependence
+    from usam.testbed.scenes import make_scene, scene_seed
+
+    count = min(settings.dependence_scenes, settings.test_scenes)
+    scenes = [make_scene(scene_seed(settings.test_seed, index), settings.image_size) for index in range(count)]
+    return {name: _number(prompt_dependence(model, scenes)) for name, model in models.items()}
 
 
 def _evaluate(
@@ -320,13 +352,20 @@ def _evaluate(
     )  # fmt: skip
 
 
-def combine_results(paths: TestbedPaths, evaluations: list[dict[str, Any]], settings: TestbedSettings) -> dict:
+def combine_results(
+    paths: TestbedPaths,
+    evaluations: list[dict[str, Any]],
+    settings: TestbedSettings,
+    *,
+    prompt_dependence: dict[str, float | None] | None = None,
+) -> dict:
     """The results page's data: per scenario and measure the mean over seeds and the pooled bootstrap interval.
 
     Args:
         paths: The test-bed folder.
         evaluations: Per seed, its two :class:`usam.evaluation.EvaluationResult` (keys ``main``, ``model-gap``).
         settings: The test-bed's settings (bootstrap resamples, random orders).
+        prompt_dependence: Each model's click check (:func:`click_dependence`), if measured.
     """
     scenarios: dict[str, Any] = {}
     for scenario in CORRECTION_SCENARIOS:
@@ -349,6 +388,7 @@ def combine_results(paths: TestbedPaths, evaluations: list[dict[str, Any]], sett
         "correlation": [result[MAIN_EVALUATION].correlation.to_json() for result in evaluations],
         "correlation_model": first.model,
         "miou": store_miou(paths.store("test")),
+        "prompt_dependence": dict(prompt_dependence or {}),
     }
 
 
@@ -477,8 +517,19 @@ def results_markdown(results: dict[str, Any]) -> str:
         "| model | best of three | SAM's pick | dense prompt |",
         "|---|---|---|---|",
     ]
+    dependence = results.get("prompt_dependence", {})
+    lines[-2:] = [
+        "| model | best of three | SAM's pick | dense prompt | prompt dependence |",
+        "|---|---|---|---|---|",
+    ]
     for name, miou in results["miou"].items():
-        lines.append(f"| {name} | " + " | ".join(_format(miou[label], 3) for label in MIOU_COLUMNS) + " |")
+        cells = [_format(miou[label], 3) for label in MIOU_COLUMNS] + [_format(dependence.get(name), 4)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Prompt dependence: the fraction of pixels where the masks for different single clicks in one test scene "
+        "differ (0: the model ignores the click).",
+    ]
     for scenario in results["scenarios"].values():
         lines += ["", f"## {scenario['title']}", ""]
         if scenario["status"] != "done":
