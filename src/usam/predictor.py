@@ -26,6 +26,7 @@ from usam.heads import UncertaintyHeads, load_heads
 from usam.images import as_rgb_uint8
 from usam.model_card import ModelCard
 from usam.models import SAM2ModelSpec
+from usam.signals import prompt_signals
 
 
 @dataclasses.dataclass
@@ -48,6 +49,9 @@ class UncertainPrediction:
         mask_token_index: (…, M) which mask token produced each returned mask (1, 2, 3 for multimask output).
         head_token_index: (…, M) which mask token the heads read for each mask (depends on the heads' pairing).
         image_size: (H, W) of the image.
+        signals: SAM2's scalar signals of each prompt (:class:`usam.signals.PromptSignals` fields: ``(…, 4)`` per
+            mask token, ``(…)`` for ``object_score_logit``), or None when neither the call nor the heads asked for
+            them.
     """
 
     masks: np.ndarray
@@ -59,6 +63,7 @@ class UncertainPrediction:
     mask_token_index: np.ndarray
     head_token_index: np.ndarray
     image_size: tuple[int, int]
+    signals: dict[str, np.ndarray] | None = None
 
     @functools.cached_property
     def entropy(self) -> np.ndarray:
@@ -217,11 +222,14 @@ class UncertainSAM:
         multimask_output: bool = True,
         return_logits: bool = False,
         normalize_coords: bool = True,
+        signals: bool = False,
     ) -> UncertainPrediction:
         """Predict masks like ``SAM2ImagePredictor.predict`` and estimate their uncertainty.
 
         Arguments are SAM2's: ``point_coords`` (N, 2) or (B, N, 2) in pixels (x, y), ``point_labels`` (N,) or
         (B, N), ``box`` (4,) or (B, 4) as x0, y0, x1, y1, ``mask_input`` (1, h, w) or (B, 1, h, w) low-res logits.
+        ``signals=True`` also returns SAM2's scalar signals (:mod:`usam.signals`) in ``result.signals``, from the
+        same decoder call.
 
         A model whose card asks for click-map prompting (:mod:`usam.model_card`) gets each prompt's click map as its
         ``mask_input``; it cannot take one from the caller.
@@ -237,7 +245,7 @@ class UncertainSAM:
         )
         mask_input = self._with_click_map(point_coords, point_labels, box, mask_input, normalize_coords)
         # Telling the capture what the call asks for lets a multimask call get by with one hook.
-        capture = sam2_adapter.DecoderTokenCapture(self.predictor, multimask_output=multimask_output)
+        capture = sam2_adapter.DecoderTokenCapture(self.predictor, multimask_output=multimask_output, signals=signals)
         with capture, sam2_adapter.inference_context(self.device, self.precision):
             masks, sam_scores, low_res_logits = self.predictor.predict(
                 point_coords=point_coords,
@@ -272,6 +280,10 @@ class UncertainSAM:
                 }
                 self._check_finite("heads", uncertainty)
         squeeze = sam_scores.ndim == 1  # SAM2 drops the batch axis of a single prompt; so do we
+        signal_arrays = None
+        if signals:
+            computed = prompt_signals(call.token_sam_scores, call.object_score_logits, call.token_logits)
+            signal_arrays = {name: value[0] if squeeze else value for name, value in computed.as_arrays().items()}
         return UncertainPrediction(
             masks=masks,
             sam_scores=sam_scores,
@@ -282,6 +294,7 @@ class UncertainSAM:
             mask_token_index=_owned(call.mask_token_index, squeeze),
             head_token_index=_owned(head_index, squeeze),
             image_size=self.image_size,
+            signals=signal_arrays,
         )
 
     def _check_finite(self, source: str, arrays: dict[str, np.ndarray]) -> None:
