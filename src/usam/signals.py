@@ -80,7 +80,7 @@ class PromptSignals:
 
         Per-token values may come flat (B, 4) or with any leading shape; they are reshaped to (B, 4).
         """
-        values = {field.name: torch.as_tensor(np.asarray(arrays[field.name], dtype=np.float32)) for field in _FIELDS}
+        values = {field.name: torch.from_numpy(np.array(arrays[field.name], dtype=np.float32)) for field in _FIELDS}
         for name, tensor in values.items():
             values[name] = tensor.reshape(-1) if name == "object_score_logit" else tensor.reshape(-1, NUM_TOKENS)
         return cls(**values)
@@ -173,3 +173,56 @@ def signal_features(signals: PromptSignals, token_index: torch.Tensor) -> torch.
     )
     vectors = torch.cat([own, one_hot, context.unsqueeze(1).expand(batch, masks, context.shape[1])], dim=-1)
     return vectors.reshape(batch * masks, SIGNAL_DIM)
+
+
+MIN_SIGNAL_STD = 1e-3
+"""Smallest standard deviation a signal is divided by: a signal that never changes (e.g. SAM2's constant
+object-score logit of a config without an object-score head) becomes 0 instead of dividing by 0."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalNormalization:
+    """Per-value mean and standard deviation that standardise signal vectors; heads files store it.
+
+    Attributes:
+        mean: :data:`SIGNAL_DIM` means.
+        std: :data:`SIGNAL_DIM` standard deviations, at least :data:`MIN_SIGNAL_STD`.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != SIGNAL_DIM or len(self.std) != SIGNAL_DIM:
+            raise ValueError(f"mean and std need {SIGNAL_DIM} values each, got {len(self.mean)} and {len(self.std)}")
+        if not all(np.isfinite(self.mean)) or not all(np.isfinite(self.std)) or min(self.std) <= 0:
+            raise ValueError("mean and std must be finite and std positive")
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray) -> SignalNormalization:
+        """The normalisation of some rows' signal vectors ``(N, SIGNAL_DIM)``; non-finite rows are ignored."""
+        vectors = np.asarray(vectors, dtype=np.float64)
+        finite = vectors[np.isfinite(vectors).all(axis=1)]
+        if finite.size == 0:
+            return cls((0.0,) * SIGNAL_DIM, (1.0,) * SIGNAL_DIM)
+        std = np.maximum(finite.std(axis=0), MIN_SIGNAL_STD)
+        return cls(tuple(finite.mean(axis=0).tolist()), tuple(std.tolist()))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SignalNormalization:
+        """From :meth:`to_dict`'s form (a heads file's ``signal_normalization``)."""
+        return cls(tuple(float(value) for value in data["mean"]), tuple(float(value) for value in data["std"]))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """``{"mean": [...], "std": [...]}`` for a heads file's metadata."""
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    def apply(self, vectors: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        """Standardised vectors, ``(vectors - mean) / std``, of the same kind (tensor or array) and float32."""
+        if isinstance(vectors, torch.Tensor):
+            mean = torch.tensor(self.mean, dtype=torch.float32, device=vectors.device)
+            std = torch.tensor(self.std, dtype=torch.float32, device=vectors.device)
+            return (vectors.float() - mean) / std
+        return ((np.asarray(vectors, dtype=np.float32) - np.float32(self.mean)) / np.float32(self.std)).astype(
+            np.float32
+        )
