@@ -110,3 +110,17 @@ def test_heads_metadata_checks_the_signal_inputs():
             {"task_gap": np.full(2, 0.5)},
             inputs=["signals", "iou_token"],
         )
+
+
+def test_cli_train_inputs_signals(extracted, tmp_path, capsys):
+    from conftest import run_cli
+
+    store, _, _ = extracted
+    out = tmp_path / "signals.safetensors"
+    code, _, _ = run_cli(
+        ["train", "--data", str(store), "--out", str(out), "--heads", "iou_tiny", "--inputs", "signals",
+         "--no-progress"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    assert load_heads(out).metadata.inputs == ["signals"]
