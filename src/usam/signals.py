@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from usam.entropy import mask_entropy
+from usam.errors import InvalidInputError
 
 MASK_THRESHOLD = 0.0
 """SAM2's mask threshold on logits (``SAM2ImagePredictor(mask_threshold=0.0)``)."""
@@ -82,7 +83,15 @@ class PromptSignals:
         """
         values = {field.name: torch.from_numpy(np.array(arrays[field.name], dtype=np.float32)) for field in _FIELDS}
         for name, tensor in values.items():
-            values[name] = tensor.reshape(-1) if name == "object_score_logit" else tensor.reshape(-1, NUM_TOKENS)
+            if name == "object_score_logit":
+                values[name] = tensor.reshape(-1)
+                continue
+            if tensor.ndim == 0 or tensor.shape[-1] != NUM_TOKENS:
+                raise InvalidInputError(
+                    f"{name} has {tensor.shape[-1] if tensor.ndim else 1} values per prompt; SAM2's signals have one "
+                    f"per mask token of its {NUM_TOKENS}"
+                )
+            values[name] = tensor.reshape(-1, NUM_TOKENS)
         return cls(**values)
 
     def as_arrays(self) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ from usam.errors import InvalidInputError
 from usam.heads import SIGNAL_INPUT, TOKEN_INPUTS, UncertaintyHeads, input_width
 from usam.models import SIZES, get_model_spec, size_and_family
 from usam.presets import TieRule
-from usam.signals import SIGNAL_DIM
+from usam.signals import NUM_TOKENS, SIGNAL_DIM
 from usam.store import KEY_COLUMNS, SIGNAL_COLUMNS, StoreReader, image_names
 from usam.training import fill_head_features
 
@@ -207,7 +207,8 @@ def read_rows(
     if heads.metadata.reads_signals:
         reader.check_columns(SIGNAL_COLUMNS, "evaluating heads that read signals")
     # The signals are read when the heads need them or the ablation can train on them (a store that has them).
-    with_signals = heads.metadata.reads_signals or (keep_features and set(SIGNAL_COLUMNS) <= set(reader.columns))
+    store_has_signals = set(SIGNAL_COLUMNS) <= set(reader.columns) and reader.num_mask_tokens == NUM_TOKENS
+    with_signals = heads.metadata.reads_signals or (keep_features and store_has_signals)
     if with_signals:
         columns += list(SIGNAL_COLUMNS)
     heads_inputs = tuple(heads.metadata.inputs)
