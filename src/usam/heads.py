@@ -28,9 +28,55 @@ from torch import nn
 from usam.errors import HeadsFileError, UsamWarning
 from usam.files import atomic_path
 from usam.head_table import HEAD_NAMES, HEADS, Pairing
+from usam.signals import SIGNAL_DIM, SignalNormalization
+from usam.validation import StrEnum
 
 TOKEN_INPUTS: tuple[str, ...] = ("iou_token", "mask_token")
-"""What a head reads, in order. Ablations may train heads on one of the two tokens only."""
+"""The tokens a head reads by default, in order. Ablations may train heads on one of the two tokens only."""
+SIGNAL_INPUT = "signals"
+"""The input part that is a mask's signal vector (:func:`usam.signals.signal_features`), normalised; always last."""
+HEAD_INPUTS: tuple[str, ...] = (*TOKEN_INPUTS, SIGNAL_INPUT)
+"""Every input part a head may read, in the order a head's features concatenate them."""
+
+
+class InputsVariant(StrEnum):
+    """What a heads file reads: the paper's tokens, SAM2's scalar signals, or both (``usam train --inputs``)."""
+
+    TOKENS = "tokens"
+    """``[IoU token ‖ mask token]``, as the paper (and every heads file without signals)."""
+    SIGNALS = "signals"
+    """The mask's signal vector only."""
+    TOKENS_SIGNALS = "tokens+signals"
+    """``[IoU token ‖ mask token ‖ signal vector]``."""
+
+
+INPUTS_OF_VARIANT: dict[InputsVariant, tuple[str, ...]] = {
+    InputsVariant.TOKENS: TOKEN_INPUTS,
+    InputsVariant.SIGNALS: (SIGNAL_INPUT,),
+    InputsVariant.TOKENS_SIGNALS: HEAD_INPUTS,
+}
+"""The input parts of each variant."""
+
+
+def inputs_variant(inputs: Sequence[str]) -> InputsVariant | None:
+    """The variant whose parts ``inputs`` are, or None (a single-token ablation).
+
+    Example:
+        >>> inputs_variant(["iou_token", "mask_token", "signals"]), inputs_variant(["iou_token"])
+        (<InputsVariant.TOKENS_SIGNALS: 'tokens+signals'>, None)
+    """
+    return next((variant for variant, parts in INPUTS_OF_VARIANT.items() if tuple(inputs) == parts), None)
+
+
+def input_width(inputs: Sequence[str], token_dim: int) -> int:
+    """Number of features of the input parts: ``token_dim`` per token, :data:`usam.signals.SIGNAL_DIM` for signals.
+
+    Example:
+        >>> input_width(["iou_token", "mask_token"], 256), input_width(["signals"], 256)
+        (512, 25)
+    """
+    return sum(SIGNAL_DIM if part == SIGNAL_INPUT else token_dim for part in inputs)
+
 
 FORMAT_NAME = "usam-heads"
 FORMAT_VERSION = 1
@@ -53,10 +99,14 @@ class HeadsMetadata:
         names: Head names, in the order of the stacked weights.
         token_dim: Size of one SAM2 decoder token (256 for every released SAM2).
         hidden_dim: Width of the two hidden layers.
-        inputs: Which tokens a head reads, concatenated in this order.
+        inputs: What a head reads, concatenated in this order: tokens of :data:`TOKEN_INPUTS` and, last,
+            ``"signals"`` (the mask's signal vector, see :mod:`usam.signals`). Absent in a file: both tokens.
         pairing: Which mask token scores a returned mask: ``"true"`` or ``"as-released"``.
         sam2_version: SAM2 version the heads were trained for (``"sam2"``, ``"sam2.1"``), or None if unknown.
         training: Free-form record of how the heads were trained (data, hyper-parameters, metrics).
+        signal_normalization: For heads that read signals, the mean and standard deviation that normalise the
+            signal vector (``{"mean": [...], "std": [...]}``, :class:`usam.signals.SignalNormalization`), so that
+            inference needs nothing but the file; None otherwise.
     """
 
     names: list[str]
@@ -66,6 +116,7 @@ class HeadsMetadata:
     pairing: Pairing = Pairing.TRUE
     sam2_version: str | None = None
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    signal_normalization: dict[str, list[float]] | None = None
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.names if name not in HEAD_NAMES]
@@ -78,13 +129,45 @@ class HeadsMetadata:
         if self.pairing not in Pairing.values():
             raise HeadsFileError(f"unknown token pairing {self.pairing!r}; use one of {Pairing.values()}")
         self.pairing = Pairing(self.pairing)
-        if not self.inputs or any(part not in TOKEN_INPUTS for part in self.inputs):
-            raise HeadsFileError(f"heads inputs must be a non-empty subset of {list(TOKEN_INPUTS)}, got {self.inputs}")
+        self.inputs = list(self.inputs)
+        unknown = [part for part in self.inputs if part not in HEAD_INPUTS]
+        if not self.inputs or unknown or (SIGNAL_INPUT in self.inputs and self.inputs[-1] != SIGNAL_INPUT):
+            raise HeadsFileError(
+                f"heads inputs must be a non-empty list of distinct parts of {list(HEAD_INPUTS)} with "
+                f"{SIGNAL_INPUT!r} last, got {self.inputs}"
+            )
+        if len(set(self.inputs)) != len(self.inputs):
+            raise HeadsFileError(f"heads inputs must not repeat a part, got {self.inputs}")
+        if self.reads_signals != (self.signal_normalization is not None):
+            raise HeadsFileError(
+                "heads that read signals need their signal_normalization (and others must not have one); "
+                "the file is incomplete: train the heads again"
+            )
+        if self.signal_normalization is not None:
+            try:
+                SignalNormalization.from_dict(self.signal_normalization)
+            except (KeyError, TypeError, ValueError) as error:
+                raise HeadsFileError(f"the heads' signal_normalization is malformed ({error})") from None
 
     @property
     def input_dim(self) -> int:
         """Number of input features of every head."""
-        return self.token_dim * len(self.inputs)
+        return input_width(self.inputs, self.token_dim)
+
+    @property
+    def reads_signals(self) -> bool:
+        """Whether the heads read the signal vector (and need SAM2's scalar signals at inference)."""
+        return SIGNAL_INPUT in self.inputs
+
+    @property
+    def token_inputs(self) -> list[str]:
+        """The tokens the heads read, in order (none for signal-only heads)."""
+        return [part for part in self.inputs if part != SIGNAL_INPUT]
+
+    @property
+    def normalization(self) -> SignalNormalization | None:
+        """The normalisation of the signal vector, for heads that read it."""
+        return None if self.signal_normalization is None else SignalNormalization.from_dict(self.signal_normalization)
 
     def to_json(self) -> str:
         """Serialise, with the format name and version, as one JSON string."""

@@ -22,10 +22,11 @@ from usam.devices import Precision
 from usam.entropy import mask_entropy, pixel_entropy
 from usam.errors import CheckpointError, HeadsFileError, InvalidInputError, UsamWarning
 from usam.head_table import Pairing
-from usam.heads import UncertaintyHeads, load_heads
+from usam.heads import SIGNAL_INPUT, UncertaintyHeads, load_heads
 from usam.images import as_rgb_uint8
 from usam.model_card import ModelCard
 from usam.models import SAM2ModelSpec
+from usam.signals import prompt_signals, signal_features
 
 
 @dataclasses.dataclass
@@ -48,6 +49,9 @@ class UncertainPrediction:
         mask_token_index: (…, M) which mask token produced each returned mask (1, 2, 3 for multimask output).
         head_token_index: (…, M) which mask token the heads read for each mask (depends on the heads' pairing).
         image_size: (H, W) of the image.
+        signals: SAM2's scalar signals of each prompt (:class:`usam.signals.PromptSignals` fields: ``(…, 4)`` per
+            mask token, ``(…)`` for ``object_score_logit``), or None when neither the call nor the heads asked for
+            them.
     """
 
     masks: np.ndarray
@@ -59,6 +63,7 @@ class UncertainPrediction:
     mask_token_index: np.ndarray
     head_token_index: np.ndarray
     image_size: tuple[int, int]
+    signals: dict[str, np.ndarray] | None = None
 
     @functools.cached_property
     def entropy(self) -> np.ndarray:
@@ -100,21 +105,28 @@ def head_token_indices(mask_token_index: torch.Tensor, pairing: str) -> torch.Te
 
 
 def head_features(
-    iou_token: torch.Tensor, mask_tokens: torch.Tensor, token_index: torch.Tensor, inputs: list[str]
+    iou_token: torch.Tensor,
+    mask_tokens: torch.Tensor,
+    token_index: torch.Tensor,
+    inputs: list[str],
+    signal_vectors: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Head inputs ``concat(iou_token, mask_token)`` for every returned mask, as (B * M, len(inputs) * D).
+    """Head inputs ``concat(iou_token, mask_token[, signals])`` for every returned mask, as (B * M, width).
 
     Args:
         iou_token: (B, D).
         mask_tokens: (B, 4, D).
         token_index: (B, M) mask token to pair with each mask.
-        inputs: Which tokens to concatenate, in order (``iou_token``, ``mask_token``).
+        inputs: What to concatenate, in order (``iou_token``, ``mask_token``, ``signals``).
+        signal_vectors: (B * M, SIGNAL_DIM) the masks' normalised signal vectors, for inputs with ``signals``.
     """
     batch, masks = token_index.shape
     dim = iou_token.shape[-1]
     paired = mask_tokens.gather(1, token_index.unsqueeze(-1).expand(batch, masks, dim))
     parts = {"iou_token": iou_token.unsqueeze(1).expand(batch, masks, dim), "mask_token": paired}
-    return torch.cat([parts[name] for name in inputs], dim=-1).reshape(batch * masks, -1).float()
+    if signal_vectors is not None:
+        parts[SIGNAL_INPUT] = signal_vectors.to(paired.device).reshape(batch, masks, -1)
+    return torch.cat([parts[name].float() for name in inputs], dim=-1).reshape(batch * masks, -1)
 
 
 class UncertainSAM:
@@ -217,11 +229,14 @@ class UncertainSAM:
         multimask_output: bool = True,
         return_logits: bool = False,
         normalize_coords: bool = True,
+        signals: bool = False,
     ) -> UncertainPrediction:
         """Predict masks like ``SAM2ImagePredictor.predict`` and estimate their uncertainty.
 
         Arguments are SAM2's: ``point_coords`` (N, 2) or (B, N, 2) in pixels (x, y), ``point_labels`` (N,) or
         (B, N), ``box`` (4,) or (B, 4) as x0, y0, x1, y1, ``mask_input`` (1, h, w) or (B, 1, h, w) low-res logits.
+        ``signals=True`` also returns SAM2's scalar signals (:mod:`usam.signals`) in ``result.signals``, from the
+        same decoder call; heads that read signals get them (and return them) without asking.
 
         A model whose card asks for click-map prompting (:mod:`usam.model_card`) gets each prompt's click map as its
         ``mask_input``; it cannot take one from the caller.
@@ -237,7 +252,9 @@ class UncertainSAM:
         )
         mask_input = self._with_click_map(point_coords, point_labels, box, mask_input, normalize_coords)
         # Telling the capture what the call asks for lets a multimask call get by with one hook.
-        capture = sam2_adapter.DecoderTokenCapture(self.predictor, multimask_output=multimask_output)
+        heads_read_signals = self.heads is not None and self.heads.metadata.reads_signals
+        signals = signals or heads_read_signals
+        capture = sam2_adapter.DecoderTokenCapture(self.predictor, multimask_output=multimask_output, signals=signals)
         with capture, sam2_adapter.inference_context(self.device, self.precision):
             masks, sam_scores, low_res_logits = self.predictor.predict(
                 point_coords=point_coords,
@@ -258,13 +275,21 @@ class UncertainSAM:
             call.mask_token_index, self.heads.metadata.pairing if self.heads is not None else "true"
         )
         uncertainty: dict[str, np.ndarray] = {}
+        computed = None
+        if signals:
+            computed = prompt_signals(call.token_sam_scores, call.object_score_logits, call.token_logits)
         with torch.no_grad():
             if self.heads is not None:
+                signal_vectors = None
+                if heads_read_signals:
+                    # The same vector as training's: the signals of the token the heads read, then the context.
+                    signal_vectors = self.heads.metadata.normalization.apply(signal_features(computed, head_index))
                 features = head_features(
                     call.iou_token,
                     call.mask_tokens,
                     head_index.to(call.mask_tokens.device),
                     self.heads.metadata.inputs,
+                    signal_vectors,
                 )
                 values = self.heads(features.to(self.device)).cpu().numpy()
                 uncertainty = {
@@ -272,6 +297,9 @@ class UncertainSAM:
                 }
                 self._check_finite("heads", uncertainty)
         squeeze = sam_scores.ndim == 1  # SAM2 drops the batch axis of a single prompt; so do we
+        signal_arrays = None
+        if computed is not None:
+            signal_arrays = {name: value[0] if squeeze else value for name, value in computed.as_arrays().items()}
         return UncertainPrediction(
             masks=masks,
             sam_scores=sam_scores,
@@ -282,6 +310,7 @@ class UncertainSAM:
             mask_token_index=_owned(call.mask_token_index, squeeze),
             head_token_index=_owned(head_index, squeeze),
             image_size=self.image_size,
+            signals=signal_arrays,
         )
 
     def _check_finite(self, source: str, arrays: dict[str, np.ndarray]) -> None:

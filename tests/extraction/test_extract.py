@@ -258,3 +258,25 @@ def test_store_info_command(dataset, sam_models, tmp_path, capsys):
     assert info["metadata"]["dataset"] == "folder"
     assert info["completed_images_per_shard"] == {"00000-of-00001": 2}
     assert main(["store-info", str(tmp_path / "nothing")]) == 2
+
+
+def test_rows_record_the_signals_of_the_center_prompts_call(dataset, sam_models):
+    """The signal columns are those of the call that gave the row's tokens and scores (no extra decoder call)."""
+    reader = open_dataset("folder", dataset, "all")
+    sample = reader.load("img01")
+    models = wrap_models({"sam2.1-tiny": sam_models["sam2.1-tiny"]})
+    model = models["sam2.1-tiny"]
+    calls = []
+    handle = model.predictor.model.sam_mask_decoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        rows = Extractor(models, ExtractionOptions(monte_carlo=False)).rows_for_sample(sample)
+    finally:
+        handle.remove()
+    assert len(calls) == 2 * -(-len(sample.masks) // default_prompt_batch_size("cpu"))  # center and dense calls
+    model.set_image(sample.image)
+    for row in rows:
+        np.testing.assert_array_equal(row["token_sam_scores"][1:], row["sam_scores"])
+        center = np.asarray(row["center_point"], np.float32).reshape(1, 2)
+        expected = model.predict(point_coords=center, point_labels=np.ones(1), signals=True).signals
+        for name, values in expected.items():
+            np.testing.assert_allclose(row[name], values, atol=1e-5, err_msg=name)

@@ -7,11 +7,20 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from test_store_writer import make_row
 
-from usam.errors import StoreError
-from usam.store import KEY_COLUMNS, STORE_FILE_NAME, StoreReader, StoreWriter, image_names, row_schema
+from usam.errors import InvalidInputError, StoreError
+from usam.store import (
+    KEY_COLUMNS,
+    SIGNAL_COLUMNS,
+    STORE_FILE_NAME,
+    StoreReader,
+    StoreWriter,
+    image_names,
+    row_schema,
+)
 
 
 def _write(root, rows_by_image, **writer_options):
@@ -149,3 +158,41 @@ def test_image_names_join_dataset_and_key():
     names = image_names(pa.chunked_array([["coco"], ["ade20k"]]), np.array(["1", "1"]))
     assert names.tolist() == ["coco/1", "ade20k/1"]
     assert len(set(names.tolist())) == 2  # one key in two datasets is two images
+
+
+def _make_version_1(store):
+    """Rewrite a store as usam wrote it before schema version 2 (no signal columns)."""
+    old_schema = row_schema(schema_version=1)
+    for path in sorted(store.glob("part-*.parquet")):
+        table = pq.read_table(path).select(old_schema.names)
+        pq.write_table(pa.Table.from_arrays(table.columns, schema=old_schema), path)
+    content = json.loads((store / STORE_FILE_NAME).read_text())
+    content["schema_version"] = 1
+    (store / STORE_FILE_NAME).write_text(json.dumps(content))
+
+
+def test_version_1_store_reads_without_signals_and_says_how_to_get_them(store):
+    before = StoreReader(store).read(["image_key", "model", "iou", "iou_token"]).sort_by("model")
+    _make_version_1(store)
+    reader = StoreReader(store)
+    assert reader.schema_version == 1
+    assert not set(SIGNAL_COLUMNS) & set(reader.columns)
+    after = reader.read(["image_key", "model", "iou", "iou_token"]).sort_by("model")
+    assert after.equals(before)
+    with pytest.raises(StoreError, match=r"schema version 1.*token_stabilities.*usam extract") as caught:
+        reader.read(["iou", "token_stabilities"])
+    assert "\n" not in str(caught.value)
+    with pytest.raises(StoreError, match=r"training heads that read signals needs"):
+        reader.check_columns(["object_score_logit"], "training heads that read signals")
+    # Rows with signals cannot join it: a new extraction goes into a new directory.
+    with pytest.raises(StoreError, match=r"schema version 1.*new --out directory"):
+        StoreWriter(store, metadata={"dataset": "coco", "split": "val"})
+
+
+def test_signal_columns_hold_one_value_per_mask_token(tmp_path):
+    schema = row_schema(num_mask_tokens=4)
+    assert schema.field("token_sam_scores").type.list_size == 4
+    assert schema.field("object_score_logit").type == pa.float32()
+    assert not schema.field("token_entropies").nullable
+    with pytest.raises(InvalidInputError, match="schema_version"):
+        row_schema(schema_version=3)

@@ -14,11 +14,12 @@ def add_evaluate(subparsers: Any) -> None:
     """Add the ``evaluate`` subcommand to ``subparsers``."""
     parser = subparsers.add_parser(
         "evaluate",
-        help="reproduce the paper's evaluation: correction curves, relative AUC, correlations, token ablation",
+        help="reproduce the paper's evaluation: correction curves, relative AUC, correlations, inputs ablation",
         description="Score heads and entropy baselines on a token store: the four correction scenarios (model "
         "selection, prompt refinement, task supervision, segmentation uncertainty), relative AUC over r in [0, 1] "
-        "and [0, 0.5], the Pearson correlation table and a token ablation. Writes REPORT/report.md, "
-        "REPORT/results.json and PNG plots (plots an earlier evaluation wrote into REPORT are replaced).",
+        "and [0, 0.5], the Pearson correlation table and an inputs ablation (tokens, signals, both). Writes "
+        "REPORT/report.md, REPORT/results.json and PNG plots (plots an earlier evaluation wrote into REPORT are "
+        "replaced).",
     )
     parser.add_argument("--data", type=Path, required=True, metavar="STORE", help="token store folder (usam extract)")
     parser.add_argument(
@@ -42,7 +43,9 @@ def add_evaluate(subparsers: Any) -> None:
     parser.add_argument(
         "--seeds", type=int, default=10, help="random orders averaged for the random baseline (default %(default)s)"
     )
-    parser.add_argument("--no-ablation", action="store_true", help="skip the token ablation (it trains three heads)")
+    parser.add_argument(
+        "--no-ablation", action="store_true", help="skip the inputs ablation (it trains heads on five inputs variants)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     parser.set_defaults(handler=_run_evaluate)
 

@@ -12,6 +12,7 @@ def add_train(subparsers: Any) -> None:
     """Add the ``train`` subcommand to ``subparsers``."""
     from usam.devices import Precision
     from usam.head_table import HEAD_NAMES, Pairing
+    from usam.heads import InputsVariant
     from usam.presets import Preset, TieRule
     from usam.training import PAPER_DEFAULTS
 
@@ -54,6 +55,14 @@ def add_train(subparsers: Any) -> None:
         choices=TieRule.values(),
         help="which of equally good masks gives the mask token a head reads (default: the one the store's "
         "extraction recorded, else the preset's)",
+    )
+    parser.add_argument(
+        "--inputs",
+        choices=InputsVariant.values(),
+        default=InputsVariant.TOKENS.value,
+        help="what the heads read: 'tokens' = [IoU token, mask token] as the paper; 'signals' = SAM2's scalar "
+        "signals of the mask (scores, object score, H_Std, area, stability; needs a store of schema version 2); "
+        "'tokens+signals' = both. Default %(default)s",
     )
     parser.add_argument("--models", nargs="+", metavar="MODEL", help="use rows of these models (default: all)")
     pooling = parser.add_mutually_exclusive_group()
@@ -102,7 +111,7 @@ def add_train(subparsers: Any) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from usam.heads import load_heads
+    from usam.heads import INPUTS_OF_VARIANT, InputsVariant, load_heads
     from usam.training import train_from_store
 
     def print_trial(line: str) -> None:
@@ -120,6 +129,7 @@ def _run_train(args: argparse.Namespace) -> int:
         preset=args.preset,
         pool_sizes=args.pool_sizes,
         tie_rule=args.tie_rule,
+        inputs=INPUTS_OF_VARIANT[InputsVariant(args.inputs)],
         progress=not args.no_progress,
         device=args.device,
         precision=args.precision,

@@ -11,8 +11,8 @@ number, curves included) and PNG plots:
   (``"r_0_1"``) and over r in [0, 0.5] (``"r_0_0.5"``, the regime of correcting at most half of the objects).
 * **Correlations** (the paper's Table 5): Pearson correlation between the true IoU and gaps, SAM's score, the
   entropies and the heads, on the rows of the evaluated model.
-* **Token ablation** (optional): heads trained on the IoU token only, the mask token only and both, scored by
-  relative AUC per scenario.
+* **Inputs ablation** (optional): heads trained on the IoU token only, the mask token only, both, SAM2's scalar
+  signals only and tokens + signals, scored by relative AUC per scenario.
 
 Rows and values of each scenario
 --------------------------------
@@ -52,7 +52,7 @@ Modules
 * :mod:`~usam.evaluation.scenarios`: the four correction scenarios, their curves and relative AUCs
   (:class:`ScenarioResult`, :class:`MeasureResult`).
 * :mod:`~usam.evaluation.correlation`: the Pearson table (:class:`CorrelationResult`).
-* :mod:`~usam.evaluation.ablation`: the token ablation (:class:`AblationResult`).
+* :mod:`~usam.evaluation.ablation`: the inputs ablation (:class:`AblationResult`).
 * :mod:`~usam.evaluation.departures`: this run against the paper's choices (:class:`RunDeparture`).
 * :mod:`~usam.evaluation.report`: ``report.md``.
 * :mod:`~usam.evaluation.plots`: plots drawn on a given matplotlib ``Axes`` (:func:`plot_scenario`,

@@ -1,9 +1,11 @@
-"""The token ablation: heads trained on the IoU token only, the mask token only and both, scored per scenario.
+"""The inputs ablation: heads trained on each of the tokens, both, SAM2's scalar signals, and tokens with signals.
 
-The images of the store are split at random (seeded) into training and test images; for each variant the heads of
-the four scenarios are trained from scratch with :func:`usam.training.train_heads` on the training images' rows
-and scored by relative AUC on the test images' objects, next to the provided heads, SAM's score and random order
-on the same objects.
+Variants: the IoU token only, the mask token only, both tokens, the signal vector only, tokens and signals. The
+images of the store are split at random (seeded) into training and test images; for each variant the heads of the
+four scenarios are trained from scratch with :func:`usam.training.train_heads` on the training images' rows and
+scored by relative AUC on the test images' objects, next to the provided heads, SAM's score and random order on the
+same objects. The signal variants need a store with signal columns (schema version 2); on an older store they are
+listed as skipped, with the cause.
 """
 
 from __future__ import annotations
@@ -28,16 +30,19 @@ from usam.evaluation.scenarios import (
     values_of,
 )
 from usam.head_table import HEAD_NAMES, HEADS
-from usam.heads import UncertaintyHeads
+from usam.heads import SIGNAL_INPUT, UncertaintyHeads
 from usam.metrics import no_correction_curve, oracle_curve, random_curve
+from usam.signals import SignalNormalization
 from usam.training import HyperParameters, TrainingData, paper_hyper_parameters, train_heads
 
 ABLATION_VARIANTS: dict[str, tuple[str, ...]] = {
     "iou_token": ("iou_token",),
     "mask_token": ("mask_token",),
     "both": ("iou_token", "mask_token"),
+    "signals": (SIGNAL_INPUT,),
+    "tokens+signals": ("iou_token", "mask_token", SIGNAL_INPUT),
 }
-"""The token ablation's variants and the tokens their heads read."""
+"""The ablation's variants and what their heads read ("both" is the paper's tokens)."""
 
 ABLATION_TEST_FRACTION = 0.3
 """Fraction of the images held out to score the ablation's heads (the rest trains them)."""
@@ -242,18 +247,33 @@ def run_ablation(
     if rows.features is None:
         raise ValueError("the rows were read without features; read them with keep_features=True")
     token_dim = heads.metadata.token_dim
-    variant_slices = {"iou_token": slice(0, token_dim), "mask_token": slice(token_dim, None), "both": slice(None)}
+    token_slices = {"iou_token": slice(0, token_dim), "mask_token": slice(token_dim, 2 * token_dim)}
     variant_heads: dict[str, dict[str, np.ndarray]] = {}
     variants: dict[str, Any] = {}
     for variant, inputs in ABLATION_VARIANTS.items():
-        features = rows.features[:, variant_slices[variant]]
+        normalization = None
+        parts = [rows.features[:, token_slices[part]] for part in inputs if part != SIGNAL_INPUT]
+        if SIGNAL_INPUT in inputs:
+            if rows.signals is None:
+                variants[variant] = {
+                    "inputs": list(inputs),
+                    "status": str(Status.SKIPPED),
+                    "reason": "the store has no signal columns (schema version 1); extract it again with usam extract",
+                }
+                continue
+            # Standardised with the training rows' statistics, as training from a store does.
+            normalization = SignalNormalization.fit(rows.signals[rows.token_rows[training_rows]])
+            parts.append(normalization.apply(rows.signals))
+        features = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
         data = TrainingData.from_arrays(
             features[rows.token_rows[training_rows]],
             rows.image_names(training_rows),
             {name: targets[name] for name in trained_heads},
             inputs=inputs,
             pairing=heads.metadata.pairing,
-            source={"source": "usam.evaluation token ablation", "variant": variant},
+            source={"source": "usam.evaluation inputs ablation", "variant": variant},
+            token_dim=token_dim,
+            signal_normalization=None if normalization is None else normalization.to_dict(),
         )
         try:
             module, report = train_heads(
@@ -319,7 +339,7 @@ def _score_scenario(
         return AblationScore(num_objects, aucs)
 
     higher = head_measure.higher_is_uncertain
-    scores = {variant: score(variant_heads[variant][head][test_rows], higher) for variant in ABLATION_VARIANTS}
+    scores = {variant: score(values[head][test_rows], higher) for variant, values in variant_heads.items()}
     provided = values_of(head_measure, rows, test_rows)
     if provided is not None and not np.all(np.isnan(provided)):
         scores["provided_heads"] = score(provided, higher)

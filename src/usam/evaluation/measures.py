@@ -14,6 +14,7 @@ import numpy as np
 
 from usam.extraction.targets import best_output
 from usam.head_table import HEADS, SIZE_TARGETS_KEY, HeadKind, SizeTargets, size_targets_of
+from usam.heads import InputsVariant
 from usam.metrics import CorrectionScenario
 from usam.validation import StrEnum
 
@@ -111,24 +112,33 @@ def iou_head_of(column: str, model_size: str | None) -> str | None:
     return None
 
 
-def head_measure(name: str, colour_role: ColourRole) -> Measure:
-    """A measure that ranks by one head's output, in the head's own direction."""
+def _inputs_note(inputs: str) -> str:
+    """How a head measure names what its heads read: nothing for the paper's tokens, else the inputs variant."""
+    return "" if inputs == InputsVariant.TOKENS else f" [{inputs}]"
+
+
+def head_measure(name: str, colour_role: ColourRole, inputs: str = InputsVariant.TOKENS) -> Measure:
+    """A measure that ranks by one head's output, in the head's own direction.
+
+    ``inputs`` (what the heads file reads, :class:`usam.heads.InputsVariant`) is named in the label and source of
+    heads that read more than the paper's tokens, so that each inputs variant reads as its own measure.
+    """
     return Measure(
         key=name,
-        label=f"USAM {name}",
+        label=f"USAM {name}{_inputs_note(inputs)}",
         kind=MeasureKind.USAM_HEAD,
         higher_is_uncertain=HEADS[name].higher_is_uncertain,
-        source=f"head {name}",
+        source=f"head {name} on {inputs}",
         colour_role=colour_role,
         heads=(name,),
     )
 
 
-def head_difference_measure(corrected_head: str, base_head: str) -> Measure:
+def head_difference_measure(corrected_head: str, base_head: str, inputs: str = InputsVariant.TOKENS) -> Measure:
     """Predicted corrected IoU minus predicted base IoU: a second estimate of the gain, highest first."""
     return Measure(
         key=f"{corrected_head}-{base_head}",
-        label=f"USAM {corrected_head} − {base_head}",
+        label=f"USAM {corrected_head} − {base_head}{_inputs_note(inputs)}",
         kind=MeasureKind.USAM_HEAD_DIFFERENCE,
         higher_is_uncertain=True,
         source=f"head {corrected_head} minus head {base_head}",
@@ -137,7 +147,12 @@ def head_difference_measure(corrected_head: str, base_head: str) -> Measure:
     )
 
 
-def scenario_measures(scenario: CorrectionScenario, base_size: str | None, corrected_size: str | None) -> list[Measure]:
+def scenario_measures(
+    scenario: CorrectionScenario,
+    base_size: str | None,
+    corrected_size: str | None,
+    inputs: str = InputsVariant.TOKENS,
+) -> list[Measure]:
     """The measures of a scenario, in the order of the report.
 
     Args:
@@ -145,6 +160,7 @@ def scenario_measures(scenario: CorrectionScenario, base_size: str | None, corre
         base_size: SAM2 size of the model whose rows give the base IoU (and every measure's values).
         corrected_size: SAM2 size of the model whose rows give the corrected IoU (the base size when the same row
             gives both).
+        inputs: What the heads read (an :class:`usam.heads.InputsVariant`), named in the head measures.
 
     Returns:
         The primary head (the scenario's gap head, or for segmentation uncertainty the base size's IoU head), the
@@ -156,13 +172,13 @@ def scenario_measures(scenario: CorrectionScenario, base_size: str | None, corre
     measures: list[Measure] = []
     gap_head = SCENARIO_GAP_HEADS.get(scenario.name)
     if gap_head is not None:
-        measures.append(head_measure(gap_head, ColourRole.PRIMARY_HEAD))
+        measures.append(head_measure(gap_head, ColourRole.PRIMARY_HEAD, inputs))
         if base_head is not None:
-            measures.append(head_measure(base_head, ColourRole.IOU_HEAD))
+            measures.append(head_measure(base_head, ColourRole.IOU_HEAD, inputs))
     elif base_head is not None:
-        measures.append(head_measure(base_head, ColourRole.PRIMARY_HEAD))
+        measures.append(head_measure(base_head, ColourRole.PRIMARY_HEAD, inputs))
     if base_head is not None and corrected_head is not None and corrected_head != base_head:
-        measures.append(head_difference_measure(corrected_head, base_head))
+        measures.append(head_difference_measure(corrected_head, base_head, inputs))
     sam_pick = scenario.name in _SAM_PICK_SCENARIOS
     score_source = "highest of sam_scores (SAM's pick)" if sam_pick else "sam_scores of the best output"
     measures.append(

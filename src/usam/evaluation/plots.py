@@ -64,6 +64,8 @@ _ABLATION_BARS = (
     ("iou_token", "IoU token only", "#9ecae1", None),
     ("mask_token", "Mask token only", "#4292c6", None),
     ("both", "Both tokens", "#08306b", None),
+    ("signals", "Signals only", "#a1d99b", None),
+    ("tokens+signals", "Tokens + signals", "#238b45", None),
     ("provided_heads", "Provided heads", "#d62728", "//"),
     ("sam_score", "SAM score", "#fdae6b", None),
     ("random", "Random", "#bdbdbd", None),
@@ -226,7 +228,7 @@ def _drawn_figure(plt: Any, key: str, result: EvaluationResult) -> Iterator[Figu
                       bbox_to_anchor=(0.5, -0.01))  # fmt: skip
         protocol = result.ablation.protocol
         figure.suptitle(
-            f"Token ablation — {result.model}: heads trained on {protocol['train_images']} images, "
+            f"Inputs ablation — {result.model}: heads trained on {protocol['train_images']} images, "
             f"scored on {protocol['test_images']} held-out images"
         )
         figure.tight_layout(rect=(0, 0.07, 1, 1))

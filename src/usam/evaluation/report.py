@@ -13,7 +13,16 @@ if TYPE_CHECKING:
     from usam.evaluation.correlation import CorrelationResult
     from usam.evaluation.run import EvaluationResult
 
-_ABLATION_COLUMNS = ("iou_token", "mask_token", "both", "provided_heads", "sam_score", "random")
+_ABLATION_COLUMNS = (
+    "iou_token",
+    "mask_token",
+    "both",
+    "signals",
+    "tokens+signals",
+    "provided_heads",
+    "sam_score",
+    "random",
+)
 
 
 def report_markdown(result: EvaluationResult) -> str:
@@ -128,7 +137,7 @@ def _correlation_lines(correlation: CorrelationResult, model: str) -> list[str]:
 
 
 def _ablation_lines(ablation: AblationResult | None, result: EvaluationResult) -> list[str]:
-    lines = ["## Token ablation", ""]
+    lines = ["## Inputs ablation", ""]
     if ablation is None:
         return [*lines, "Not run (`ablation=False`).", ""]
     if ablation.status is not Status.DONE:
@@ -145,9 +154,9 @@ def _ablation_lines(ablation: AblationResult | None, result: EvaluationResult) -
         "Scores are relative AUC (%) on the test images' objects; *Provided heads* are the evaluated heads "
         "file on the same objects (they may have been trained on them).",
         "",
-        "| Scenario | Head | Test objects | IoU token only | Mask token only | Both tokens | Provided heads "
-        "| SAM score | Random |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| Scenario | Head | Test objects | IoU token only | Mask token only | Both tokens | Signals only "
+        "| Tokens + signals | Provided heads | SAM score | Random |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, entry in ablation.scenarios.items():
         title = result.scenarios[name].title
@@ -164,8 +173,11 @@ def _ablation_lines(ablation: AblationResult | None, result: EvaluationResult) -
             cells.append(f"{format_percent(aucs['r_0_1'])} / {format_percent(aucs['r_0_0.5'])}")
         lines.append(f"| {title} | `{entry.head}` | {entry.num_test_objects} | " + " | ".join(cells) + " |")
     lines += ["", "Each cell: relative AUC over r ∈ [0, 1] / over r ∈ [0, 0.5].", ""]
+    skipped = {name: entry["reason"] for name, entry in ablation.variants.items() if "reason" in entry}
+    lines += [f"Variant `{name}` not trained: {reason}." for name, reason in skipped.items()]
+    lines += [""] if skipped else []
     if ablation.plot:
-        lines += [f"![Token ablation]({ablation.plot})", ""]
+        lines += [f"![Inputs ablation]({ablation.plot})", ""]
     return lines
 
 

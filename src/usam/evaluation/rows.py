@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from usam.errors import InvalidInputError
-from usam.heads import TOKEN_INPUTS, UncertaintyHeads
+from usam.heads import SIGNAL_INPUT, TOKEN_INPUTS, UncertaintyHeads, input_width
 from usam.models import SIZES, get_model_spec, size_and_family
 from usam.presets import TieRule
-from usam.store import KEY_COLUMNS, StoreReader, image_names
+from usam.signals import NUM_TOKENS, SIGNAL_DIM
+from usam.store import KEY_COLUMNS, SIGNAL_COLUMNS, StoreReader, image_names
 from usam.training import fill_head_features
 
 IOU_COLUMNS: tuple[str, ...] = ("iou", "unsupervised_iou", "iou_dense_prompt")
@@ -47,6 +48,8 @@ class Rows:
         token_rows: ``(N,)`` index of a row's features in :attr:`features`, -1 if its tokens were not read.
         nonfinite_tokens: ``(N,)`` whether a row's tokens were read and hold NaN or infinity.
         features: ``(T, 2 * token_dim)`` IoU token and best mask token of the rows with tokens, or None.
+        signals: ``(T, SIGNAL_DIM)`` the best mask's signal vector (:mod:`usam.signals`, not normalised) of the
+            same rows, or None when not kept or the store has no signal columns (schema version 1).
     """
 
     dataset: np.ndarray
@@ -60,6 +63,7 @@ class Rows:
     token_rows: np.ndarray
     nonfinite_tokens: np.ndarray
     features: np.ndarray | None
+    signals: np.ndarray | None = None
 
     def indices_of(self, model: str) -> np.ndarray:
         """Indices of the rows of one model, in sorted order."""
@@ -200,13 +204,22 @@ def read_rows(
     entropy_columns = [name for name in reader.columns if name.startswith("h_")]
     value_columns = [*IOU_COLUMNS, *GAP_COLUMNS, *entropy_columns]
     columns = [*KEY_COLUMNS, *value_columns, "sam_scores", "mask_ious", "iou_token", "mask_tokens"]
+    if heads.metadata.reads_signals:
+        reader.check_columns(SIGNAL_COLUMNS, "evaluating heads that read signals")
+    # The signals are read when the heads need them or the ablation can train on them (a store that has them).
+    store_has_signals = set(SIGNAL_COLUMNS) <= set(reader.columns) and reader.num_mask_tokens == NUM_TOKENS
+    with_signals = heads.metadata.reads_signals or (keep_features and store_has_signals)
+    if with_signals:
+        columns += list(SIGNAL_COLUMNS)
     heads_inputs = tuple(heads.metadata.inputs)
     both_inputs = tuple(TOKEN_INPUTS)
+    read_inputs = (*both_inputs, SIGNAL_INPUT) if with_signals else both_inputs
+    signal_part = slice(2 * token_dim, None)
     pairing = heads.metadata.pairing
     row_filter = pc.field("model").isin(models.read_models)
 
     parts: dict[str, list[np.ndarray]] = {name: [] for name in [*KEY_COLUMNS, *value_columns]}
-    sam_scores, mask_ious, has_tokens, nonfinite, head_outputs, features = [], [], [], [], [], []
+    sam_scores, mask_ious, has_tokens, nonfinite, head_outputs, features, signals = [], [], [], [], [], [], []
     total = reader.count_rows(row_filter)
     with tqdm(total=total, desc="reading store", unit="row", disable=not progress) as bar:
         for table in reader.iter_batches(columns, row_filter):
@@ -217,16 +230,19 @@ def read_rows(
             with_tokens = np.isin(table.column("model").to_numpy(zero_copy_only=False), models.token_models)
             has_tokens.append(with_tokens)
             token_table = table.filter(pa.array(with_tokens))
-            both = np.empty((token_table.num_rows, 2 * token_dim), dtype=np.float32)
-            fill_head_features(token_table, both, both_inputs, pairing, tie_rule)
+            read = np.empty((token_table.num_rows, input_width(read_inputs, token_dim)), dtype=np.float32)
+            fill_head_features(token_table, read, read_inputs, pairing, tie_rule)
+            both = read[:, : 2 * token_dim]
             bad = ~np.isfinite(both).all(axis=1)
             nonfinite.append(bad)
-            inputs = both if heads_inputs == both_inputs else _select_inputs(both, heads_inputs, token_dim)
+            inputs = both if heads_inputs == both_inputs else _select_inputs(read, heads, token_dim)
             outputs = run_heads(heads, inputs).T
             outputs[bad] = np.nan  # infinity can give a finite output; such a row has no head value
             head_outputs.append(outputs)
             if keep_features:
-                features.append(both)
+                features.append(np.ascontiguousarray(both))
+                if with_signals:
+                    signals.append(np.ascontiguousarray(read[:, signal_part]))
             bar.update(table.num_rows)
 
     def joined(chunks: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -261,15 +277,23 @@ def read_rows(
         token_rows=token_rows[order],
         nonfinite_tokens=nonfinite_all[order],
         features=joined(features, (0, 2 * token_dim), np.float32) if keep_features else None,
+        signals=joined(signals, (0, SIGNAL_DIM), np.float32) if keep_features and with_signals else None,
     )
 
 
-def _select_inputs(both: np.ndarray, inputs: tuple[str, ...], token_dim: int) -> np.ndarray:
-    """The columns of ``inputs`` out of the IoU-token + mask-token features, in ``inputs`` order."""
+def _select_inputs(read: np.ndarray, heads: UncertaintyHeads, token_dim: int) -> np.ndarray:
+    """The heads' inputs, in their order, out of [IoU token, mask token (, raw signal vector)] features.
+
+    The signal vector is normalised with the heads' own normalisation, as the predictor does.
+    """
     position = {name: index for index, name in enumerate(TOKEN_INPUTS)}
-    return np.concatenate(
-        [both[:, position[name] * token_dim : (position[name] + 1) * token_dim] for name in inputs], 1
-    )
+    parts = []
+    for name in heads.metadata.inputs:
+        if name == SIGNAL_INPUT:
+            parts.append(heads.metadata.normalization.apply(read[:, 2 * token_dim :]))
+        else:
+            parts.append(read[:, position[name] * token_dim : (position[name] + 1) * token_dim])
+    return np.concatenate(parts, 1)
 
 
 def run_heads(heads: UncertaintyHeads, features: np.ndarray) -> np.ndarray:

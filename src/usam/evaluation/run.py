@@ -35,7 +35,7 @@ from usam.evaluation.scenarios import (
 )
 from usam.files import remove_stale_temporaries, write_json_atomically, write_text_atomically
 from usam.head_table import SIZE_TARGETS_KEY, size_targets_of
-from usam.heads import UncertaintyHeads, load_heads
+from usam.heads import UncertaintyHeads, inputs_variant, load_heads
 from usam.metrics import CORRECTION_SCENARIOS, DEFAULT_NUM_POINTS
 from usam.presets import PRESETS, Preset
 from usam.store import StoreReader
@@ -199,7 +199,9 @@ def run_evaluation(
             scenarios[scenario.name] = skipped_scenario(scenario, "no object has all the rows it needs")
             continue
         base_size = size_and_version(base_model)[0]
-        measures = scenario_measures(scenario, base_size, size_and_version(corrected_model or base_model)[0])
+        measures = scenario_measures(
+            scenario, base_size, size_and_version(corrected_model or base_model)[0], _inputs_name(heads)
+        )
         notes = {
             m.key: note for m in measures if (note := off_distribution_note(m, base_size, heads.metadata.training))
         }
@@ -265,11 +267,18 @@ def _earlier_files(out_dir: Path) -> list[str]:
     return [name for name in files if isinstance(name, str)] if isinstance(files, list) else []
 
 
+def _inputs_name(heads: UncertaintyHeads) -> str:
+    """The heads' inputs variant (``tokens``, ``signals``, ``tokens+signals``), or their parts joined by ``+``."""
+    variant = inputs_variant(heads.metadata.inputs)
+    return str(variant) if variant is not None else "+".join(heads.metadata.inputs)
+
+
 def _heads_description(heads: UncertaintyHeads) -> dict[str, Any]:
     return {
         "names": list(heads.names),
         "pairing": str(heads.metadata.pairing),
         "inputs": list(heads.metadata.inputs),
+        "inputs_variant": _inputs_name(heads),
         "sam2_version": heads.metadata.sam2_version,
         SIZE_TARGETS_KEY: size_targets_of(heads.metadata.training),
     }

@@ -33,7 +33,8 @@ from usam.model_card import ModelCard, resolve_model
 from usam.models import SAM2ModelSpec, size_and_family
 from usam.predictor import UncertainSAM
 from usam.presets import PRESETS, Preset, TieRule
-from usam.store import StoreWriter, TokenDtype, shard_of_key
+from usam.signals import PromptSignals
+from usam.store import SIGNAL_COLUMNS, StoreWriter, TokenDtype, shard_of_key
 from usam.validation import check_choice, check_int
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class _PromptOutputs:
     low_res_logits: torch.Tensor  # (B, outputs, h, w)
     iou_token: np.ndarray | None = None  # (B, token_dim)
     mask_tokens: np.ndarray | None = None  # (B, num_mask_tokens, token_dim)
+    signals: dict[str, np.ndarray] | None = None  # store signal column -> (B, ...), see usam.signals
 
 
 def parse_shard(text: str | None, environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
@@ -226,7 +228,7 @@ class Extractor:
             for image_index, image in enumerate(images):
                 model.set_image(image)  # one encoder pass per (model, image version), shared by all objects
                 if image_index == 0:
-                    center_outputs = self._run(model, center, truth, with_tokens=True)
+                    center_outputs = self._run(model, center, truth, with_tokens=True, with_signals=True)
                     dense_outputs = self._run(model, dense, truth, with_tokens=True)
                     per_model[model_name] = (center_outputs, dense_outputs)
                 if monte_carlo:
@@ -250,22 +252,36 @@ class Extractor:
         return self._rows(sample, object_ids, prompts, truth, per_model, accumulators)
 
     def _run(
-        self, model: UncertainSAM, points: np.ndarray, truth: np.ndarray, with_tokens: bool = False
+        self,
+        model: UncertainSAM,
+        points: np.ndarray,
+        truth: np.ndarray,
+        with_tokens: bool = False,
+        with_signals: bool = False,
     ) -> _PromptOutputs:
-        """Run (B, N, 2) positive point prompts in batches; tokens only when asked (SAM2's own outputs otherwise)."""
+        """Run (B, N, 2) positive point prompts in batches; SAM2's own outputs, plus tokens and signals if asked.
+
+        Tokens and signals come from the same decoder calls as the masks (hooks), never from extra calls.
+        """
         chunks = []
         batch = self.options.prompt_batch_size or default_prompt_batch_size(model.predictor.device)
         for start in range(0, len(points), batch):
             coords = points[start : start + batch]
             labels = np.ones(coords.shape[:2], dtype=np.int32)
+            signals = None
             if with_tokens:
-                result = model.predict(point_coords=coords, point_labels=labels, multimask_output=True)
+                result = model.predict(
+                    point_coords=coords, point_labels=labels, multimask_output=True, signals=with_signals
+                )
                 masks, scores, logits = result.masks, result.sam_scores, result.low_res_logits
                 count = len(coords)
                 tokens = (
                     result.iou_token.reshape(count, -1),
                     result.mask_tokens.reshape(count, self.num_mask_tokens, -1),
                 )
+                if with_signals:
+                    # A single prompt's signals lose their batch axis like SAM2's outputs; this gives it back.
+                    signals = PromptSignals.from_arrays(result.signals).as_arrays()
             else:
                 masks, scores, logits = model.predict_masks(point_coords=coords, point_labels=labels)
                 tokens = (None, None)
@@ -279,6 +295,7 @@ class Extractor:
                     low_res_logits=torch.from_numpy(logits.reshape(count, -1, *logits.shape[-2:])),
                     iou_token=tokens[0],
                     mask_tokens=tokens[1],
+                    signals=signals,
                 )
             )
         return _PromptOutputs(
@@ -287,6 +304,11 @@ class Extractor:
             low_res_logits=torch.cat([chunk.low_res_logits for chunk in chunks]),
             iou_token=np.concatenate([chunk.iou_token for chunk in chunks]) if with_tokens else None,
             mask_tokens=np.concatenate([chunk.mask_tokens for chunk in chunks]) if with_tokens else None,
+            signals=(
+                {name: np.concatenate([chunk.signals[name] for chunk in chunks]) for name in SIGNAL_COLUMNS}
+                if with_signals
+                else None
+            ),
         )
 
     def _rows(
@@ -337,6 +359,7 @@ class Extractor:
                         "prompt_gap": iou_dense_prompt - iou,
                         "task_gap": iou - unsupervised_iou,
                         **accumulators[index].entropies(model_name, monte_carlo=self.options.monte_carlo),
+                        **{name: values[index] for name, values in center.signals.items()},
                     }
                 )
         return rows

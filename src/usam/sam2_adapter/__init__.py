@@ -400,11 +400,20 @@ class DecoderCall:
         iou_token: (B, C) IoU tokens.
         mask_tokens: (B, 4, C) mask tokens.
         mask_token_index: (B, M) the mask token that produced each returned mask (M = 3 or 1).
+        token_sam_scores: (B, 4) the predicted IoU of every token's mask (the IoU prediction head's whole output;
+            SAM2 returns only the selected ones), or None unless the capture was asked for signals.
+        object_score_logits: (B, 1) the object-score logits, or None unless asked for signals.
+        token_logits: (B, 4, h, w) the low-resolution logits of every token's mask, computed exactly as SAM2's
+            ``predict_masks`` computes them (so the returned masks' logits are among them), or None unless asked
+            for signals.
     """
 
     iou_token: torch.Tensor
     mask_tokens: torch.Tensor
     mask_token_index: torch.Tensor
+    token_sam_scores: torch.Tensor | None = None
+    object_score_logits: torch.Tensor | None = None
+    token_logits: torch.Tensor | None = None
 
 
 class DecoderTokenCapture:
@@ -416,7 +425,7 @@ class DecoderTokenCapture:
         >>> call = capture.single_call()  # doctest: +SKIP
     """
 
-    def __init__(self, predictor: Any, *, multimask_output: bool | None = None) -> None:
+    def __init__(self, predictor: Any, *, multimask_output: bool | None = None, signals: bool = False) -> None:
         """Prepare hooks on the predictor's mask decoder (registered on ``__enter__``).
 
         Args:
@@ -425,12 +434,17 @@ class DecoderTokenCapture:
                 needs a single hook (on the two-way transformer, whose output holds all tokens): the cheapest
                 capture, for the prediction hot path. ``None`` (calls of either kind) and ``False`` also hook what
                 it takes to tell which token produced a single returned mask (SAM2's dynamic fallback).
+            signals: Also capture what SAM2's scalar signals need (:attr:`DecoderCall.token_sam_scores`,
+                ``object_score_logits``, ``token_logits``): the decoder computes all four tokens' masks and scores
+                in every call, and the hooks see them, so no extra decoder call is needed.
         """
         self.decoder = mask_decoder_of(predictor)
-        self.multimask_only = multimask_output is True
+        self.multimask_only = multimask_output is True and not signals
+        self.signals = signals
         self.calls: list[DecoderCall] = []
         self._handles: list[Any] = []
         self._iou_token: torch.Tensor | None = None
+        self._token_scores: torch.Tensor | None = None
         self._mask_tokens: dict[int, torch.Tensor] = {}
         self._hyper_inputs: dict[int, torch.Tensor] = {}
         self._upscaled: torch.Tensor | None = None
@@ -444,7 +458,7 @@ class DecoderTokenCapture:
             return self
         self._handles = [
             decoder.register_forward_pre_hook(self._on_decoder_start, with_kwargs=True),
-            decoder.iou_prediction_head.register_forward_pre_hook(self._on_iou_head),
+            decoder.iou_prediction_head.register_forward_hook(self._on_iou_head),
             decoder.register_forward_hook(self._on_decoder_end, with_kwargs=True),
         ]
         for index, hypernetwork in enumerate(decoder.output_hypernetworks_mlps):
@@ -462,6 +476,7 @@ class DecoderTokenCapture:
 
     def _reset_pending(self) -> None:
         self._iou_token = None
+        self._token_scores = None
         self._mask_tokens = {}
         self._hyper_inputs = {}
         self._upscaled = None
@@ -482,8 +497,9 @@ class DecoderTokenCapture:
         token_index = torch.arange(1, NUM_MASK_TOKENS, device=hidden_states.device).expand(len(hidden_states), -1)
         self.calls.append(DecoderCall(hidden_states[:, first], mask_tokens, token_index))
 
-    def _on_iou_head(self, module: torch.nn.Module, args: tuple) -> None:
+    def _on_iou_head(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
         self._iou_token = args[0].detach()
+        self._token_scores = output.detach()
 
     def _mask_token_hook(self, index: int) -> Any:
         def hook(module: torch.nn.Module, args: tuple) -> None:
@@ -510,24 +526,34 @@ class DecoderTokenCapture:
         returned_masks = output[0]
         batch = returned_masks.shape[0]
         device = returned_masks.device
+        dynamic_fallback = (
+            not self._multimask_output and self.decoder.dynamic_multimask_via_stability and not self.decoder.training
+        )
+        token_logits = self._token_logits() if self.signals or dynamic_fallback else None
         if self._multimask_output:
             token_index = torch.arange(1, NUM_MASK_TOKENS, device=device).expand(batch, -1)
-        elif self.decoder.dynamic_multimask_via_stability and not self.decoder.training:
-            token_index = self._producing_tokens(returned_masks)
+        elif dynamic_fallback:
+            # With one output mask SAM2 may swap in one of tokens 1..3 when token 0's mask is unstable: the
+            # producing token is the one whose mask equals the returned mask.
+            distance = (token_logits.float() - returned_masks.float()).abs().amax(dim=(-2, -1))
+            token_index = distance.argmin(dim=1, keepdim=True)
         else:
             token_index = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        self.calls.append(DecoderCall(self._iou_token, mask_tokens, token_index.long()))
+        call = DecoderCall(self._iou_token, mask_tokens, token_index.long())
+        if self.signals:
+            # SAM2's forward returns (masks, iou_pred, sam_tokens_out, object_score_logits).
+            call.token_sam_scores = self._token_scores
+            call.object_score_logits = output[3].detach()
+            call.token_logits = token_logits
+        self.calls.append(call)
         self._reset_pending()
 
-    def _producing_tokens(self, returned_masks: torch.Tensor) -> torch.Tensor:
-        # With one output mask SAM2 may swap in one of tokens 1..3 when token 0's mask is unstable. Recompute each
-        # token's mask the way predict_masks does and pick the one that equals the returned mask.
+    def _token_logits(self) -> torch.Tensor:
+        """Every token's low-resolution mask logits, (B, 4, h, w), with predict_masks' own operation and shapes."""
         hyper_in = torch.stack([self._hyper_inputs[index] for index in range(NUM_MASK_TOKENS)], dim=1)
         upscaled = self._upscaled
         batch, channels, height, width = upscaled.shape
-        candidates = (hyper_in @ upscaled.view(batch, channels, height * width)).view(batch, -1, height, width)
-        distance = (candidates.float() - returned_masks.float()).abs().amax(dim=(-2, -1))
-        return distance.argmin(dim=1, keepdim=True)
+        return (hyper_in @ upscaled.view(batch, channels, height * width)).view(batch, -1, height, width)
 
     def single_call(self) -> DecoderCall:
         """The one decoder call of a predictor's ``predict``; an error if there was not exactly one."""

@@ -5,8 +5,8 @@ the uncertainty targets that the heads are trained on. Read a store with :class:
 :class:`StoreWriter`.
 
 Modules:
-    schema: the row schema (:func:`row_schema`), its constants and version, rows <-> Arrow tables, key columns and
-        :func:`image_names`.
+    schema: the row schema (:func:`row_schema`), its constants and versions, the signal columns, rows <-> Arrow
+        tables, key columns and :func:`image_names`.
     layout: the files of a store directory (store file, parts, empty-image lists, shard manifests).
     writer: :class:`StoreWriter`, crash-safe sharded writing, and :func:`shard_of_key`.
     reader: :class:`StoreReader`, the one way to read a store.
@@ -20,7 +20,9 @@ from usam.store.schema import (
     NUM_EXTRA_POINTS,
     NUM_MASK_OUTPUTS,
     NUM_MASK_TOKENS,
+    READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
+    SIGNAL_COLUMNS,
     TOKEN_DTYPES,
     TOKEN_SIZE,
     TokenDtype,
@@ -37,7 +39,9 @@ __all__ = [
     "NUM_EXTRA_POINTS",
     "NUM_MASK_OUTPUTS",
     "NUM_MASK_TOKENS",
+    "READABLE_SCHEMA_VERSIONS",
     "SCHEMA_VERSION",
+    "SIGNAL_COLUMNS",
     "STORE_FILE_NAME",
     "TOKEN_DTYPES",
     "TOKEN_SIZE",

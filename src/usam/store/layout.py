@@ -27,7 +27,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from usam.errors import InvalidInputError, StoreError
-from usam.store.schema import FORMAT_NAME, NUM_MASK_TOKENS, SCHEMA_VERSION, TOKEN_DTYPES, TOKEN_SIZE, row_schema
+from usam.store.schema import (
+    FORMAT_NAME,
+    NUM_MASK_TOKENS,
+    READABLE_SCHEMA_VERSIONS,
+    SCHEMA_VERSION,
+    TOKEN_DTYPES,
+    TOKEN_SIZE,
+    row_schema,
+)
 from usam.validation import check_int
 
 STORE_FILE_NAME = "_usam_store.json"
@@ -46,8 +54,8 @@ def read_store_file(root: Path) -> dict[str, Any]:
     """The checked content of a store's ``_usam_store.json``.
 
     Raises:
-        StoreError: If ``root`` is missing or not a store, the file is corrupt, or the store has another schema
-            version or an unknown token type.
+        StoreError: If ``root`` is missing or not a store, the file is corrupt, or the store has a schema version
+            usam does not read (:data:`usam.store.READABLE_SCHEMA_VERSIONS`) or an unknown token type.
     """
     if not root.is_dir():
         raise StoreError(f"The store {root} does not exist (or is not a directory); check the path.")
@@ -60,11 +68,11 @@ def read_store_file(root: Path) -> dict[str, Any]:
         raise StoreError(f"{path} is corrupt ({error}); restore it, or extract anew into a new directory.") from error
     if not isinstance(content, dict) or content.get("format") != FORMAT_NAME:
         raise StoreError(f"{path} is not a usam store file (format is not {FORMAT_NAME!r}); check the path.")
-    if content.get("schema_version") != SCHEMA_VERSION:
+    if content.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         raise StoreError(
             f"The store {root} has schema version {content.get('schema_version')!r}, but this usam reads "
-            f"and writes version {SCHEMA_VERSION}; use the usam version that wrote it, or extract anew "
-            "into a new directory."
+            f"versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))} and writes version {SCHEMA_VERSION}; "
+            "use the usam version that wrote it, or extract anew into a new directory."
         )
     if content.get("token_dtype") not in TOKEN_DTYPES:
         raise StoreError(f"{path} has an unknown token_dtype {content.get('token_dtype')!r}.")
@@ -82,6 +90,7 @@ def schema_of_store_file(content: dict[str, Any]) -> pa.Schema:
         content["token_dtype"],
         token_dim=content.get("token_dim", TOKEN_SIZE),
         num_mask_tokens=content.get("num_mask_tokens", NUM_MASK_TOKENS),
+        schema_version=content["schema_version"],
     )
 
 
@@ -110,8 +119,7 @@ def check_part_schema(path: Path, part_schema: pa.Schema, schema: pa.Schema) -> 
     """Refuses a part whose schema is not the store's."""
     if not part_schema.equals(schema):
         raise StoreError(
-            f"The part {path} does not have the store's schema (schema version {SCHEMA_VERSION}); it "
-            "does not belong in this store: move it away."
+            f"The part {path} does not have the store's schema; it does not belong in this store: move it away."
         )
 
 

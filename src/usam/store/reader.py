@@ -34,7 +34,7 @@ from usam.store.layout import (
     read_store_file,
     schema_of_store_file,
 )
-from usam.store.schema import NUM_MASK_TOKENS, token_arrays
+from usam.store.schema import NUM_MASK_TOKENS, SCHEMA_VERSION, SIGNAL_COLUMNS, token_arrays
 from usam.validation import check_int
 
 DEFAULT_BATCH_ROWS = 16384
@@ -120,6 +120,36 @@ class StoreReader:
     def columns(self) -> list[str]:
         """The store's column names."""
         return list(self.schema.names)
+
+    @property
+    def schema_version(self) -> int | None:
+        """The store's schema version (:data:`usam.store.READABLE_SCHEMA_VERSIONS`); None for a table in memory."""
+        return self._content.get("schema_version")
+
+    def check_columns(self, columns: Sequence[str], purpose: str = "this read") -> None:
+        """Refuses columns the store lacks, saying what to do; a store from before the signals gets its own advice.
+
+        Args:
+            columns: The columns needed.
+            purpose: What needs them, for the message (e.g. ``"training heads that read signals"``).
+
+        Raises:
+            StoreError: If a column is missing.
+        """
+        missing = [name for name in columns if name not in self.schema.names]
+        if not missing:
+            return
+        lacking_signals = [name for name in missing if name in SIGNAL_COLUMNS]
+        if lacking_signals and self.schema_version is not None and self.schema_version < SCHEMA_VERSION:
+            raise StoreError(
+                f"{self._description} has schema version {self.schema_version}, which has no SAM2 signal columns "
+                f"({', '.join(lacking_signals)}) that {purpose} needs; extract it again with `usam extract` into a "
+                "new directory (or use heads and measures that read tokens only)."
+            )
+        raise StoreError(
+            f"{self._description} has no column(s) {', '.join(missing)} that {purpose} needs; its columns are those "
+            "of usam.store.row_schema()."
+        )
 
     @property
     def tie_rule(self) -> TieRule | None:
@@ -269,12 +299,7 @@ class StoreReader:
     def _checked_columns(self, columns: Sequence[str]) -> list[str]:
         if isinstance(columns, str):
             columns = [columns]
-        missing = [name for name in columns if name not in self.schema.names]
-        if missing:
-            raise StoreError(
-                f"{self._description} has no column(s) {', '.join(missing)}; its columns are those of "
-                "usam.store.row_schema()."
-            )
+        self.check_columns(columns)
         return list(columns)
 
     def _distinct_values(self, column: str) -> list[str]:

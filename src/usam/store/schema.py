@@ -17,8 +17,11 @@ import pyarrow.compute as pc
 from usam.errors import InvalidInputError, StoreError
 from usam.validation import StrEnum, check_int
 
-SCHEMA_VERSION = 1
-"""Version of the row schema; a store written with another version is refused."""
+SCHEMA_VERSION = 2
+"""Version of the row schema that usam writes. Version 2 added SAM2's scalar signals (:data:`SIGNAL_COLUMNS`)."""
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
+"""Schema versions usam reads. A version 1 store lacks the signal columns: it serves everything that does not
+need them, and asking for them is an error that says to extract again."""
 FORMAT_NAME = "usam-token-store"
 
 TOKEN_SIZE = 256
@@ -42,6 +45,17 @@ class TokenDtype(StrEnum):
 
 TOKEN_DTYPES: tuple[str, ...] = tuple(TokenDtype.values())
 
+SIGNAL_COLUMNS: tuple[str, ...] = (
+    "token_sam_scores",
+    "object_score_logit",
+    "token_entropies",
+    "token_area_fractions",
+    "token_stabilities",
+)
+"""SAM2's scalar signals of the center prompt's multimask call (schema version 2): per mask token (single-mask
+token 0, then the multimask tokens 1-3) the predicted IoU, H_Std, area fraction and stability score, and the
+object-score logit; what they mean is :mod:`usam.signals`' (its :class:`~usam.signals.PromptSignals` fields)."""
+
 KEY_COLUMNS: tuple[str, ...] = ("dataset", "image_key", "object_id", "model")
 """The columns that identify a row; sorting by them gives every reader the same row order."""
 
@@ -53,29 +67,37 @@ def row_schema(
     *,
     token_dim: int = TOKEN_SIZE,
     num_mask_tokens: int = NUM_MASK_TOKENS,
+    schema_version: int = SCHEMA_VERSION,
 ) -> pa.Schema:
     """The schema of a store row; the single source of the store's column list.
 
     Vector columns are fixed-size lists. ``extra_points`` holds 7 points as ``(x, y)`` pairs and the
     ``*mask_tokens`` columns hold ``num_mask_tokens`` tokens of ``token_dim`` values, both flattened
     row-major. ``model_gap`` is null when the job's model list lacks the tiny or the large model; the ``h_*``
-    columns are null when the Monte Carlo part of the extraction was skipped.
+    columns are null when the Monte Carlo part of the extraction was skipped. The signal columns
+    (:data:`SIGNAL_COLUMNS`, schema version 2) hold ``num_mask_tokens`` values each, ``object_score_logit`` one.
 
     Args:
         token_dtype: ``"float32"`` or ``"float16"``, the value type of the token columns. Scores, points
             and targets are float32 either way.
         token_dim: Width of one decoder token (:func:`usam.sam2_adapter.token_dim_of` of the model).
         num_mask_tokens: Mask tokens per decoder call (:func:`usam.sam2_adapter.num_mask_tokens_of`).
+        schema_version: The schema of this version (one of :data:`READABLE_SCHEMA_VERSIONS`), to read older stores.
 
     Returns:
         The Arrow schema, with the schema version in its metadata.
 
     Raises:
-        InvalidInputError: If ``token_dtype`` is not one of :data:`TOKEN_DTYPES` or a size is not positive.
+        InvalidInputError: If ``token_dtype`` is not one of :data:`TOKEN_DTYPES`, a size is not positive, or
+            the schema version is not one usam reads.
     """
     token_type = _token_value_type(token_dtype)
     check_int(token_dim, "token_dim", minimum=1)
     check_int(num_mask_tokens, "num_mask_tokens", minimum=1)
+    if schema_version not in READABLE_SCHEMA_VERSIONS:
+        raise InvalidInputError(
+            f"schema_version must be one of {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}, got {schema_version!r}"
+        )
     float32 = pa.float32()
 
     def vector(name: str, value_type: pa.DataType, size: int) -> pa.Field:
@@ -111,7 +133,13 @@ def row_schema(
     entropy_names += tuple(f"{name}_sam_pick" for name in entropy_names if name not in ("h_task", "h_all"))
     entropy_names += ("h_all_sam_pick",)
     fields += [pa.field(name, float32, nullable=True) for name in entropy_names]
-    return pa.schema(fields, metadata={_SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()})
+    if schema_version >= 2:
+        # One value per mask token, except the prompt's one object-score logit.
+        fields += [
+            vector(name, float32, num_mask_tokens) if name != "object_score_logit" else pa.field(name, float32, False)
+            for name in SIGNAL_COLUMNS
+        ]
+    return pa.schema(fields, metadata={_SCHEMA_VERSION_KEY: str(schema_version).encode()})
 
 
 def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -478,6 +478,12 @@ def _compare_store_files(
     advice = "use a new --out directory, or the arguments of the run that created the store"
     # Stores written before usam recorded the token sizes hold SAM2's.
     recorded = {"token_dim": TOKEN_SIZE, "num_mask_tokens": NUM_MASK_TOKENS, **existing}
+    if recorded.get("schema_version") != wanted["schema_version"]:
+        raise StoreError(
+            f"The store {path.parent} has schema version {recorded.get('schema_version')!r}, but this usam writes "
+            f"version {wanted['schema_version']} (which adds SAM2's scalar signals); rows of both cannot share a "
+            "store: extract into a new --out directory."
+        )
     for field in ("schema_version", "token_dtype", "token_dim", "num_mask_tokens", "num_shards"):
         if recorded.get(field) != wanted[field]:
             raise StoreError(

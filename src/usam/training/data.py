@@ -16,7 +16,8 @@ import numpy as np
 
 from usam.errors import InvalidInputError
 from usam.head_table import HEAD_NAMES, Pairing, head_spec
-from usam.heads import TOKEN_INPUTS
+from usam.heads import HEAD_INPUTS, SIGNAL_INPUT, TOKEN_INPUTS, input_width
+from usam.store.schema import TOKEN_SIZE
 from usam.training.seeds import Stream, derived_seed
 from usam.validation import check_choice, check_float, check_int
 
@@ -55,6 +56,8 @@ class TrainingData:
         sam2_version: SAM2 version of the rows' models, if they all share one.
         source: Where the data came from (store path, models, pooled sizes, rows dropped, ...), for the heads'
             metadata.
+        signal_normalization: For inputs with ``"signals"``, how the features' signal vectors were standardised
+            (:meth:`usam.signals.SignalNormalization.to_dict`); the heads file keeps it for inference.
     """
 
     features: np.ndarray
@@ -66,21 +69,23 @@ class TrainingData:
     token_dim: int | None = None
     sam2_version: str | None = None
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    signal_normalization: dict[str, list[float]] | None = None
 
     def __post_init__(self) -> None:
         self.inputs = check_inputs(self.inputs)
         self.pairing = check_pairing(self.pairing)
-        if self.features.ndim != 2 or self.features.shape[1] % len(self.inputs):
-            raise InvalidInputError(
-                f"features must have shape (rows, {len(self.inputs)} x token_dim) for inputs {list(self.inputs)}, "
-                f"got {self.features.shape}"
-            )
+        if self.features.ndim != 2:
+            raise InvalidInputError(f"features must be a (rows, values) array, got shape {self.features.shape}")
         if self.token_dim is None:
-            self.token_dim = self.features.shape[1] // len(self.inputs)
-        if self.features.shape[1] != self.token_dim * len(self.inputs):
+            self.token_dim = _token_dim_of(self.features.shape[1], self.inputs)
+        if self.features.shape[1] != input_width(self.inputs, self.token_dim):
             raise InvalidInputError(
-                f"features must have shape (rows, {self.token_dim * len(self.inputs)}) for inputs "
-                f"{list(self.inputs)} of {self.token_dim} values each, got {self.features.shape}"
+                f"features must have shape (rows, {input_width(self.inputs, self.token_dim)}) for inputs "
+                f"{list(self.inputs)} ({self.token_dim} values per token), got {self.features.shape}"
+            )
+        if (SIGNAL_INPUT in self.inputs) != (self.signal_normalization is not None):
+            raise InvalidInputError(
+                "training data with signal inputs need their signal_normalization (and only they have one)"
             )
         num_rows = self.features.shape[0]
         if self.image_ids.shape != (num_rows,):
@@ -128,11 +133,13 @@ class TrainingData:
         inputs: Sequence[str] = TOKEN_INPUTS,
         pairing: Pairing | str = Pairing.TRUE,
         source: Mapping[str, Any] | None = None,
+        token_dim: int | None = None,
+        signal_normalization: Mapping[str, Sequence[float]] | None = None,
     ) -> TrainingData:
         """Training data from plain arrays, e.g. features computed elsewhere or synthetic ones.
 
         Args:
-            features: ``(R, len(inputs) * token_dim)`` head inputs.
+            features: ``(R, input_width(inputs, token_dim))`` head inputs (signal vectors already normalised).
             image_keys: ``(R,)`` the image of each row (any hashable, sortable values); rows of one image are
                 kept on one side of the train/validation split.
             targets: Per head name, ``(R,)`` targets in [0, 1] (gap + 0.5 for gap heads); NaN marks a row
@@ -140,6 +147,8 @@ class TrainingData:
             inputs: Which tokens the features concatenate.
             pairing: The mask-token pairing the features were built with.
             source: Free-form description recorded in the heads' metadata.
+            token_dim: Values per token (default: from the features' width; 256 for signal-only inputs).
+            signal_normalization: How the signal vectors were normalised, for inputs with ``"signals"``.
 
         Returns:
             The training data.
@@ -151,10 +160,8 @@ class TrainingData:
         if features.dtype != np.float32:
             features = features.astype(np.float32)
         inputs = check_inputs(inputs)
-        if features.ndim != 2 or features.shape[1] % len(inputs):
-            raise InvalidInputError(
-                f"features must be (rows, {len(inputs)} x token size) for inputs {list(inputs)}, got {features.shape}"
-            )
+        if features.ndim != 2:
+            raise InvalidInputError(f"features must be a (rows, values) array, got shape {features.shape}")
         keys = np.asarray(image_keys)
         if keys.shape != (features.shape[0],):
             raise InvalidInputError(f"image_keys must have one entry per feature row, got shape {keys.shape}")
@@ -173,8 +180,9 @@ class TrainingData:
             heads=heads,
             inputs=inputs,
             pairing=check_pairing(pairing),
-            token_dim=features.shape[1] // len(inputs),
+            token_dim=token_dim,
             source=dict(source or {"source": "arrays"}),
+            signal_normalization=None if signal_normalization is None else dict(signal_normalization),
         )
 
 
@@ -236,19 +244,36 @@ def check_pairing(pairing: Pairing | str) -> Pairing:
 
 
 def check_inputs(inputs: Sequence[str]) -> tuple[str, ...]:
-    """The tokens heads read, as a tuple of distinct names from :data:`~usam.heads.TOKEN_INPUTS`.
+    """What heads read, as a tuple of distinct parts of :data:`~usam.heads.HEAD_INPUTS`, ``"signals"`` last.
 
     Raises:
-        InvalidInputError: If the list is empty, repeats a token or names an unknown one.
+        InvalidInputError: If the list is empty, repeats a part, names an unknown one or puts signals before a token.
     """
     if isinstance(inputs, str):
         inputs = [inputs]
     inputs = tuple(inputs)
-    if not inputs or len(set(inputs)) != len(inputs) or any(part not in TOKEN_INPUTS for part in inputs):
+    if (
+        not inputs
+        or len(set(inputs)) != len(inputs)
+        or any(part not in HEAD_INPUTS for part in inputs)
+        or (SIGNAL_INPUT in inputs and inputs[-1] != SIGNAL_INPUT)
+    ):
         raise InvalidInputError(
-            f"inputs must be a non-empty list of distinct tokens from {list(TOKEN_INPUTS)}, got {list(inputs)}"
+            f"inputs must be a non-empty list of distinct parts of {list(HEAD_INPUTS)} with {SIGNAL_INPUT!r} last, "
+            f"got {list(inputs)}"
         )
     return inputs
+
+
+def _token_dim_of(width: int, inputs: tuple[str, ...]) -> int:
+    """The token width that features of ``width`` values for ``inputs`` imply (SAM2's for signal-only inputs)."""
+    tokens = sum(part != SIGNAL_INPUT for part in inputs)
+    if not tokens:
+        return TOKEN_SIZE
+    rest = width - input_width([part for part in inputs if part == SIGNAL_INPUT], 0)
+    if rest <= 0 or rest % tokens:
+        raise InvalidInputError(f"features of {width} values do not fit the inputs {list(inputs)}")
+    return rest // tokens
 
 
 def check_head_names(names: Sequence[str]) -> list[str]:

@@ -79,7 +79,9 @@ def train_from_store(
             (:attr:`usam.store.StoreReader.tie_rule`), else the preset's.
         progress: Show progress bars.
         validation_fraction: Fraction of images held out for validation.
-        inputs: Tokens the heads read (ablations: ``["iou_token"]`` or ``["mask_token"]``).
+        inputs: What the heads read (ablations: ``["iou_token"]`` or ``["mask_token"]``; SAM2's scalar signals:
+            :data:`usam.heads.INPUTS_OF_VARIANT` of ``"signals"`` or ``"tokens+signals"``, a store of schema
+            version 2).
         cache_dir: Memory-map the features from a file in this directory (for stores larger than the RAM).
         device: Where to train (default: CUDA when available, else the CPU).
         precision: ``"float32"``, or ``"bfloat16"`` for mixed precision (see :class:`usam.devices.Precision`).

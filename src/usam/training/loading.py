@@ -31,13 +31,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from usam.errors import InvalidInputError, StoreError, UsamWarning
 from usam.extraction.targets import best_output
 from usam.head_table import HEAD_NAMES, HEADS, SIZE_TARGETS_KEY, Pairing, SizeTargets
-from usam.heads import TOKEN_INPUTS
+from usam.heads import SIGNAL_INPUT, TOKEN_INPUTS, input_width
 from usam.models import get_model_spec, size_and_family
 from usam.presets import TieRule
+from usam.signals import SIGNAL_DIM, PromptSignals, SignalNormalization, signal_features
 from usam.training.data import HeadRows, TrainingData, check_head_names, check_inputs, check_pairing
 from usam.validation import check_choice
 
@@ -75,7 +77,9 @@ def load_training_data(
             the ones of their size, unless ``pool_sizes``.
         pool_sizes: Train every ``iou_<size>`` head on the rows of all models, each with the IoU of that size's
             model on the same object, as the paper does.
-        inputs: Tokens the heads read: both (default), or ``["iou_token"]`` / ``["mask_token"]`` for ablations.
+        inputs: What the heads read: both tokens (default), ``["iou_token"]`` / ``["mask_token"]`` for ablations,
+            and/or ``"signals"`` last (:data:`usam.heads.INPUTS_OF_VARIANT`): the best mask's signal vector,
+            standardised over the rows read (the normalisation goes into the data and the heads file).
         cache_dir: If given, the feature matrix is written to a file in this directory and memory-mapped, so
             that stores larger than the RAM can be trained on (the file is deleted once mapped, where the
             operating system allows it).
@@ -94,7 +98,7 @@ def load_training_data(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from usam.store import KEY_COLUMNS, image_names
+    from usam.store import KEY_COLUMNS, SIGNAL_COLUMNS, image_names
 
     pairing = check_pairing(pairing)
     if tie_rule is not None:
@@ -109,6 +113,10 @@ def load_training_data(
     token_columns = (["iou_token"] if "iou_token" in inputs else []) + (
         ["mask_tokens", "mask_ious"] if "mask_token" in inputs else []
     )
+    if SIGNAL_INPUT in inputs:
+        # A store from before the signals says how to get them.
+        reader.check_columns(SIGNAL_COLUMNS, "training heads that read signals")
+        token_columns = sorted({*token_columns, "mask_ious", *SIGNAL_COLUMNS})
     store_columns = set(reader.columns)
     key_columns = [name for name in KEY_COLUMNS if name in store_columns]
     # Asked-for heads need their target column; by default, heads whose column is absent are skipped.
@@ -149,7 +157,7 @@ def load_training_data(
     row_filter = None if needed_models == store_models else pc.field("model").isin(needed_models)
 
     num_rows = reader.count_rows(row_filter)
-    features, cache_path = _allocate_features(num_rows, token_dim * len(inputs), cache_dir)
+    features, cache_path = _allocate_features(num_rows, input_width(inputs, token_dim), cache_dir)
     finite_tokens = np.ones(num_rows, dtype=bool)
     columns_kept: dict[str, list[pa.Array]] = {name: [] for name in [*key_columns, *target_columns]}
     position = 0
@@ -164,6 +172,11 @@ def load_training_data(
         position += table.num_rows
     if position != num_rows:
         raise StoreError(f"{description} changed while it was being read; read it again when it is idle")
+    normalization = None
+    if SIGNAL_INPUT in inputs:
+        # Signals differ in scale by orders of magnitude (logits, fractions); the heads file keeps the scaling.
+        normalization = SignalNormalization.fit(features[:, -SIGNAL_DIM:])
+        features[:, -SIGNAL_DIM:] = normalization.apply(features[:, -SIGNAL_DIM:])
     if cache_path is not None:
         features = _map_features(features, cache_path)
 
@@ -262,6 +275,7 @@ def load_training_data(
         token_dim=token_dim,
         sam2_version=_common_sam2_version(used_models),
         source=source,
+        signal_normalization=None if normalization is None else normalization.to_dict(),
     )
 
 
@@ -290,23 +304,47 @@ def fill_head_features(
     pairing: Pairing | str,
     tie_rule: TieRule | str = TieRule.FIRST,
 ) -> None:
-    """Write the head inputs of every store row into ``out``, ``(N, len(inputs) * token_dim)``, in ``inputs`` order.
+    """Write the head inputs of every store row into ``out``, ``(N, input_width(inputs, token_dim))``, in order.
 
-    The token width is that of ``out`` (allocate it with :attr:`StoreReader.token_dim`); the mask token is the one
-    of the mask that is best against the truth, chosen by :func:`best_mask_token` with ``tie_rule``.
+    The token width is that of ``out`` (allocate it with :func:`usam.heads.input_width` and
+    :attr:`StoreReader.token_dim`); the mask token is the one of the mask that is best against the truth, chosen by
+    :func:`best_mask_token` with ``tie_rule``. The ``"signals"`` part is that mask's signal vector
+    (:func:`usam.signals.signal_features` of the store's signal columns at the same token), not normalised.
     """
     from usam.store import token_arrays
 
-    token_dim = out.shape[1] // len(inputs)
-    for index, part in enumerate(inputs):
+    token_parts = [part for part in inputs if part != SIGNAL_INPUT]
+    token_dim = (out.shape[1] - input_width([part for part in inputs if part == SIGNAL_INPUT], 0)) // max(
+        len(token_parts), 1
+    )
+    chosen = None
+    if "mask_token" in inputs or SIGNAL_INPUT in inputs:
+        chosen = best_mask_token(token_arrays(table, "mask_ious", np.float32), pairing, tie_rule)
+    start = 0
+    for part in inputs:
         if part == "iou_token":
-            tokens = token_arrays(table, "iou_token")
-        else:
+            values = token_arrays(table, "iou_token")
+        elif part == "mask_token":
             num_mask_tokens = table.schema.field("mask_tokens").type.list_size // token_dim
             stacked = token_arrays(table, "mask_tokens", num_mask_tokens=num_mask_tokens)
-            chosen = best_mask_token(token_arrays(table, "mask_ious", np.float32), pairing, tie_rule)
-            tokens = stacked[np.arange(len(stacked)), chosen]
-        out[:, index * token_dim : (index + 1) * token_dim] = tokens
+            values = stacked[np.arange(len(stacked)), chosen]
+        else:
+            values = signal_features(_store_signals(table), torch.from_numpy(chosen).reshape(-1, 1)).numpy()
+        out[:, start : start + values.shape[1]] = values
+        start += values.shape[1]
+
+
+def _store_signals(table: pa.Table) -> PromptSignals:
+    """The signals of a table's rows, from the store's signal columns (a vector per token, a scalar per prompt)."""
+    import pyarrow as pa
+
+    from usam.store import SIGNAL_COLUMNS, token_arrays
+
+    arrays = {}
+    for name in SIGNAL_COLUMNS:
+        column = table.column(name)
+        arrays[name] = column.to_numpy() if not pa.types.is_fixed_size_list(column.type) else token_arrays(table, name)
+    return PromptSignals.from_arrays(arrays)
 
 
 def model_size(model: str) -> str | None:

@@ -147,6 +147,7 @@ def fit(
         inputs=list(data.inputs),
         pairing=data.pairing,
         sam2_version=data.sam2_version,
+        signal_normalization=data.signal_normalization,
     )
     heads = UncertaintyHeads(metadata)
     for name in names:
@@ -196,7 +197,13 @@ def _train_group(
     batch_size, epochs = members[0].hyper.batch_size, members[0].hyper.epochs
     names = [plan.name for plan in members]
     module = UncertaintyHeads(
-        HeadsMetadata(names=names, token_dim=data.token_dim, hidden_dim=hidden_dim, inputs=list(data.inputs))
+        HeadsMetadata(
+            names=names,
+            token_dim=data.token_dim,
+            hidden_dim=hidden_dim,
+            inputs=list(data.inputs),
+            signal_normalization=data.signal_normalization,
+        )
     )
     for plan in members:
         module.load_head_state_dict(plan.name, _initial_head_state(plan.name, data, hidden_dim, seed))
@@ -339,7 +346,13 @@ def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str
 def _initial_head_state(name: str, data: TrainingData, hidden_dim: int, seed: int) -> dict[str, torch.Tensor]:
     # Each head is initialised from its own stream, so its weights do not depend on the other heads trained.
     single = UncertaintyHeads(
-        HeadsMetadata(names=[name], token_dim=data.token_dim, hidden_dim=hidden_dim, inputs=list(data.inputs))
+        HeadsMetadata(
+            names=[name],
+            token_dim=data.token_dim,
+            hidden_dim=hidden_dim,
+            inputs=list(data.inputs),
+            signal_normalization=data.signal_normalization,
+        )
     )
     single.reset_parameters(torch.Generator().manual_seed(derived_seed(seed, Stream.INIT, name)))
     return single.head_state_dict(name)
