@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from usam.calibration import HeadsCalibration
 from usam.errors import HeadsFileError, UsamWarning
 from usam.files import atomic_path
-from usam.head_table import HEAD_NAMES, HEADS, Pairing
+from usam.head_table import HEAD_NAMES, HEADS, HeadKind, Pairing
 
 TOKEN_INPUTS: tuple[str, ...] = ("iou_token", "mask_token")
 """What a head reads, in order. Ablations may train heads on one of the two tokens only."""
@@ -57,6 +58,8 @@ class HeadsMetadata:
         pairing: Which mask token scores a returned mask: ``"true"`` or ``"as-released"``.
         sam2_version: SAM2 version the heads were trained for (``"sam2"``, ``"sam2.1"``), or None if unknown.
         training: Free-form record of how the heads were trained (data, hyper-parameters, metrics).
+        calibration: The IoU heads' calibration and conformal quantiles
+            (:meth:`usam.calibration.HeadsCalibration.to_json`, written by ``usam calibrate``), or None.
     """
 
     names: list[str]
@@ -66,6 +69,7 @@ class HeadsMetadata:
     pairing: Pairing = Pairing.TRUE
     sam2_version: str | None = None
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.names if name not in HEAD_NAMES]
@@ -80,6 +84,25 @@ class HeadsMetadata:
         self.pairing = Pairing(self.pairing)
         if not self.inputs or any(part not in TOKEN_INPUTS for part in self.inputs):
             raise HeadsFileError(f"heads inputs must be a non-empty subset of {list(TOKEN_INPUTS)}, got {self.inputs}")
+        if self.calibration is not None:
+            self.parsed_calibration()  # a malformed calibration is refused when the file is read, not at predict
+
+    def parsed_calibration(self) -> HeadsCalibration | None:
+        """The calibration of the IoU heads among :attr:`names`, or None if they are not calibrated.
+
+        Raises:
+            HeadsFileError: If the calibration is malformed or names a head that is not an IoU head.
+        """
+        if self.calibration is None:
+            return None
+        if not isinstance(self.calibration, Mapping):
+            raise HeadsFileError(f"the heads' calibration must be a JSON object, got {type(self.calibration).__name__}")
+        calibration = HeadsCalibration.from_json(self.calibration)
+        not_iou = [name for name in calibration.heads if name not in HEADS or HEADS[name].kind is not HeadKind.IOU]
+        if not_iou:
+            raise HeadsFileError(f"the heads' calibration names {not_iou}, which are not IoU heads")
+        calibration.heads = {name: head for name, head in calibration.heads.items() if name in self.names}
+        return calibration if calibration.heads else None
 
     @property
     def input_dim(self) -> int:
@@ -138,6 +161,11 @@ class UncertaintyHeads(nn.Module):
     def names(self) -> list[str]:
         """Head names, in the order of the first axis of every output."""
         return list(self.metadata.names)
+
+    @property
+    def calibration(self) -> HeadsCalibration | None:
+        """The calibration of the loaded IoU heads (``usam calibrate``), or None if none of them is calibrated."""
+        return self.metadata.parsed_calibration()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Initialise every head as ``nn.Linear`` does (Kaiming-uniform weights, uniform biases)."""
