@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from usam.evaluation.rows import run_heads
 from usam.head_table import HEADS, HeadKind, SizeTargets, size_targets_of
 from usam.heads import UncertaintyHeads, load_heads
 from usam.store import StoreReader
-from usam.training import check_output_path, load_training_data
+from usam.training import TrainingWarning, check_output_path, load_training_data
 from usam.validation import check_float, check_int
 
 
@@ -289,7 +290,10 @@ def check_calibration(store: str | os.PathLike[str] | StoreReader, heads: Uncert
     if not names:
         return None
     try:
-        samples, _ = iou_head_samples(store, heads, names, strict=False)
+        with warnings.catch_warnings():
+            # Rows with non-finite tokens or targets are the evaluation's to report (it names them per measure).
+            warnings.simplefilter("ignore", TrainingWarning)
+            samples, _ = iou_head_samples(store, heads, names, strict=False)
     except InvalidInputError:
         return None
     calibration = heads.calibration
