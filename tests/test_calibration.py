@@ -57,9 +57,11 @@ def test_isotonic_map_is_monotone_clipped_and_piecewise_linear():
     grid = np.linspace(-0.5, 1.5, 5001)
     values = mapping(grid)
     assert (np.diff(values) >= 0).all()
-    assert values.min() >= 0.0 and values.max() <= 1.0
+    assert values.min() >= 0.0
+    assert values.max() <= 1.0
     # Constant beyond the knots, and exactly the knots' values at the knots.
-    assert values[0] == mapping.knots_y[0] and values[-1] == mapping.knots_y[-1]
+    assert values[0] == mapping.knots_y[0]
+    assert values[-1] == mapping.knots_y[-1]
     np.testing.assert_array_equal(mapping(mapping.knots_x), np.clip(mapping.knots_y, 0, 1))
     # It learned the square: the calibrated value of 0.5 is near 0.25, far from the raw 0.5.
     assert mapping(0.5) == pytest.approx(0.25, abs=0.05)
@@ -132,7 +134,8 @@ def test_head_bounds_hold_on_held_out_rows_marginally_and_per_bin():
     for alpha in (0.05, 0.1, 0.2):
         for bound in BoundKind:
             lower = head.lower_bound(calibrated, alpha, bound)
-            assert lower.min() >= 0.0 and lower.max() <= 1.0
+            assert lower.min() >= 0.0
+            assert lower.max() <= 1.0
             # 5000 residuals: the coverage of one calibration set varies by about 0.004 (alpha = 0.1).
             assert empirical_coverage(lower, targets) == pytest.approx(1 - alpha, abs=0.02), (alpha, bound)
         # Per bin the Mondrian bound covers each bin, not just all rows together.
@@ -151,7 +154,8 @@ def test_mondrian_edges_keep_the_minimum_count_even_with_ties():
     values = np.concatenate([np.full(700, 0.2), np.linspace(0.3, 1.0, 300), np.full(50, 1.0)])
     edges = mondrian_edges(values, min_bin_rows=100, max_bins=10)
     counts = np.bincount(np.searchsorted(edges, values, side="right"))
-    assert counts.size == edges.size + 1 and counts.min() >= 100
+    assert counts.size == edges.size + 1
+    assert counts.min() >= 100
     assert mondrian_edges(values[:150], min_bin_rows=100, max_bins=10).size == 0
 
 

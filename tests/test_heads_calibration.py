@@ -55,7 +55,8 @@ def test_files_without_calibration_load_unchanged(tmp_path):
     heads = random_heads(["iou_tiny", "task_gap"], seed=2)
     heads.save(tmp_path / "plain.safetensors")
     loaded = load_heads(tmp_path / "plain.safetensors")
-    assert loaded.calibration is None and loaded.metadata.calibration is None
+    assert loaded.calibration is None
+    assert loaded.metadata.calibration is None
 
 
 def test_malformed_or_gap_head_calibration_is_refused_on_load(tmp_path):
@@ -79,7 +80,8 @@ def test_predictor_reports_calibrated_iou_and_lower_bound(predictor, rgb_image):
     prompt = {"point_coords": np.array([[[30.0, 40.0]], [[60.0, 50.0]]]), "point_labels": np.array([[1], [1]])}
     result = model.predict(**prompt)
     assert set(result.calibrated_iou) == set(result.iou_lower) == set(CALIBRATED)
-    assert result.alpha == 0.2 and result.bound == "mondrian"
+    assert result.alpha == 0.2
+    assert result.bound == "mondrian"
     calibration = heads.calibration
     for name in CALIBRATED:
         expected = calibration.heads[name].calibrate(result.uncertainty[name])
@@ -99,7 +101,8 @@ def test_predictor_reports_calibrated_iou_and_lower_bound(predictor, rgb_image):
             model.alpha = bad
 
     record = prediction_record(result, [{"points": 1}, {"points": 1}])
-    assert record["calibration"]["alpha"] == 0.2 and "marginal" in record["calibration"]["guarantee"]
+    assert record["calibration"]["alpha"] == 0.2
+    assert "marginal" in record["calibration"]["guarantee"]
     mask = record["objects"][1]["masks"][2]
     assert set(mask["calibrated_iou"]) == set(mask["iou_lower"]) == set(CALIBRATED)
     assert mask["iou_lower"]["iou_tiny"] == pytest.approx(float(result.iou_lower["iou_tiny"][1, 2]))
@@ -110,7 +113,9 @@ def test_uncalibrated_heads_report_nothing_more(predictor, rgb_image):
     model = UncertainSAM(predictor, random_heads(seed=3))
     model.set_image(rgb_image)
     result = model.predict(point_coords=np.array([[30.0, 40.0]]), point_labels=np.array([1]))
-    assert result.calibrated_iou == {} and result.iou_lower == {} and result.alpha is None
+    assert result.calibrated_iou == {}
+    assert result.iou_lower == {}
+    assert result.alpha is None
     record = prediction_record(result, [{"points": 1}])
     assert "calibration" not in record
     assert "iou_lower" not in record["objects"][0]["masks"][0]
