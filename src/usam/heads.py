@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from usam.calibration import HeadsCalibration
 from usam.errors import HeadsFileError, UsamWarning
 from usam.files import atomic_path
-from usam.head_table import HEAD_NAMES, HEADS, Pairing
+from usam.head_table import HEAD_NAMES, HEADS, HeadKind, Pairing
 from usam.signals import SIGNAL_DIM, SignalNormalization
 from usam.validation import StrEnum
 
@@ -107,6 +108,8 @@ class HeadsMetadata:
         signal_normalization: For heads that read signals, the mean and standard deviation that normalise the
             signal vector (``{"mean": [...], "std": [...]}``, :class:`usam.signals.SignalNormalization`), so that
             inference needs nothing but the file; None otherwise.
+        calibration: The IoU heads' calibration and conformal quantiles
+            (:meth:`usam.calibration.HeadsCalibration.to_json`, written by ``usam calibrate``), or None.
     """
 
     names: list[str]
@@ -117,6 +120,7 @@ class HeadsMetadata:
     sam2_version: str | None = None
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     signal_normalization: dict[str, list[float]] | None = None
+    calibration: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.names if name not in HEAD_NAMES]
@@ -148,6 +152,25 @@ class HeadsMetadata:
                 SignalNormalization.from_dict(self.signal_normalization)
             except (KeyError, TypeError, ValueError) as error:
                 raise HeadsFileError(f"the heads' signal_normalization is malformed ({error})") from None
+        if self.calibration is not None:
+            self.parsed_calibration()  # a malformed calibration is refused when the file is read, not at predict
+
+    def parsed_calibration(self) -> HeadsCalibration | None:
+        """The calibration of the IoU heads among :attr:`names`, or None if they are not calibrated.
+
+        Raises:
+            HeadsFileError: If the calibration is malformed or names a head that is not an IoU head.
+        """
+        if self.calibration is None:
+            return None
+        if not isinstance(self.calibration, Mapping):
+            raise HeadsFileError(f"the heads' calibration must be a JSON object, got {type(self.calibration).__name__}")
+        calibration = HeadsCalibration.from_json(self.calibration)
+        not_iou = [name for name in calibration.heads if name not in HEADS or HEADS[name].kind is not HeadKind.IOU]
+        if not_iou:
+            raise HeadsFileError(f"the heads' calibration names {not_iou}, which are not IoU heads")
+        calibration.heads = {name: head for name, head in calibration.heads.items() if name in self.names}
+        return calibration if calibration.heads else None
 
     @property
     def input_dim(self) -> int:
@@ -221,6 +244,11 @@ class UncertaintyHeads(nn.Module):
     def names(self) -> list[str]:
         """Head names, in the order of the first axis of every output."""
         return list(self.metadata.names)
+
+    @property
+    def calibration(self) -> HeadsCalibration | None:
+        """The calibration of the loaded IoU heads (``usam calibrate``), or None if none of them is calibrated."""
+        return self.metadata.parsed_calibration()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Initialise every head as ``nn.Linear`` does (Kaiming-uniform weights, uniform biases)."""

@@ -132,20 +132,23 @@ def _mask_entries(result: UncertainPrediction, obj: int, batched: bool) -> list[
     masks, scores, tokens = pick(result.masks), pick(result.sam_scores), pick(result.mask_token_index)
     entropy = pick(result.entropy)
     uncertainty = {name: pick(values) for name, values in result.uncertainty.items()}
+    calibrated = {name: pick(values) for name, values in result.calibrated_iou.items()}
+    lower = {name: pick(values) for name, values in result.iou_lower.items()}
     entries = []
     for index in range(scores.shape[0]):
         mask = masks[index] if masks.dtype == bool else masks[index] > 0
-        entries.append(
-            {
-                "index": index,
-                "mask_token": int(tokens[index]),
-                "sam_score": float(scores[index]),
-                "entropy": float(entropy[index]),
-                "area": int(np.count_nonzero(mask)),
-                "uncertainty": {name: float(values[index]) for name, values in uncertainty.items()},
-                "segmentation": encode_rle(mask),
-            }
-        )
+        entry = {
+            "index": index,
+            "mask_token": int(tokens[index]),
+            "sam_score": float(scores[index]),
+            "entropy": float(entropy[index]),
+            "area": int(np.count_nonzero(mask)),
+            "uncertainty": {name: float(values[index]) for name, values in uncertainty.items()},
+        }
+        if calibrated:  # only heads calibrated with `usam calibrate` have these
+            entry["calibrated_iou"] = {name: float(values[index]) for name, values in calibrated.items()}
+            entry["iou_lower"] = {name: float(values[index]) for name, values in lower.items()}
+        entries.append(entry | {"segmentation": encode_rle(mask)})
     return entries
 
 
@@ -160,7 +163,8 @@ def prediction_record(result: UncertainPrediction, prompts: Sequence[dict[str, A
     Returns:
         ``{"format", "format_version", **context, "image_size", "objects": [{"index", "prompt", "masks"}]}``;
         every mask entry holds ``sam_score``, ``entropy``, ``area``, ``uncertainty`` and the compressed RLE
-        ``segmentation``.
+        ``segmentation``; with calibrated heads also ``calibrated_iou`` and ``iou_lower`` (head -> value), and the
+        record says under ``calibration`` the bound's miscoverage ``alpha`` and its guarantee.
     """
     count, batched = _per_object(result)
     if len(prompts) != count:
@@ -168,10 +172,18 @@ def prediction_record(result: UncertainPrediction, prompts: Sequence[dict[str, A
     objects = [
         {"index": obj, "prompt": prompts[obj], "masks": _mask_entries(result, obj, batched)} for obj in range(count)
     ]
+    calibration = {}
+    if result.iou_lower:
+        calibration["calibration"] = {
+            "alpha": result.alpha,
+            "bound": result.bound,
+            "guarantee": "marginal over masks like the calibration rows: P(true IoU >= iou_lower) >= 1 - alpha",
+        }
     return {
         "format": PREDICTION_FORMAT,
         "format_version": PREDICTION_FORMAT_VERSION,
         **context,
+        **calibration,
         "image_size": list(result.image_size),
         "objects": objects,
     }

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from usam import sam2_adapter
+from usam.calibration import DEFAULT_ALPHA, BoundKind, HeadsCalibration, alpha_index, check_alpha
 from usam.click_map import click_map
 from usam.devices import Precision
 from usam.entropy import mask_entropy, pixel_entropy
@@ -27,6 +28,7 @@ from usam.images import as_rgb_uint8
 from usam.model_card import ModelCard
 from usam.models import SAM2ModelSpec
 from usam.signals import prompt_signals, signal_features
+from usam.validation import check_choice
 
 
 @dataclasses.dataclass
@@ -52,6 +54,13 @@ class UncertainPrediction:
         signals: SAM2's scalar signals of each prompt (:class:`usam.signals.PromptSignals` fields: ``(…, 4)`` per
             mask token, ``(…)`` for ``object_score_logit``), or None when neither the call nor the heads asked for
             them.
+        calibrated_iou: Per calibrated IoU head (``usam calibrate``), (…, M) its calibrated IoU; empty for heads
+            without calibration.
+        iou_lower: Per calibrated IoU head, (…, M) a conformal lower bound on the true IoU: over masks like the
+            calibration rows (the best of the three outputs), P(true IoU ≥ iou_lower) ≥ 1 − :attr:`alpha`. The
+            guarantee is marginal (over masks), not for each mask; see :mod:`usam.calibration`.
+        alpha: The miscoverage of :attr:`iou_lower`, or None without calibration.
+        bound: Which conformal bound :attr:`iou_lower` is (``"mondrian"`` or ``"marginal"``), or None.
     """
 
     masks: np.ndarray
@@ -64,6 +73,10 @@ class UncertainPrediction:
     head_token_index: np.ndarray
     image_size: tuple[int, int]
     signals: dict[str, np.ndarray] | None = None
+    calibrated_iou: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    iou_lower: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    alpha: float | None = None
+    bound: str | None = None
 
     @functools.cached_property
     def entropy(self) -> np.ndarray:
@@ -139,6 +152,9 @@ class UncertainSAM:
         precision: What SAM2 runs in (``float32``, or ``bfloat16`` autocast); None for the device's default:
             bfloat16 on CUDA, as SAM2's demos run, float32 elsewhere (see
             :func:`usam.sam2_adapter.effective_precision`).
+        alpha: Miscoverage of the IoU lower bound ``iou_lower`` that calibrated heads report (default 0.1:
+            the bound holds for at least 90 % of masks); settable later as :attr:`alpha`.
+        bound: ``"mondrian"`` (per bin of the calibrated IoU, the default) or ``"marginal"`` (one quantile).
 
     Example:
         >>> model = UncertainSAM(predictor, usam.load_heads("heads.safetensors"))  # doctest: +SKIP
@@ -154,6 +170,8 @@ class UncertainSAM:
         *,
         device: str | torch.device | None = None,
         precision: Precision | str | None = None,
+        alpha: float = DEFAULT_ALPHA,
+        bound: BoundKind | str = BoundKind.MONDRIAN,
     ) -> None:
         sam2_adapter.check_image_predictor(predictor)
         self.predictor = predictor
@@ -172,6 +190,21 @@ class UncertainSAM:
                 )
             self.heads = heads.to(self.device).eval()
             self._warn_on_version_mismatch(heads)
+        # Parsed once: predict only applies it, and the uncalibrated path does nothing more.
+        self.calibration: HeadsCalibration | None = heads.calibration if heads is not None else None
+        self.bound = check_choice(BoundKind, bound, "bound")
+        self.alpha = alpha
+
+    @property
+    def alpha(self) -> float:
+        """Miscoverage of ``iou_lower``: P(true IoU ≥ iou_lower) ≥ 1 − alpha over masks (marginal)."""
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        if self.calibration is not None:
+            alpha_index(value, self.calibration.alphas)  # refuses an α below the smallest stored level
+        self._alpha = check_alpha(value)
 
     def _warn_on_version_mismatch(self, heads: UncertaintyHeads) -> None:
         model_name = sam2_adapter.model_name_of(self.predictor)
@@ -193,6 +226,8 @@ class UncertainSAM:
         checkpoint: str | Path | None = None,
         device: str | torch.device | None = None,
         precision: Precision | str | None = None,
+        alpha: float = DEFAULT_ALPHA,
+        bound: BoundKind | str = BoundKind.MONDRIAN,
         **build_kwargs: Any,
     ) -> UncertainSAM:
         """Build a released SAM2 model (weights downloaded on first use) or a card's, and wrap its image predictor.
@@ -204,10 +239,12 @@ class UncertainSAM:
             checkpoint: Local checkpoint file; skips the download.
             device: CUDA if available, else CPU.
             precision: What SAM2 runs in (see the class).
+            alpha: Miscoverage of the IoU lower bound of calibrated heads (see the class).
+            bound: Which conformal bound (see the class).
             **build_kwargs: Passed to :func:`usam.sam2_adapter.build_sam2_model`.
         """
         sam_model = sam2_adapter.build_sam2_model(model, checkpoint, device=device, **build_kwargs)
-        return cls(sam2_adapter.make_image_predictor(sam_model), heads, precision=precision)
+        return cls(sam2_adapter.make_image_predictor(sam_model), heads, precision=precision, alpha=alpha, bound=bound)
 
     @property
     def image_size(self) -> tuple[int, int] | None:
@@ -296,6 +333,9 @@ class UncertainSAM:
                     name: values[index].reshape(per_mask_shape) for index, name in enumerate(self.heads.names)
                 }
                 self._check_finite("heads", uncertainty)
+        calibrated_iou, iou_lower = {}, {}
+        if self.calibration is not None:
+            calibrated_iou, iou_lower = self.calibration.apply(uncertainty, self._alpha, self.bound)
         squeeze = sam_scores.ndim == 1  # SAM2 drops the batch axis of a single prompt; so do we
         signal_arrays = None
         if computed is not None:
@@ -311,6 +351,10 @@ class UncertainSAM:
             head_token_index=_owned(head_index, squeeze),
             image_size=self.image_size,
             signals=signal_arrays,
+            calibrated_iou=calibrated_iou,
+            iou_lower=iou_lower,
+            alpha=self._alpha if iou_lower else None,
+            bound=str(self.bound) if iou_lower else None,
         )
 
     def _check_finite(self, source: str, arrays: dict[str, np.ndarray]) -> None:

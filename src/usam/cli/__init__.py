@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from usam.cli import benchmark, evaluate, extract, heads, predict, testbed, train
+from usam.cli import benchmark, calibrate, evaluate, extract, heads, predict, testbed, train
 from usam.cli.common import EXIT_USER_ERROR, WARNINGS, UsageParser
 from usam.errors import UsamError
 
@@ -28,6 +28,7 @@ _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     extract.add_extract,
     extract.add_store_info,
     train.add_train,
+    calibrate.add_calibrate,
     evaluate.add_evaluate,
     benchmark.add_benchmark,
     testbed.add_testbed,

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from usam.calibration import DEFAULT_ALPHA, BoundKind
 from usam.cli.common import add_model_options, note, parse_box, parse_pair, prepare_output_folder
 from usam.errors import UsamError
 
@@ -62,6 +63,20 @@ def add_predict(subparsers: Any) -> None:
         help="box prompt in pixels; repeat it (without points) to segment several objects in one call",
     )
     parser.add_argument("--single-mask", action="store_true", help="ask SAM2 for one mask per object instead of three")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=DEFAULT_ALPHA,
+        help="with heads calibrated by `usam calibrate`: miscoverage of the IoU lower bound iou_lower written per "
+        "mask; over masks, P(true IoU >= iou_lower) >= 1 - alpha (marginal, not per mask). Default %(default)s",
+    )
+    parser.add_argument(
+        "--bound",
+        choices=BoundKind.values(),
+        default=str(BoundKind.MONDRIAN),
+        help="conformal bound: per bin of the calibrated IoU (mondrian, tighter for easy masks) or one quantile "
+        "for all masks (marginal); default %(default)s",
+    )
     parser.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="output folder (created if needed; checked first)"
     )
@@ -156,6 +171,7 @@ def _coco_image_id(image: Path, given: int | None) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from usam.calibration import ALPHA_GRID, alpha_index
     from usam.heads import load_heads
     from usam.images import load_image
 
@@ -174,10 +190,18 @@ def _run_predict(args: argparse.Namespace) -> int:
     heads = load_heads(args.heads) if args.heads is not None else None
     if heads is None:
         note("no --heads given; only SAM's score and the entropy are reported")
+    calibration = heads.calibration if heads is not None else None
+    alpha_index(args.alpha, calibration.alphas if calibration is not None else ALPHA_GRID)  # before the model loads
     from usam.predictor import UncertainSAM
 
     model = UncertainSAM.from_pretrained(
-        model_spec, heads, checkpoint=args.checkpoint, device=args.device, hydra_overrides=args.hydra_override
+        model_spec,
+        heads,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        hydra_overrides=args.hydra_override,
+        alpha=args.alpha,
+        bound=args.bound,
     )
     record = _predict_and_write(
         model,

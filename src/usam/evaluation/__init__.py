@@ -13,6 +13,9 @@ number, curves included) and PNG plots:
   entropies and the heads, on the rows of the evaluated model.
 * **Inputs ablation** (optional): heads trained on the IoU token only, the mask token only, both, SAM2's scalar
   signals only and tokens + signals, scored by relative AUC per scenario.
+* **Calibration** of the IoU heads: expected calibration error before and (for heads calibrated with
+  ``usam calibrate``, :func:`fit_calibration`) after calibration, the coverage of the conformal IoU lower bounds
+  and a reliability diagram (:mod:`~usam.evaluation.reliability`).
 
 Rows and values of each scenario
 --------------------------------
@@ -54,9 +57,11 @@ Modules
 * :mod:`~usam.evaluation.correlation`: the Pearson table (:class:`CorrelationResult`).
 * :mod:`~usam.evaluation.ablation`: the inputs ablation (:class:`AblationResult`).
 * :mod:`~usam.evaluation.departures`: this run against the paper's choices (:class:`RunDeparture`).
+* :mod:`~usam.evaluation.reliability`: fitting the IoU heads' calibration on a store (:func:`fit_calibration`,
+  :func:`calibrate_heads_file`) and checking it on another (:func:`check_calibration`, :class:`CalibrationCheck`).
 * :mod:`~usam.evaluation.report`: ``report.md``.
 * :mod:`~usam.evaluation.plots`: plots drawn on a given matplotlib ``Axes`` (:func:`plot_scenario`,
-  :func:`plot_correlation`, :func:`plot_ablation`) and the PNG writer.
+  :func:`plot_correlation`, :func:`plot_ablation`, :func:`plot_reliability`) and the PNG writer.
 * :mod:`~usam.evaluation.run`: :func:`run_evaluation` and :class:`EvaluationResult`.
 """
 
@@ -71,7 +76,14 @@ from usam.evaluation.ablation import (
 from usam.evaluation.correlation import CorrelationResult, correlation_table
 from usam.evaluation.departures import RunDeparture
 from usam.evaluation.measures import ENTROPY_MEASURES, Measure, MeasureKind, scenario_measures
-from usam.evaluation.plots import plot_ablation, plot_correlation, plot_scenario, write_plots
+from usam.evaluation.plots import plot_ablation, plot_correlation, plot_reliability, plot_scenario, write_plots
+from usam.evaluation.reliability import (
+    CalibrationCheck,
+    HeadCheck,
+    calibrate_heads_file,
+    check_calibration,
+    fit_calibration,
+)
 from usam.evaluation.report import report_markdown
 from usam.evaluation.run import EvaluationResult, run_evaluation
 from usam.evaluation.scenarios import AUC_RANGES, MeasureResult, ScenarioResult, Status
@@ -85,17 +97,23 @@ __all__ = [
     "AblationResult",
     "AblationScenario",
     "AblationScore",
+    "CalibrationCheck",
     "CorrelationResult",
     "EvaluationResult",
+    "HeadCheck",
     "Measure",
     "MeasureKind",
     "MeasureResult",
     "RunDeparture",
     "ScenarioResult",
     "Status",
+    "calibrate_heads_file",
+    "check_calibration",
     "correlation_table",
+    "fit_calibration",
     "plot_ablation",
     "plot_correlation",
+    "plot_reliability",
     "plot_scenario",
     "report_markdown",
     "run_evaluation",

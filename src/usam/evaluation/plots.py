@@ -1,4 +1,4 @@
-"""Plots of an evaluation: correction curves, the correlation heat map, the token ablation.
+"""Plots of an evaluation: correction curves, the correlation heat map, the token ablation, the reliability diagram.
 
 Each ``plot_*`` function draws on a matplotlib ``Axes`` it is given and returns that axes' figure, so that paper
 figures can combine several panels; :func:`write_plots` makes one figure per plot and saves it as a PNG.
@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from usam.calibration import ECE_BINS
 from usam.evaluation.ablation import AblationResult
 from usam.evaluation.correlation import CorrelationResult
 from usam.evaluation.measures import ColourRole
+from usam.evaluation.reliability import CalibrationCheck
 from usam.evaluation.scenarios import AUC_RANGES, RANGE_LABELS, SCENARIO_TITLES, ScenarioResult, Status
 from usam.files import atomic_path
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 PLOT_DPI = 200
 """Resolution of the written PNGs."""
 
-PLOT_PREFIXES: tuple[str, ...] = ("curves_", "correlation", "ablation")
+PLOT_PREFIXES: tuple[str, ...] = ("curves_", "correlation", "ablation", "reliability")
 """Every PNG the evaluation writes starts with one of these (see :func:`plot_file_names`)."""
 
 _COLOURS = {
@@ -167,8 +169,36 @@ def plot_ablation(ax: Axes, result: AblationResult, range_key: str = "r_0_1") ->
     return ax.figure
 
 
+def plot_reliability(ax: Axes, check: CalibrationCheck, head: str) -> Figure:
+    """Draw one IoU head's reliability diagram on ``ax``: mean true IoU against mean prediction per equal-mass bin.
+
+    The raw output is dashed, the calibrated one solid; the diagonal is perfect calibration.
+
+    Returns:
+        The figure of ``ax``.
+    """
+    entry = check.heads[head]
+    ax.plot([0, 1], [0, 1], color=_COLOURS["no_correction"], lw=1.0, ls="--", label="perfect")
+    curves = [("raw", entry.reliability_before, entry.ece_before, ":", _COLOURS["iou_head"])]
+    if entry.reliability_after is not None:
+        curves.append(("calibrated", entry.reliability_after, entry.ece_after, "-", _COLOURS["primary_head"]))
+    for label, curve, ece, style, colour in curves:
+        ece_text = "n/a" if ece is None or not math.isfinite(ece) else f"{ece:.3f}"
+        ax.plot(curve["predicted"], curve["true"], ls=style, marker="o", ms=3.5, lw=1.6, color=colour,
+                label=f"{label}: ECE {ece_text}")  # fmt: skip
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Predicted IoU (bin mean)")
+    ax.set_ylabel("True IoU (bin mean)")
+    ax.set_title(f"{head} ({entry.rows} rows)")
+    ax.grid(True, color="#ececec", lw=0.8)
+    ax.legend(loc="upper left", frameon=False)
+    return ax.figure
+
+
 def plot_file_names(result: EvaluationResult) -> dict[str, str]:
-    """The PNG each plot of an evaluation is written to: scenario name, ``correlation`` or ``ablation`` -> file."""
+    """The PNG of each plot of an evaluation: scenario name, ``correlation``, ``ablation``, ``reliability`` -> file."""
     names = {
         entry.name: f"curves_{entry.name}.png" for entry in result.scenarios.values() if entry.status is Status.DONE
     }
@@ -176,6 +206,8 @@ def plot_file_names(result: EvaluationResult) -> dict[str, str]:
         names["correlation"] = "correlation.png"
     if result.ablation is not None and result.ablation.status is Status.DONE:
         names["ablation"] = "ablation.png"
+    if result.calibration is not None and result.calibration.calibrated:
+        names["reliability"] = "reliability.png"
     return names
 
 
@@ -198,6 +230,8 @@ def write_plots(result: EvaluationResult, out_dir: Path) -> list[str]:
             result.correlation.plot = name
         elif key == "ablation":
             result.ablation.plot = name
+        elif key == "reliability":
+            result.calibration.plot = name
         else:
             result.scenarios[key].plot = name
         written.append(name)
@@ -232,6 +266,17 @@ def _drawn_figure(plt: Any, key: str, result: EvaluationResult) -> Iterator[Figu
             f"scored on {protocol['test_images']} held-out images"
         )
         figure.tight_layout(rect=(0, 0.07, 1, 1))
+    elif key == "reliability":
+        names = list(result.calibration.heads)
+        columns = min(len(names), 3)
+        rows = math.ceil(len(names) / columns)
+        figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 4.6 * rows), squeeze=False)
+        for ax, name in zip(axes.flat, names, strict=False):
+            plot_reliability(ax, result.calibration, name)
+        for ax in list(axes.flat)[len(names) :]:
+            ax.set_visible(False)
+        figure.suptitle(f"Reliability of the IoU heads — {result.model} store rows, {ECE_BINS} equal-mass bins")
+        figure.tight_layout()
     else:
         figure, ax = plt.subplots(figsize=(10.5, 5.8))
         plot_scenario(ax, result.scenarios[key])

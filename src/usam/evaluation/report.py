@@ -11,6 +11,7 @@ from usam.evaluation.scenarios import ScenarioResult, Status
 if TYPE_CHECKING:
     from usam.evaluation.ablation import AblationResult
     from usam.evaluation.correlation import CorrelationResult
+    from usam.evaluation.reliability import CalibrationCheck
     from usam.evaluation.run import EvaluationResult
 
 _ABLATION_COLUMNS = (
@@ -62,6 +63,7 @@ def report_markdown(result: EvaluationResult) -> str:
     for entry in result.scenarios.values():
         lines += _scenario_lines(entry)
     lines += _correlation_lines(result.correlation, result.model)
+    lines += _calibration_lines(result.calibration)
     lines += _ablation_lines(result.ablation, result)
     lines += _departure_lines(result)
     lines += ["All numbers, including every curve, are in `results.json`.", ""]
@@ -133,6 +135,60 @@ def _correlation_lines(correlation: CorrelationResult, model: str) -> list[str]:
         lines.append("")
         if correlation.plot:
             lines += [f"![Pearson correlation]({correlation.plot})", ""]
+    return lines
+
+
+def _calibration_lines(check: CalibrationCheck | None) -> list[str]:
+    lines = ["## Calibration of the IoU heads", ""]
+    if check is None:
+        return [*lines, "No IoU head has rows with a target in this store.", ""]
+
+    def number(value: float | None, digits: int = 4) -> str:
+        return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+    lines += [
+        "Each IoU head on the rows it learns from in training (the best of the three outputs, with its own target: "
+        "`iou_<size>` on that size's rows, `iou_unsupervised` and `iou_dense_prompt` on every row). **ECE**: "
+        f"expected calibration error over {check.ece_bins} equal-mass bins of the prediction, "
+        "Σ (n_b / n) |mean prediction − mean true IoU|.",
+        "",
+    ]
+    if check.calibrated:
+        where = f" on `{check.calibration_store}`" if check.calibration_store else ""
+        lines += [
+            f"The heads file is calibrated (`usam calibrate`{where}). **Coverage**: the share of rows whose true "
+            "IoU is at least the lower bound `iou_lower`; the bound promises ≥ 1 − α *marginally* (over rows like "
+            "the calibration rows, not per mask). Each cell: marginal / Mondrian (per bin of the calibrated IoU) "
+            "bound; in brackets the mean margin, calibrated − bound. These rows must not be the calibration rows.",
+            "",
+        ]
+    else:
+        lines += ["The heads file holds no calibration (`usam calibrate` adds one): raw ECE only.", ""]
+    header = "| Head | Rows | ECE raw | ECE calibrated |"
+    rule = "|---|---:|---:|---:|"
+    if check.calibrated:
+        header += "".join(f" Coverage α = {alpha:g} (target {1 - alpha:.0%}) |" for alpha in check.alphas)
+        rule += "---:|" * len(check.alphas)
+    lines += [header, rule]
+    for name, entry in check.heads.items():
+        row = f"| `{name}` | {entry.rows} | {number(entry.ece_before)} | {number(entry.ece_after)} |"
+        if check.calibrated:
+            for alpha in check.alphas:
+                if not entry.coverage:
+                    row += " – |"
+                    continue
+                marginal, mondrian = entry.coverage["marginal"][str(alpha)], entry.coverage["mondrian"][str(alpha)]
+                margins = entry.mean_margin["marginal"][str(alpha)], entry.mean_margin["mondrian"][str(alpha)]
+                row += (
+                    f" {number(100 * marginal, 1)} % / {number(100 * mondrian, 1)} % "
+                    f"({number(margins[0], 3)} / {number(margins[1], 3)}) |"
+                )
+        lines.append(row)
+    lines.append("")
+    if check.left_out:
+        lines += [f"No rows with a target here for: {', '.join(f'`{name}`' for name in check.left_out)}.", ""]
+    if check.plot:
+        lines += [f"![Reliability diagram]({check.plot})", ""]
     return lines
 
 

@@ -22,6 +22,7 @@ from usam.evaluation.correlation import CorrelationResult, correlation_table
 from usam.evaluation.departures import RunDeparture, RunFacts, has_random_weights, recorded_choices, run_departures
 from usam.evaluation.measures import Measure, off_distribution_note, scenario_measures
 from usam.evaluation.plots import remove_earlier_plots, write_plots
+from usam.evaluation.reliability import CalibrationCheck, check_calibration
 from usam.evaluation.report import report_markdown
 from usam.evaluation.rows import EvaluatedModels, read_rows, resolve_models, size_and_version, store_models
 from usam.evaluation.scenarios import (
@@ -68,6 +69,8 @@ class EvaluationResult:
         departures: Each deliberate difference from the paper, with what this run used.
         store_choices: Choices the store's metadata records (preset, tie rule, precision, ...).
         files: Files written into the output folder.
+        calibration: ECE of every IoU head before (and, for calibrated heads, after) calibration and the coverage
+            of the IoU lower bounds on this store's rows, or None if no IoU head has rows here.
     """
 
     usam_version: str
@@ -86,6 +89,7 @@ class EvaluationResult:
     departures: list[RunDeparture]
     store_choices: dict[str, str]
     files: list[str] = dataclasses.field(default_factory=list)
+    calibration: CalibrationCheck | None = None
 
     @property
     def model(self) -> str:
@@ -120,6 +124,7 @@ class EvaluationResult:
             "ablation": None if self.ablation is None else self.ablation.to_json(),
             "differences_from_paper": [row.to_json() for row in self.departures],
             "store_choices": dict(self.store_choices),
+            "calibration": None if self.calibration is None else self.calibration.to_json(),
             "files": list(self.files),
         }
 
@@ -219,6 +224,7 @@ def run_evaluation(
 
     from usam import __version__
 
+    calibration = check_calibration(reader, heads)
     size, version = size_and_version(models.evaluated)
     result = EvaluationResult(
         usam_version=__version__,
@@ -236,7 +242,13 @@ def run_evaluation(
         ablation=ablation_result,
         departures=run_departures(RunFacts(version, size, metadata, heads.metadata)),
         store_choices=recorded_choices(metadata),
+        calibration=calibration,
     )
+    if calibration is not None and calibration.calibration_store and _same_path(calibration.calibration_store, store):
+        result.warnings.append(
+            "The heads were calibrated on this store: the calibration's ECE and the coverage of its bounds are "
+            "measured on their own calibration rows. Evaluate on a store of another split."
+        )
     write_outputs(result, out_dir)
     return result
 
@@ -273,6 +285,10 @@ def _inputs_name(heads: UncertaintyHeads) -> str:
     return str(variant) if variant is not None else "+".join(heads.metadata.inputs)
 
 
+def _same_path(recorded: str, store: Path) -> bool:
+    return Path(recorded).expanduser().resolve() == store.resolve()
+
+
 def _heads_description(heads: UncertaintyHeads) -> dict[str, Any]:
     return {
         "names": list(heads.names),
@@ -289,7 +305,7 @@ def _warnings(heads: UncertaintyHeads, heads_path: str | os.PathLike[str], store
     training: Mapping[str, Any] = heads.metadata.training or {}
     data = training.get("data")
     trained_on = data.get("store") if isinstance(data, Mapping) else None
-    if trained_on and Path(trained_on).expanduser().resolve() == store.resolve():
+    if trained_on and _same_path(trained_on, store):
         notes.append(
             "The heads were trained on this store: the heads' numbers are measured on (at least partly) their "
             "own training data and overstate how well they generalise. Evaluate on a store of another split."

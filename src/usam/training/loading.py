@@ -26,7 +26,7 @@ import contextlib
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +65,7 @@ def load_training_data(
     inputs: Sequence[str] = TOKEN_INPUTS,
     cache_dir: str | os.PathLike[str] | None = None,
     tie_rule: TieRule | str | None = None,
+    signal_normalization: Mapping[str, Sequence[float]] | None = None,
 ) -> TrainingData:
     """Read the head inputs and targets of a token store.
 
@@ -86,6 +87,8 @@ def load_training_data(
         tie_rule: Which of equally good masks gives the mask token (``"last"`` as the authors' code). Default: the
             store's recorded one (:attr:`usam.store.StoreReader.tie_rule`; ``"first"`` for a store or table that
             records none).
+        signal_normalization: For inputs with signals: scale them as these trained heads do (their file's
+            ``signal_normalization``) instead of fitting the scaling on these rows.
 
     Returns:
         The training data.
@@ -175,7 +178,12 @@ def load_training_data(
     normalization = None
     if SIGNAL_INPUT in inputs:
         # Signals differ in scale by orders of magnitude (logits, fractions); the heads file keeps the scaling.
-        normalization = SignalNormalization.fit(features[:, -SIGNAL_DIM:])
+        # Trained heads bring their own scaling (``signal_normalization``); new heads fit it on these rows.
+        normalization = (
+            SignalNormalization.fit(features[:, -SIGNAL_DIM:])
+            if signal_normalization is None
+            else SignalNormalization.from_dict(signal_normalization)
+        )
         features[:, -SIGNAL_DIM:] = normalization.apply(features[:, -SIGNAL_DIM:])
     if cache_path is not None:
         features = _map_features(features, cache_path)

@@ -1,0 +1,167 @@
+"""``usam calibrate`` and the calibration part of ``usam evaluate`` on small synthetic token stores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from conftest import run_cli
+from usam.evaluation import check_calibration, fit_calibration, run_evaluation
+from usam.heads import load_heads, random_heads
+from usam.store import StoreWriter, row_schema
+
+TINY = "sam2.1-tiny"
+IOU_HEADS = ["iou_tiny", "iou_unsupervised", "iou_dense_prompt"]
+
+
+def write_store(root, seed, images=120, objects=2):
+    """Rows of the tiny model with random tokens and true IoUs around 0.8 (random heads predict far from it)."""
+    rng = np.random.default_rng(seed)
+    with StoreWriter(root, rows_per_part=100) as writer:
+        for image in range(images):
+            rows = []
+            for obj in range(objects):
+                row = {}
+                for field in row_schema():
+                    if pa.types.is_fixed_size_list(field.type):
+                        row[field.name] = rng.standard_normal(field.type.list_size).astype(np.float32)
+                    elif pa.types.is_integer(field.type):
+                        row[field.name] = 64
+                    elif pa.types.is_floating(field.type):
+                        row[field.name] = float(rng.random())
+                iou = float(np.clip(0.8 + rng.normal(0, 0.1), 0, 1))
+                row.update(image_key=f"img{image:04d}", object_id=f"o{obj}", model=TINY, dataset="coco", split="val",
+                           mask_ious=np.array([iou, iou / 2, iou / 3], np.float32), iou=iou,
+                           unsupervised_iou=iou * 0.9, iou_dense_prompt=min(iou + 0.05, 1.0))  # fmt: skip
+                rows.append(row)
+            writer.add_image(f"img{image:04d}", rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("calibration")
+    random_heads([*IOU_HEADS, "task_gap"], seed=5).save(folder / "heads.safetensors")
+    return {
+        "folder": folder,
+        "calibration": write_store(folder / "calibration", seed=1),
+        "held_out": write_store(folder / "held_out", seed=2),
+        "heads": folder / "heads.safetensors",
+    }
+
+
+def test_calibrate_writes_a_calibrated_copy_that_lowers_the_ece_on_held_out_rows(stores, tmp_path, capsys):
+    out = tmp_path / "calibrated.safetensors"
+    argv = ["calibrate", "--data", stores["calibration"], "--heads", stores["heads"], "--out", out]
+    status, stdout, stderr = run_cli([*argv, "--min-bin-rows", "40"], capsys)
+    assert status == 0, stderr
+    assert f"wrote {out}" in stdout
+    assert "iou_dense_prompt: map fitted on" in stdout
+    original, calibrated = load_heads(stores["heads"]), load_heads(out)
+    assert set(calibrated.calibration.heads) == set(IOU_HEADS)
+    assert calibrated.calibration.source["store"] == str(stores["calibration"])
+    for name in original.names:
+        for key, tensor in original.head_state_dict(name).items():
+            assert torch.equal(calibrated.head_state_dict(name)[key], tensor)
+    rows = calibrated.calibration.source["rows"]["iou_tiny"]
+    assert rows["fit"] + rows["conformal"] == 240
+    assert min(rows.values()) > 80
+    assert len(calibrated.calibration.heads["iou_tiny"].bins) > 1  # Mondrian bins of >= 40 rows
+
+    check = check_calibration(stores["held_out"], calibrated)
+    assert check.calibrated
+    assert set(check.heads) == set(IOU_HEADS)
+    for name, entry in check.heads.items():
+        assert entry.rows == 240
+        assert entry.ece_before > 0.1, name  # random heads are far from IoUs around 0.8
+        assert entry.ece_after < entry.ece_before / 2, name
+        for bound in ("marginal", "mondrian"):
+            assert set(entry.coverage[bound]) == {"0.05", "0.1", "0.2"}
+            for value in entry.coverage[bound].values():
+                assert 0.6 <= value <= 1.0  # 240 held-out rows: a loose check; tests/test_calibration.py is exact
+
+    # The same calibration from Python, with the same seed, is the same.
+    again = fit_calibration(stores["calibration"], original, min_bin_rows=40)
+    assert again.to_json() == calibrated.metadata.calibration
+
+
+def test_evaluate_reports_ece_coverage_and_a_reliability_diagram(stores, tmp_path):
+    heads = tmp_path / "calibrated.safetensors"
+    calibration = fit_calibration(stores["calibration"], load_heads(stores["heads"]))
+    plain = load_heads(stores["heads"])
+    plain.metadata.calibration = calibration.to_json()
+    plain.save(heads)
+    # On its own calibration store (flagged: the held-out check is the test above), to keep to two evaluations.
+    result = run_evaluation(stores["calibration"], heads, tmp_path / "report", ablation=False, seeds=1, progress=False)
+    assert any("calibrated on this store" in note for note in result.warnings)
+    stored = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert stored["calibration"]["calibrated"] is True
+    assert stored["calibration"]["calibration_store"] == str(stores["calibration"])
+    assert "reliability.png" in stored["files"]
+    assert (tmp_path / "report" / "reliability.png").is_file()
+    entry = stored["calibration"]["heads"]["iou_tiny"]
+    assert entry["ece_after"] < entry["ece_before"]
+    assert entry["coverage"]["mondrian"]["0.1"] == result.calibration.heads["iou_tiny"].coverage["mondrian"]["0.1"]
+    assert len(entry["reliability_after"]["predicted"]) == 15
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Calibration of the IoU heads" in report
+    assert "(reliability.png)" in report
+    assert "Coverage α = 0.1 (target 90%)" in report
+
+    # Uncalibrated heads: the raw ECE only, no diagram; the earlier run's diagram is removed.
+    again = run_evaluation(stores["held_out"], stores["heads"], tmp_path / "report", ablation=False, seeds=1,
+                           progress=False)  # fmt: skip
+    assert not any("calibrated on this store" in note for note in again.warnings)
+    stored = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert stored["calibration"]["calibrated"] is False
+    assert stored["calibration"]["heads"]["iou_tiny"]["ece_after"] is None
+    assert stored["calibration"]["heads"]["iou_tiny"]["ece_before"] > 0.1
+    assert not (tmp_path / "report" / "reliability.png").exists()
+    assert "raw ECE only" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_calibrate_errors_are_one_line(stores, tmp_path, capsys):
+    gap_only = tmp_path / "gap.safetensors"
+    random_heads(["task_gap"], seed=1).save(gap_only)
+    with_large = tmp_path / "large.safetensors"
+    random_heads(["iou_tiny", "iou_large"], seed=1).save(with_large)
+    out = tmp_path / "out.safetensors"
+    cases = [
+        (["--heads", gap_only], "no IoU head"),
+        (["--heads", with_large], "iou_large"),  # the store has no large model: no target for that head
+        (["--heads", with_large, "--only", "task_gap"], "not an IoU head"),
+        (["--heads", stores["heads"], "--fit-fraction", "1.5"], "fit_fraction"),
+        (["--heads", stores["heads"], "--out", stores["heads"]], "input"),
+    ]
+    for extra, expected in cases:
+        argv = ["calibrate", "--data", stores["calibration"], "--out", out, *extra]
+        status, _, stderr = run_cli(argv, capsys)
+        assert status == 2, (extra, stderr)
+        assert stderr.startswith("usam: error: "), stderr
+        assert stderr.count("\n") == 1, stderr
+        assert expected in stderr, stderr
+        assert not out.exists()
+    # --only calibrates the heads that have rows.
+    status, _, stderr = run_cli(
+        ["calibrate", "--data", stores["calibration"], "--heads", with_large, "--out", out, "--only", "iou_tiny"],
+        capsys,
+    )
+    assert status == 0, stderr
+    assert set(load_heads(out).calibration.heads) == {"iou_tiny"}
+
+
+def test_predict_refuses_an_alpha_outside_0_1_before_loading_a_model(stores, tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "image.png")
+    for alpha in ("0", "1", "1.5", "-0.1"):
+        argv = ["predict", tmp_path / "image.png", "--heads", stores["heads"], "--point", "1,1",
+                "--out", tmp_path / "out", "--alpha", alpha, "--checkpoint", tmp_path / "missing.pt"]  # fmt: skip
+        status, _, stderr = run_cli(argv, capsys)
+        assert status == 2, stderr
+        assert stderr.count("\n") == 1, stderr
+        assert "alpha" in stderr, stderr

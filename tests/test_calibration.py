@@ -1,0 +1,196 @@
+"""Tests for usam.calibration: isotonic maps, split-conformal lower bounds, Mondrian bins, ECE."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from usam.calibration import (
+    ALPHA_GRID,
+    BoundKind,
+    HeadCalibration,
+    HeadsCalibration,
+    IsotonicMap,
+    alpha_index,
+    conformal_lower_quantile,
+    conformal_rank,
+    empirical_coverage,
+    expected_calibration_error,
+    mondrian_edges,
+    pool_adjacent_violators,
+    reliability_curve,
+)
+from usam.errors import HeadsFileError, InvalidInputError
+
+
+def miscalibrated(rng, n):
+    """A head that is overconfident: the true IoU is the prediction squared, plus noise."""
+    predictions = rng.uniform(0.0, 1.0, n)
+    targets = np.clip(predictions**2 + rng.normal(0.0, 0.08, n), 0.0, 1.0)
+    return predictions, targets
+
+
+def test_pool_adjacent_violators_is_the_least_squares_monotone_fit():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=40).cumsum() + rng.normal(0, 3, 40)
+    weights = rng.uniform(0.5, 2.0, 40)
+    fitted = pool_adjacent_violators(values, weights)
+    assert (np.diff(fitted) >= -1e-12).all()
+    # No monotone perturbation of the fit lowers the weighted squared error (a necessary optimality condition).
+    best = np.sum(weights * (fitted - values) ** 2)
+    for _ in range(200):
+        candidate = np.sort(fitted + rng.normal(0, 0.05, 40))
+        assert np.sum(weights * (candidate - values) ** 2) >= best - 1e-9
+    # Each pooled block takes the weighted mean of its values.
+    for level in np.unique(fitted):
+        block = fitted == level
+        assert np.average(values[block], weights=weights[block]) == pytest.approx(level)
+
+
+def test_isotonic_map_is_monotone_clipped_and_piecewise_linear():
+    rng = np.random.default_rng(1)
+    predictions, targets = miscalibrated(rng, 3000)
+    mapping = IsotonicMap.fit(predictions, targets)
+    grid = np.linspace(-0.5, 1.5, 5001)
+    values = mapping(grid)
+    assert (np.diff(values) >= 0).all()
+    assert values.min() >= 0.0
+    assert values.max() <= 1.0
+    # Constant beyond the knots, and exactly the knots' values at the knots.
+    assert values[0] == mapping.knots_y[0]
+    assert values[-1] == mapping.knots_y[-1]
+    np.testing.assert_array_equal(mapping(mapping.knots_x), np.clip(mapping.knots_y, 0, 1))
+    # It learned the square: the calibrated value of 0.5 is near 0.25, far from the raw 0.5.
+    assert mapping(0.5) == pytest.approx(0.25, abs=0.05)
+    # Ties in the predictions are pooled: equal inputs, one output.
+    tied = IsotonicMap.fit([0.3, 0.3, 0.3, 0.6], [0.0, 1.0, 0.5, 0.9])
+    np.testing.assert_allclose(tied([0.3, 0.6]), [0.5, 0.9])
+
+
+def test_calibration_lowers_the_ece_of_a_miscalibrated_head_on_held_out_rows():
+    rng = np.random.default_rng(2)
+    fit = miscalibrated(rng, 4000)
+    conformal = miscalibrated(rng, 4000)
+    held_out_predictions, held_out_targets = miscalibrated(rng, 4000)
+    head = HeadCalibration.fit(*fit, *conformal)
+    before = expected_calibration_error(held_out_predictions, held_out_targets)
+    after = expected_calibration_error(head.calibrate(held_out_predictions), held_out_targets)
+    assert before > 0.1  # E[p - p^2] = 1/6 for uniform p
+    assert after < 0.02
+    assert after < before / 5
+
+
+def test_ece_and_reliability_curve_use_equal_mass_bins():
+    predictions = np.array([0.1, 0.2, 0.3, 0.4, 0.9, 1.0])
+    targets = np.array([0.0, 0.0, 0.6, 0.6, 1.0, 1.0])
+    mean_predicted, mean_true, counts = reliability_curve(predictions, targets, bins=3)
+    np.testing.assert_allclose(mean_predicted, [0.15, 0.35, 0.95])
+    np.testing.assert_allclose(mean_true, [0.0, 0.6, 1.0])
+    np.testing.assert_array_equal(counts, [2, 2, 2])
+    assert expected_calibration_error(predictions, targets, bins=3) == pytest.approx((0.15 + 0.25 + 0.05) / 3)
+    assert expected_calibration_error(targets, targets) == 0.0
+    assert math.isnan(expected_calibration_error([], []))
+
+
+def test_conformal_quantile_is_the_floor_n_plus_1_alpha_th_smallest_residual():
+    residuals = np.arange(1.0, 100.0)  # 99 residuals 1..99, shuffled
+    np.random.default_rng(3).shuffle(residuals)
+    assert conformal_rank(99, 0.1) == 10
+    assert conformal_lower_quantile(residuals, 0.1) == 10.0
+    assert conformal_lower_quantile(residuals, 0.05) == 5.0
+    # Too few residuals for this α: no finite quantile.
+    assert conformal_lower_quantile(residuals[:8], 0.1) == -math.inf
+    assert conformal_rank(19, 0.05) == 1  # (n + 1) α = 1 exactly, despite rounding in 20 * 0.05
+
+
+@pytest.mark.parametrize(("num_rows", "alpha"), [(19, 0.1), (99, 0.1), (199, 0.05), (57, 0.2)])
+def test_conformal_bound_covers_uniform_residuals_as_promised(num_rows, alpha):
+    """Residuals U(0, 1): given a calibration set, the bound's coverage is exactly 1 - q (q its quantile).
+
+    Averaged over many calibration sets it must lie in [1 - α, 1 - α + 1 / (n + 1)]; its expectation is
+    1 - k / (n + 1). 4000 draws make the mean's standard error below 0.0011; the tolerance is 5 of those.
+    """
+    rng = np.random.default_rng(4)
+    draws = 4000
+    quantiles = np.array([conformal_lower_quantile(rng.uniform(size=num_rows), alpha) for _ in range(draws)])
+    coverage = 1.0 - quantiles  # P(U >= q) for a fresh residual U
+    expected = 1.0 - conformal_rank(num_rows, alpha) / (num_rows + 1)
+    assert 1.0 - alpha <= expected <= 1.0 - alpha + 1.0 / (num_rows + 1)
+    assert coverage.mean() == pytest.approx(expected, abs=0.0055)
+    # And with fresh residuals drawn for real, one per calibration set.
+    hits = rng.uniform(size=draws) >= quantiles
+    assert hits.mean() >= 1.0 - alpha - 4 * math.sqrt(alpha * (1 - alpha) / draws)
+
+
+def test_head_bounds_hold_on_held_out_rows_marginally_and_per_bin():
+    rng = np.random.default_rng(5)
+    head = HeadCalibration.fit(*miscalibrated(rng, 5000), *miscalibrated(rng, 5000), min_bin_rows=400)
+    assert len(head.bins) > 1
+    predictions, targets = miscalibrated(rng, 40000)
+    calibrated = head.calibrate(predictions)
+    for alpha in (0.05, 0.1, 0.2):
+        for bound in BoundKind:
+            lower = head.lower_bound(calibrated, alpha, bound)
+            assert lower.min() >= 0.0
+            assert lower.max() <= 1.0
+            # 5000 residuals: the coverage of one calibration set varies by about 0.004 (alpha = 0.1).
+            assert empirical_coverage(lower, targets) == pytest.approx(1 - alpha, abs=0.02), (alpha, bound)
+        # Per bin the Mondrian bound covers each bin, not just all rows together.
+        bins = np.searchsorted(head.bin_edges, calibrated, side="right")
+        lower = head.lower_bound(calibrated, alpha, BoundKind.MONDRIAN)
+        for index, group in enumerate(head.bins):
+            in_bin = bins == index
+            # A bin's coverage varies with its few calibration residuals: allow 4 standard deviations.
+            slack = 4 * math.sqrt(alpha * (1 - alpha) / group.rows)
+            assert empirical_coverage(lower[in_bin], targets[in_bin]) >= 1 - alpha - slack, (alpha, index)
+    # A smaller α gives a lower (or equal) bound.
+    assert (head.lower_bound(calibrated, 0.05) <= head.lower_bound(calibrated, 0.2)).all()
+
+
+def test_mondrian_edges_keep_the_minimum_count_even_with_ties():
+    values = np.concatenate([np.full(700, 0.2), np.linspace(0.3, 1.0, 300), np.full(50, 1.0)])
+    edges = mondrian_edges(values, min_bin_rows=100, max_bins=10)
+    counts = np.bincount(np.searchsorted(edges, values, side="right"))
+    assert counts.size == edges.size + 1
+    assert counts.min() >= 100
+    assert mondrian_edges(values[:150], min_bin_rows=100, max_bins=10).size == 0
+
+
+def test_alpha_between_grid_values_uses_the_smaller_one_and_bad_alphas_are_refused():
+    assert ALPHA_GRID[alpha_index(0.1)] == 0.1
+    assert ALPHA_GRID[alpha_index(0.105)] == 0.1
+    assert ALPHA_GRID[alpha_index(0.9)] == max(ALPHA_GRID)
+    for bad in (0.0, 1.0, -0.1, float("nan"), 0.0005):
+        with pytest.raises(InvalidInputError, match="alpha"):
+            alpha_index(bad)
+
+
+def test_too_few_rows_are_refused():
+    with pytest.raises(InvalidInputError, match="at least"):
+        HeadCalibration.fit(np.linspace(0, 1, 10), np.linspace(0, 1, 10), np.linspace(0, 1, 50), np.zeros(50))
+
+
+def test_json_round_trip_gives_the_same_outputs_and_is_strict():
+    rng = np.random.default_rng(6)
+    head = HeadCalibration.fit(*miscalibrated(rng, 300), *miscalibrated(rng, 60), min_bin_rows=20)
+    calibration = HeadsCalibration({"iou_tiny": head}, source={"store": "x"})
+    text = json.dumps(calibration.to_json(), allow_nan=False)  # -inf quantiles are null
+    assert "null" in text  # 60 residuals: no finite quantile at alpha = 0.001
+    loaded = HeadsCalibration.from_json(json.loads(text))
+    values = {"iou_tiny": rng.uniform(size=(4, 3)), "model_gap": np.zeros((4, 3))}
+    for bound in BoundKind:
+        original = calibration.apply(values, 0.1, bound)
+        again = loaded.apply(values, 0.1, bound)
+        for part, other in zip(original, again, strict=True):
+            assert set(part) == {"iou_tiny"}
+            np.testing.assert_array_equal(part["iou_tiny"], other["iou_tiny"])
+            assert part["iou_tiny"].shape == (4, 3)
+    with pytest.raises(HeadsFileError, match="malformed"):
+        HeadsCalibration.from_json({"alphas": [0.1], "heads": {"iou_tiny": {"map": {}}}})
+    broken = json.loads(text)
+    broken["heads"]["iou_tiny"]["map"]["y"] = broken["heads"]["iou_tiny"]["map"]["y"][::-1]
+    with pytest.raises(HeadsFileError, match="non-decreasing"):
+        HeadsCalibration.from_json(broken)
