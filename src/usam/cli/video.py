@@ -175,6 +175,17 @@ def _run_video(args: argparse.Namespace) -> int:
     if args.strip < 0 or args.drop < 0:
         raise UsamError("--strip and --drop must not be negative")
     check_video_source(args.frames)
+    if args.frames.is_dir():  # check the prompts against the frames before loading any model
+        from usam.images import open_image_file
+        from usam.video import jpeg_frames
+
+        frame_files = jpeg_frames(args.frames)
+        try:
+            with open_image_file(frame_files[0]) as picture:
+                width, height = picture.size
+        except OSError as error:
+            raise UsamError(f"cannot read the frame {frame_files[0]} ({error}); is it a JPEG file?") from None
+        check_prompts_fit(calls, len(frame_files), width, height)
     model_spec = resolve_model(args.model)
     name = args.frames.resolve().name if args.frames.is_dir() else args.frames.stem
     json_path, png_path = args.out / f"{name}{OUTPUT_SUFFIX}.json", args.out / f"{name}{OUTPUT_SUFFIX}.png"
