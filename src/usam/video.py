@@ -167,12 +167,21 @@ class UncertainVideoSAM:
         Options are SAM2's (``offload_video_to_cpu``, ``offload_state_to_cpu``, ``async_loading_frames``).
 
         Raises:
-            InvalidInputError: The folder does not exist, holds no JPEG frames, or names them otherwise.
+            InvalidInputError: The folder does not exist, holds no JPEG frames, or names them otherwise; an .mp4
+                without the ``decord`` package SAM2 reads it with.
         """
         path = Path(video_path)
         check_video_source(path)
-        with self._context():
-            state = self.predictor.init_state(str(path), **options)
+        try:
+            with self._context():
+                state = self.predictor.init_state(str(path), **options)
+        except ModuleNotFoundError as error:
+            if error.name != "decord":
+                raise
+            raise InvalidInputError(
+                f"SAM2 reads .mp4 files with decord, which is not installed; install it, or extract the frames: "
+                f"ffmpeg -i {path} -q:v 2 -start_number 0 FOLDER/'%05d.jpg'"
+            ) from None
         state[ESTIMATES_KEY] = {}
         return state
 

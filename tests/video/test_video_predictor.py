@@ -225,3 +225,9 @@ def test_bad_frames_and_predictors_are_refused(video_predictor, video_folder, tm
         check_video_source(tmp_path / "named")
     with pytest.raises(InvalidInputError, match="does not exist"):
         check_video_source(tmp_path / "missing")
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    try:
+        import decord  # noqa: F401
+    except ModuleNotFoundError:
+        with pytest.raises(InvalidInputError, match="decord"):
+            model.init_state(tmp_path / "clip.mp4")
