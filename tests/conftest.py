@@ -168,3 +168,28 @@ def two_size_checkpoint_dir(tmp_path_factory, two_size_sam2):
     for name, model in two_size_sam2.items():
         torch.save({"model": model.state_dict()}, folder / get_model_spec(name).checkpoint_name)
     return folder
+
+
+def write_jpeg_video(folder, num_frames: int = 3, size=(96, 120), seed: int = 0):
+    """A video as SAM2 reads one: ``00000.jpg``, ... with a red block that moves right and a fixed green square."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(num_frames):
+        frame = (rng.random((*size, 3)) * 60).astype(np.uint8)
+        frame[30:70, 40 + 5 * index : 90 + 5 * index] = (200, 40, 40)
+        frame[10:30, 10:30] = (40, 200, 40)
+        Image.fromarray(frame).save(folder / f"{index:05d}.jpg", quality=95)
+    return folder
+
+
+def build_small_video_predictor(model: str = "sam2.1-tiny", seed: int = 0, image_size: int = SMALL_IMAGE_SIZE):
+    """A ``SAM2VideoPredictor`` with the random weights and small sizes of :func:`build_small_sam2`."""
+    from usam.sam2_adapter.video import build_video_predictor
+
+    return build_video_predictor(
+        model,
+        device="cpu",
+        random_weights=True,
+        seed=seed,
+        hydra_overrides=sam2_adapter.small_model_overrides(image_size),
+    )

@@ -24,6 +24,7 @@ from usam.models import SAM2_MODELS, get_model_spec
 from usam.predictor import UncertainPrediction, UncertainSAM
 from usam.torchvision_fix import install_import_hook
 from usam.version import __version__
+from usam.video import UncertainVideoSAM, VideoFrameResult
 
 install_import_hook()
 
@@ -40,9 +41,11 @@ __all__ = [
     "StoreError",
     "UncertainPrediction",
     "UncertainSAM",
+    "UncertainVideoSAM",
     "UncertaintyHeads",
     "UsamError",
     "UsamWarning",
+    "VideoFrameResult",
     "__version__",
     "as_rgb_uint8",
     "get_model_spec",

@@ -105,6 +105,38 @@ class UncertainPrediction:
         return pixel_entropy(upsampled).reshape(*logits.shape[:-2], *size).numpy()
 
 
+def prepare_heads(
+    heads: UncertaintyHeads | str | Path | None, predictor: Any, device: torch.device
+) -> UncertaintyHeads | None:
+    """Heads ready to read a SAM2 predictor's tokens: loaded if a path, checked against its decoder, on ``device``.
+
+    Warns (:class:`usam.UsamWarning`) when the heads were trained for another SAM2 version than the model's.
+
+    Raises:
+        HeadsFileError: The heads expect tokens of another size than the model's decoder emits (or a bad file).
+    """
+    if heads is None:
+        return None
+    if isinstance(heads, (str, Path)):
+        heads = load_heads(heads)
+    token_dim = sam2_adapter.token_dim_of(predictor)
+    if heads.metadata.token_dim != token_dim:
+        raise HeadsFileError(
+            f"the heads expect {heads.metadata.token_dim}-d tokens but this SAM2 model's decoder emits "
+            f"{token_dim}-d tokens; use heads trained for this model"
+        )
+    model_name = sam2_adapter.model_name_of(predictor)
+    version = sam2_adapter.sam2_version_of(predictor)
+    trained_for = heads.metadata.sam2_version
+    if version and trained_for and version != trained_for:
+        warnings.warn(
+            f"these heads were trained for {trained_for} but the model is {model_name}; estimates may be off",
+            UsamWarning,
+            stacklevel=3,  # the code that builds the wrapper
+        )
+    return heads.to(device).eval()
+
+
 def head_token_indices(mask_token_index: torch.Tensor, pairing: str) -> torch.Tensor:
     """The mask token a head reads for each returned mask, given the token that produced it.
 
@@ -178,20 +210,9 @@ class UncertainSAM:
         decoder = sam2_adapter.mask_decoder_of(predictor)
         self.device = torch.device(device) if device is not None else next(decoder.parameters()).device
         self.precision: Precision = sam2_adapter.effective_precision(self.device, precision)
-        if isinstance(heads, (str, Path)):
-            heads = load_heads(heads)
-        self.heads = heads
-        if heads is not None:
-            token_dim = sam2_adapter.token_dim_of(predictor)
-            if heads.metadata.token_dim != token_dim:
-                raise HeadsFileError(
-                    f"the heads expect {heads.metadata.token_dim}-d tokens but this SAM2 model's decoder emits "
-                    f"{token_dim}-d tokens; use heads trained for this model"
-                )
-            self.heads = heads.to(self.device).eval()
-            self._warn_on_version_mismatch(heads)
+        self.heads = prepare_heads(heads, predictor, self.device)
         # Parsed once: predict only applies it, and the uncalibrated path does nothing more.
-        self.calibration: HeadsCalibration | None = heads.calibration if heads is not None else None
+        self.calibration: HeadsCalibration | None = self.heads.calibration if self.heads is not None else None
         self.bound = check_choice(BoundKind, bound, "bound")
         self.alpha = alpha
 
@@ -205,17 +226,6 @@ class UncertainSAM:
         if self.calibration is not None:
             alpha_index(value, self.calibration.alphas)  # refuses an α below the smallest stored level
         self._alpha = check_alpha(value)
-
-    def _warn_on_version_mismatch(self, heads: UncertaintyHeads) -> None:
-        model_name = sam2_adapter.model_name_of(self.predictor)
-        version = sam2_adapter.sam2_version_of(self.predictor)
-        trained_for = heads.metadata.sam2_version
-        if version and trained_for and version != trained_for:
-            warnings.warn(
-                f"these heads were trained for {trained_for} but the model is {model_name}; estimates may be off",
-                UsamWarning,
-                stacklevel=3,
-            )
 
     @classmethod
     def from_pretrained(

@@ -15,13 +15,14 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from usam.cli import benchmark, calibrate, evaluate, extract, heads, predict, testbed, train
+from usam.cli import benchmark, calibrate, evaluate, extract, heads, predict, testbed, train, video
 from usam.cli.common import EXIT_USER_ERROR, WARNINGS, UsageParser
 from usam.errors import UsamError
 
 _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     predict.add_predict,
     predict.add_selfcheck,
+    video.add_video,
     heads.add_models,
     heads.add_convert_heads,
     heads.add_heads_info,
