@@ -117,11 +117,22 @@ def head_features(
     return torch.cat([parts[name] for name in inputs], dim=-1).reshape(batch * masks, -1).float()
 
 
+def adapter_of(predictor: Any) -> Any:
+    """The adapter package that reaches a predictor's model library.
+
+    A predictor of another backend names its adapter (``usam_adapter``, e.g. the transformers backend's); any other
+    predictor is SAM2's. The adapter provides the SAM2 adapter's predictor functions (``DecoderTokenCapture``,
+    ``inference_context``, ``token_dim_of``, ...).
+    """
+    return getattr(predictor, "usam_adapter", None) or sam2_adapter
+
+
 class UncertainSAM:
     """Wrap a ``SAM2ImagePredictor`` to get UncertainSAM estimates with every prediction.
 
     Args:
-        predictor: A ``sam2.sam2_image_predictor.SAM2ImagePredictor``.
+        predictor: A ``sam2.sam2_image_predictor.SAM2ImagePredictor``, or a
+            :class:`usam.transformers_adapter.TransformersImagePredictor` (a Hugging Face transformers model).
         heads: Heads from :func:`usam.load_heads`, a path to load them from, or None (entropy and tokens only).
         device: Where the heads run (default: the predictor's device).
         precision: What SAM2 runs in (``float32``, or ``bfloat16`` autocast); None for the device's default:
@@ -143,16 +154,17 @@ class UncertainSAM:
         device: str | torch.device | None = None,
         precision: Precision | str | None = None,
     ) -> None:
-        sam2_adapter.check_image_predictor(predictor)
+        self._adapter = adapter_of(predictor)
+        self._adapter.check_image_predictor(predictor)
         self.predictor = predictor
-        decoder = sam2_adapter.mask_decoder_of(predictor)
+        decoder = self._adapter.mask_decoder_of(predictor)
         self.device = torch.device(device) if device is not None else next(decoder.parameters()).device
-        self.precision: Precision = sam2_adapter.effective_precision(self.device, precision)
+        self.precision: Precision = self._adapter.effective_precision(self.device, precision)
         if isinstance(heads, (str, Path)):
             heads = load_heads(heads)
         self.heads = heads
         if heads is not None:
-            token_dim = sam2_adapter.token_dim_of(predictor)
+            token_dim = self._adapter.token_dim_of(predictor)
             if heads.metadata.token_dim != token_dim:
                 raise HeadsFileError(
                     f"the heads expect {heads.metadata.token_dim}-d tokens but this SAM2 model's decoder emits "
@@ -162,8 +174,8 @@ class UncertainSAM:
             self._warn_on_version_mismatch(heads)
 
     def _warn_on_version_mismatch(self, heads: UncertaintyHeads) -> None:
-        model_name = sam2_adapter.model_name_of(self.predictor)
-        version = sam2_adapter.sam2_version_of(self.predictor)
+        model_name = self._adapter.model_name_of(self.predictor)
+        version = self._adapter.sam2_version_of(self.predictor)
         trained_for = heads.metadata.sam2_version
         if version and trained_for and version != trained_for:
             warnings.warn(
@@ -200,12 +212,12 @@ class UncertainSAM:
     @property
     def image_size(self) -> tuple[int, int] | None:
         """(H, W) of the image the predictor holds (set through any wrapper or the predictor itself), or None."""
-        return sam2_adapter.image_size_of(self.predictor)
+        return self._adapter.image_size_of(self.predictor)
 
     def set_image(self, image: np.ndarray) -> None:
         """Encode an image (H x W x 3 uint8 RGB; grayscale, RGBA and 16-bit are converted)."""
         image = as_rgb_uint8(image)
-        with sam2_adapter.inference_context(self.device, self.precision):
+        with self._adapter.inference_context(self.device, self.precision):
             self.predictor.set_image(image)
 
     def predict(
@@ -237,8 +249,8 @@ class UncertainSAM:
         )
         mask_input = self._with_click_map(point_coords, point_labels, box, mask_input, normalize_coords)
         # Telling the capture what the call asks for lets a multimask call get by with one hook.
-        capture = sam2_adapter.DecoderTokenCapture(self.predictor, multimask_output=multimask_output)
-        with capture, sam2_adapter.inference_context(self.device, self.precision):
+        capture = self._adapter.DecoderTokenCapture(self.predictor, multimask_output=multimask_output)
+        with capture, self._adapter.inference_context(self.device, self.precision):
             masks, sam_scores, low_res_logits = self.predictor.predict(
                 point_coords=point_coords,
                 point_labels=point_labels,
@@ -292,7 +304,7 @@ class UncertainSAM:
         if source == "heads":
             raise HeadsFileError(f"the heads produced NaN or infinite estimates ({', '.join(broken)})")
         raise CheckpointError(
-            f"{sam2_adapter.describe_model(self.predictor)} produced NaN or infinite {' and '.join(broken)}; its "
+            f"{self._adapter.describe_model(self.predictor)} produced NaN or infinite {' and '.join(broken)}; its "
             "weights are broken (a corrupt or wrongly converted checkpoint?)"
         )
 
@@ -315,7 +327,7 @@ class UncertainSAM:
         """
         point_coords, point_labels, box, _ = self._checked_prompts(point_coords, point_labels, box, None, True)
         mask_input = self._with_click_map(point_coords, point_labels, box, None, True)
-        with sam2_adapter.inference_context(self.device, self.precision):
+        with self._adapter.inference_context(self.device, self.precision):
             return self.predictor.predict(
                 point_coords=point_coords,
                 point_labels=point_labels,
@@ -341,12 +353,12 @@ class UncertainSAM:
         Raises:
             InvalidInputError: A ``mask_input`` for a click-map model (its mask input is taken by the click map).
         """
-        prompting = sam2_adapter.click_map_prompting_of(self.predictor)
+        prompting = self._adapter.click_map_prompting_of(self.predictor)
         if prompting is None:
             return mask_input
         if mask_input is not None:
             raise InvalidInputError(
-                f"{sam2_adapter.describe_model(self.predictor)} takes the click map of its points and box as its mask "
+                f"{self._adapter.describe_model(self.predictor)} takes the click map of its points and box as its mask "
                 "input (its model card says prompting: click_map), so it cannot take a mask_input; pass points or a box"
             )
         height, width = self.image_size
@@ -374,7 +386,7 @@ class UncertainSAM:
                     prompt_box,
                     map_size=prompting.map_size,
                     image_hw=(height, width),
-                    model_image_size=sam2_adapter.low_res_mask_size(self.predictor) * 4,
+                    model_image_size=self._adapter.low_res_mask_size(self.predictor) * 4,
                     sigma_px=prompting.sigma_px,
                     amplitude=prompting.amplitude,
                 )
@@ -430,7 +442,7 @@ class UncertainSAM:
             batch_sizes["box"] = box.shape[0] if box.ndim == 2 else 1
         if mask_input is not None:
             mask_input = _as_float_array(mask_input, "mask_input")
-            side = sam2_adapter.low_res_mask_size(self.predictor)
+            side = self._adapter.low_res_mask_size(self.predictor)
             if mask_input.ndim not in (3, 4) or mask_input.shape[-3:] != (1, side, side):
                 raise InvalidInputError(
                     f"mask_input must have shape (1, {side}, {side}) or (B, 1, {side}, {side}) (low-resolution "

@@ -42,9 +42,13 @@ _RENAMES: tuple[tuple[str, str], ...] = (
     (r"\.output_upscaling\.3\.", ".upscale_conv2."),
 )
 # Three-layer MLPs of the decoder (hypernetworks, IoU head, object-score head) and two-layer ones (Hiera blocks,
-# two-way transformer blocks).
-_THREE_LAYER_MLP = re.compile(r"(output_hypernetworks_mlps\.\d+|iou_prediction_head|pred_obj_score_head)\.layers\.(\d)\.")
+# two-way transformer blocks), with transformers' names of their linear layers.
+_THREE_LAYER_MLP = re.compile(
+    r"(output_hypernetworks_mlps\.\d+|iou_prediction_head|pred_obj_score_head)\.layers\.(\d)\."
+)
+_THREE_LAYER_NAMES = {"0": "proj_in", "1": "layers.0", "2": "proj_out"}
 _TWO_LAYER_MLP = re.compile(r"(\.mlp)\.layers\.(\d)\.")
+_TWO_LAYER_NAMES = {"0": "proj_in", "1": "proj_out"}
 # What a SAM2 image model holds that the transformers image model has no place for (video memory, the image
 # normalisation constants, which the processor holds).
 _VIDEO_ONLY = re.compile(
@@ -56,11 +60,8 @@ _VIDEO_ONLY = re.compile(
 def _rename(key: str) -> str:
     for pattern, replacement in _RENAMES:
         key = re.sub(pattern, replacement, key)
-    key = _THREE_LAYER_MLP.sub(
-        lambda match: f"{match.group(1)}." + ("proj_in." if match.group(2) == "0" else {"1": "layers.0.", "2": "proj_out."}[match.group(2)]),
-        key,
-    )
-    return _TWO_LAYER_MLP.sub(lambda match: f"{match.group(1)}." + ("proj_in." if match.group(2) == "0" else "proj_out."), key)
+    key = _THREE_LAYER_MLP.sub(lambda match: f"{match.group(1)}.{_THREE_LAYER_NAMES[match.group(2)]}.", key)
+    return _TWO_LAYER_MLP.sub(lambda match: f"{match.group(1)}.{_TWO_LAYER_NAMES[match.group(2)]}.", key)
 
 
 def convert_sam2_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -106,7 +107,7 @@ def sam2_config_from_model(sam_model: torch.nn.Module) -> Any:
         decoder = sam_model.sam_mask_decoder
         stage_ends = list(trunk.stage_ends)
         blocks = list(trunk.blocks)
-        blocks_per_stage = [end - start for start, end in zip([-1, *stage_ends[:-1]], stage_ends)]
+        blocks_per_stage = [end - start for start, end in zip([-1, *stage_ends[:-1]], stage_ends, strict=True)]
         patch = trunk.patch_embed.proj
         image_size = int(sam_model.image_size)
         backbone = {
@@ -157,9 +158,7 @@ def sam2_config_from_model(sam_model: torch.nn.Module) -> Any:
             f"cannot read a transformers config from this {type(sam_model).__name__}: it is not laid out like a "
             f"SAM2 model ({error})"
         ) from None
-    return transformers.Sam2Config(
-        vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=mask_decoder
-    )
+    return transformers.Sam2Config(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=mask_decoder)
 
 
 def sam2_to_transformers(sam_model: torch.nn.Module) -> Any:

@@ -47,7 +47,7 @@ class TransformersImagePredictor:
     Example:
         >>> predictor = TransformersImagePredictor.from_pretrained("facebook/sam2.1-hiera-tiny")  # doctest: +SKIP
         >>> predictor.set_image(image)  # doctest: +SKIP
-        >>> masks, scores, low_res_logits = predictor.predict(point_coords=[[500, 375]], point_labels=[1])  # doctest: +SKIP
+        >>> masks, scores, logits = predictor.predict(point_coords=[[500, 375]], point_labels=[1])  # doctest: +SKIP
     """
 
     mask_threshold = 0.0
@@ -156,10 +156,16 @@ class TransformersImagePredictor:
             boxes = np.asarray(box, dtype=np.float32).reshape(objects, 4) * np.tile(scale, 2)
             prompts["input_boxes"] = boxes.reshape(*layout, 4).tolist()
         encoded = self.processor(original_sizes=[[height, width]] * layout[0], return_tensors="pt", **prompts)
-        inputs = {key: encoded[key].to(self.device) for key in ("input_points", "input_labels", "input_boxes") if key in encoded}
+        inputs = {
+            key: encoded[key].to(self.device)
+            for key in ("input_points", "input_labels", "input_boxes")
+            if key in encoded
+        }
         features = self._features
         if on_image_axis:
-            masks_in = torch.as_tensor(np.asarray(mask_input, dtype=np.float32).reshape(objects, 1, *np.shape(mask_input)[-2:]))
+            masks_in = torch.as_tensor(
+                np.asarray(mask_input, dtype=np.float32).reshape(objects, 1, *np.shape(mask_input)[-2:])
+            )
             inputs["input_masks"] = masks_in.to(self.device)
             features = [feature.expand(objects, *feature.shape[1:]) for feature in features]
         output = self.model(image_embeddings=features, multimask_output=multimask_output, **inputs)
