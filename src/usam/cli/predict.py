@@ -235,6 +235,7 @@ def _check_transformers_model_options(args: argparse.Namespace) -> None:
     Raises:
         InvalidInputError: A ``--checkpoint`` or ``--hydra-override``, or a ``--model`` that is neither a Hugging Face
             id (``owner/name``) nor a folder.
+        UsamError: transformers is not installed.
     """
     if args.checkpoint is not None or args.hydra_override:
         raise InvalidInputError(
@@ -246,6 +247,9 @@ def _check_transformers_model_options(args: argparse.Namespace) -> None:
             f"with --backend transformers, --model must be a Hugging Face id such as facebook/sam2.1-hiera-tiny or a "
             f"folder written by save_pretrained, got {args.model!r}"
         )
+    from usam.transformers_adapter import import_transformers
+
+    import_transformers()  # a missing install is reported before any work
 
 
 def _predict_and_write(
