@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_OVERRIDE_ARGS, build_small_sam2, run_cli
 from PIL import Image
 
+from conftest import SMALL_OVERRIDE_ARGS, build_small_sam2, run_cli
 from usam.errors import UsamError
 from usam.heads import random_heads
 from usam.transformers_adapter import INSTALL_HINT, default_processor, import_transformers, sam2_to_transformers

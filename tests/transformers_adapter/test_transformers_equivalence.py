@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import build_small_sam2
 
+from conftest import build_small_sam2
 from usam import UncertainSAM, sam2_adapter
 from usam.errors import UsamError
 from usam.head_table import HEAD_NAMES
@@ -28,7 +28,10 @@ PROMPTS = {
     "points": {"point_coords": [[30.0, 40.0], [80.0, 20.0]], "point_labels": [1, 0]},
     "box": {"box": [10.0, 10.0, 70.0, 60.0]},
     "box and point": {"box": [10.0, 10.0, 70.0, 60.0], "point_coords": [[30.0, 40.0]], "point_labels": [1]},
-    "batched points": {"point_coords": [[[30.0, 40.0]], [[90.0, 50.0]], [[5.0, 80.0]]], "point_labels": [[1], [1], [1]]},
+    "batched points": {
+        "point_coords": [[[30.0, 40.0]], [[90.0, 50.0]], [[5.0, 80.0]]],
+        "point_labels": [[1], [1], [1]],
+    },
     "batched boxes": {"box": [[10.0, 10.0, 70.0, 60.0], [50.0, 20.0, 110.0, 90.0]]},
 }
 

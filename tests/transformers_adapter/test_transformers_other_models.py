@@ -51,7 +51,7 @@ def test_hooks_capture_the_tokens_of_every_sam2_style_decoder(family, multimask_
     holder.mask_decoder = decoder  # the layout of the models: model.mask_decoder
     batch, point_batch = 2, 3
     with TransformersTokenCapture(holder) as capture, torch.no_grad():
-        masks, scores, *_ = decoder(**_decoder_inputs(batch, point_batch), multimask_output=multimask_output)
+        _, scores, *_ = decoder(**_decoder_inputs(batch, point_batch), multimask_output=multimask_output)
     call = capture.single_call()
     rows = batch * point_batch
     assert call.iou_token.shape == (rows, 256)
