@@ -9,7 +9,7 @@ Modules:
         EdgeTAM, SAM3 tracker).
     image_predictor: ``TransformersImagePredictor``, a transformers model behind ``SAM2ImagePredictor``'s API.
     backend: what ``UncertainSAM`` asks of a transformers predictor (the SAM2 adapter's functions).
-    video: per-frame tokens of ``Sam2VideoModel``'s propagation.
+    video: ``UncertainVideo``, per-frame tokens and estimates of ``Sam2VideoModel``'s propagation.
     convert: Meta's SAM2 weights and config as a transformers ``Sam2Model``.
 """
 
@@ -17,11 +17,14 @@ from usam.transformers_adapter.capture import TransformersTokenCapture, mask_dec
 from usam.transformers_adapter.convert import convert_sam2_state_dict, sam2_config_from_model, sam2_to_transformers
 from usam.transformers_adapter.image_predictor import TransformersImagePredictor, default_processor
 from usam.transformers_adapter.imports import INSTALL_HINT, import_transformers
+from usam.transformers_adapter.video import UncertainVideo, VideoFramePrediction
 
 __all__ = [
     "INSTALL_HINT",
     "TransformersImagePredictor",
     "TransformersTokenCapture",
+    "UncertainVideo",
+    "VideoFramePrediction",
     "convert_sam2_state_dict",
     "default_processor",
     "import_transformers",

@@ -40,6 +40,9 @@ def mask_decoder_of(model: Any) -> torch.nn.Module:
 class TransformersTokenCapture:
     """Capture the tokens of every mask-decoder call of a transformers SAM2-style model inside a ``with`` block.
 
+    Per decoder call, ``calls`` holds the tokens (a :class:`usam.sam2_adapter.DecoderCall` in usam's layout),
+    ``point_batch_sizes`` transformers' point-batch size and ``scores`` the (rows, M) scores the decoder returned.
+
     Example:
         >>> with TransformersTokenCapture(model) as capture:  # doctest: +SKIP
         ...     model(**inputs)
@@ -55,6 +58,7 @@ class TransformersTokenCapture:
         self.decoder = mask_decoder_of(model)
         self.calls: list[DecoderCall] = []
         self.point_batch_sizes: list[int] = []
+        self.scores: list[torch.Tensor] = []
         self._handles: list[Any] = []
         self._reset_pending()
 
@@ -62,6 +66,7 @@ class TransformersTokenCapture:
         decoder = self.decoder
         self.calls = []
         self.point_batch_sizes = []
+        self.scores = []
         self._handles = [
             decoder.register_forward_pre_hook(self._on_decoder_start, with_kwargs=True),
             decoder.iou_prediction_head.register_forward_pre_hook(self._on_iou_head),
@@ -132,6 +137,7 @@ class TransformersTokenCapture:
             DecoderCall(iou_token.reshape(-1, dim), mask_tokens.reshape(-1, NUM_MASK_TOKENS, dim), token_index.long())
         )
         self.point_batch_sizes.append(point_batch)
+        self.scores.append(output[1].detach().reshape(batch * point_batch, -1))
         self._reset_pending()
 
     def _producing_tokens(self, returned_masks: torch.Tensor) -> torch.Tensor:
