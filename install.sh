@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 extras="sam2"
+# dev includes the transformers backend (usam[transformers], plus timm for EdgeTAM's test): none of them requires torch
+# beyond the pin, so the constraints keep the CPU build (measured: 23 packages, ~40 s, ~200 MB).
 if [ "${1:-}" = "--dev" ]; then extras="sam2,dev"; fi
 python="${PYTHON:-python3}"
 

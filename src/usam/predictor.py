@@ -119,14 +119,15 @@ def prepare_heads(
         return None
     if isinstance(heads, (str, Path)):
         heads = load_heads(heads)
-    token_dim = sam2_adapter.token_dim_of(predictor)
+    adapter = adapter_of(predictor)
+    token_dim = adapter.token_dim_of(predictor)
     if heads.metadata.token_dim != token_dim:
         raise HeadsFileError(
             f"the heads expect {heads.metadata.token_dim}-d tokens but this SAM2 model's decoder emits "
             f"{token_dim}-d tokens; use heads trained for this model"
         )
-    model_name = sam2_adapter.model_name_of(predictor)
-    version = sam2_adapter.sam2_version_of(predictor)
+    model_name = adapter.model_name_of(predictor)
+    version = adapter.sam2_version_of(predictor)
     trained_for = heads.metadata.sam2_version
     if version and trained_for and version != trained_for:
         warnings.warn(
@@ -174,11 +175,22 @@ def head_features(
     return torch.cat([parts[name].float() for name in inputs], dim=-1).reshape(batch * masks, -1)
 
 
+def adapter_of(predictor: Any) -> Any:
+    """The adapter package that reaches a predictor's model library.
+
+    A predictor of another backend names its adapter (``usam_adapter``, e.g. the transformers backend's); any other
+    predictor is SAM2's. The adapter provides the SAM2 adapter's predictor functions (``DecoderTokenCapture``,
+    ``inference_context``, ``token_dim_of``, ...).
+    """
+    return getattr(predictor, "usam_adapter", None) or sam2_adapter
+
+
 class UncertainSAM:
     """Wrap a ``SAM2ImagePredictor`` to get UncertainSAM estimates with every prediction.
 
     Args:
-        predictor: A ``sam2.sam2_image_predictor.SAM2ImagePredictor``.
+        predictor: A ``sam2.sam2_image_predictor.SAM2ImagePredictor``, or a
+            :class:`usam.transformers_adapter.TransformersImagePredictor` (a Hugging Face transformers model).
         heads: Heads from :func:`usam.load_heads`, a path to load them from, or None (entropy and tokens only).
         device: Where the heads run (default: the predictor's device).
         precision: What SAM2 runs in (``float32``, or ``bfloat16`` autocast); None for the device's default:
@@ -205,11 +217,12 @@ class UncertainSAM:
         alpha: float = DEFAULT_ALPHA,
         bound: BoundKind | str = BoundKind.MONDRIAN,
     ) -> None:
-        sam2_adapter.check_image_predictor(predictor)
+        self._adapter = adapter_of(predictor)
+        self._adapter.check_image_predictor(predictor)
         self.predictor = predictor
-        decoder = sam2_adapter.mask_decoder_of(predictor)
+        decoder = self._adapter.mask_decoder_of(predictor)
         self.device = torch.device(device) if device is not None else next(decoder.parameters()).device
-        self.precision: Precision = sam2_adapter.effective_precision(self.device, precision)
+        self.precision: Precision = self._adapter.effective_precision(self.device, precision)
         self.heads = prepare_heads(heads, predictor, self.device)
         # Parsed once: predict only applies it, and the uncalibrated path does nothing more.
         self.calibration: HeadsCalibration | None = self.heads.calibration if self.heads is not None else None
@@ -259,12 +272,12 @@ class UncertainSAM:
     @property
     def image_size(self) -> tuple[int, int] | None:
         """(H, W) of the image the predictor holds (set through any wrapper or the predictor itself), or None."""
-        return sam2_adapter.image_size_of(self.predictor)
+        return self._adapter.image_size_of(self.predictor)
 
     def set_image(self, image: np.ndarray) -> None:
         """Encode an image (H x W x 3 uint8 RGB; grayscale, RGBA and 16-bit are converted)."""
         image = as_rgb_uint8(image)
-        with sam2_adapter.inference_context(self.device, self.precision):
+        with self._adapter.inference_context(self.device, self.precision):
             self.predictor.set_image(image)
 
     def predict(
@@ -301,8 +314,12 @@ class UncertainSAM:
         # Telling the capture what the call asks for lets a multimask call get by with one hook.
         heads_read_signals = self.heads is not None and self.heads.metadata.reads_signals
         signals = signals or heads_read_signals
-        capture = sam2_adapter.DecoderTokenCapture(self.predictor, multimask_output=multimask_output, signals=signals)
-        with capture, sam2_adapter.inference_context(self.device, self.precision):
+        # Only SAM2's capture records the scalar signals; other backends are asked for tokens alone.
+        capture_options = {"signals": True} if signals else {}
+        capture = self._adapter.DecoderTokenCapture(
+            self.predictor, multimask_output=multimask_output, **capture_options
+        )
+        with capture, self._adapter.inference_context(self.device, self.precision):
             masks, sam_scores, low_res_logits = self.predictor.predict(
                 point_coords=point_coords,
                 point_labels=point_labels,
@@ -375,7 +392,7 @@ class UncertainSAM:
         if source == "heads":
             raise HeadsFileError(f"the heads produced NaN or infinite estimates ({', '.join(broken)})")
         raise CheckpointError(
-            f"{sam2_adapter.describe_model(self.predictor)} produced NaN or infinite {' and '.join(broken)}; its "
+            f"{self._adapter.describe_model(self.predictor)} produced NaN or infinite {' and '.join(broken)}; its "
             "weights are broken (a corrupt or wrongly converted checkpoint?)"
         )
 
@@ -398,7 +415,7 @@ class UncertainSAM:
         """
         point_coords, point_labels, box, _ = self._checked_prompts(point_coords, point_labels, box, None, True)
         mask_input = self._with_click_map(point_coords, point_labels, box, None, True)
-        with sam2_adapter.inference_context(self.device, self.precision):
+        with self._adapter.inference_context(self.device, self.precision):
             return self.predictor.predict(
                 point_coords=point_coords,
                 point_labels=point_labels,
@@ -424,12 +441,12 @@ class UncertainSAM:
         Raises:
             InvalidInputError: A ``mask_input`` for a click-map model (its mask input is taken by the click map).
         """
-        prompting = sam2_adapter.click_map_prompting_of(self.predictor)
+        prompting = self._adapter.click_map_prompting_of(self.predictor)
         if prompting is None:
             return mask_input
         if mask_input is not None:
             raise InvalidInputError(
-                f"{sam2_adapter.describe_model(self.predictor)} takes the click map of its points and box as its mask "
+                f"{self._adapter.describe_model(self.predictor)} takes the click map of its points and box as its mask "
                 "input (its model card says prompting: click_map), so it cannot take a mask_input; pass points or a box"
             )
         height, width = self.image_size
@@ -457,7 +474,7 @@ class UncertainSAM:
                     prompt_box,
                     map_size=prompting.map_size,
                     image_hw=(height, width),
-                    model_image_size=sam2_adapter.low_res_mask_size(self.predictor) * 4,
+                    model_image_size=self._adapter.low_res_mask_size(self.predictor) * 4,
                     sigma_px=prompting.sigma_px,
                     amplitude=prompting.amplitude,
                 )
@@ -513,7 +530,7 @@ class UncertainSAM:
             batch_sizes["box"] = box.shape[0] if box.ndim == 2 else 1
         if mask_input is not None:
             mask_input = _as_float_array(mask_input, "mask_input")
-            side = sam2_adapter.low_res_mask_size(self.predictor)
+            side = self._adapter.low_res_mask_size(self.predictor)
             if mask_input.ndim not in (3, 4) or mask_input.shape[-3:] != (1, side, side):
                 raise InvalidInputError(
                     f"mask_input must have shape (1, {side}, {side}) or (B, 1, {side}, {side}) (low-resolution "

@@ -103,6 +103,7 @@ class _RetryingLoader(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
+        remove_import_hook()
         try:
             self.loader.exec_module(module)
         except RuntimeError as error:
@@ -124,8 +125,11 @@ class _TorchvisionFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Any = None, target: ModuleType | None = None) -> Any:
         if fullname != "torchvision":
             return None
-        remove_import_hook()
+        # Stay in place until torchvision really loads: a mere importlib.util.find_spec("torchvision") (transformers
+        # asks it to check availability) must not use the hook up before the import that needs it.
         for finder in list(sys.meta_path):
+            if finder is self:
+                continue
             find_spec = getattr(finder, "find_spec", None)
             spec = find_spec(fullname, path, target) if find_spec is not None else None
             if spec is not None:

@@ -15,9 +15,17 @@ import numpy as np
 
 from usam.calibration import DEFAULT_ALPHA, BoundKind
 from usam.cli.common import add_model_options, note, parse_box, parse_pair, prepare_output_folder
-from usam.errors import UsamError
+from usam.errors import InvalidInputError, UsamError
+from usam.validation import StrEnum
 
 SELF_CHECK_WARNING = "self-check with RANDOM weights: the numbers are meaningless; they only show that usam runs"
+
+
+class Backend(StrEnum):
+    """The library that runs SAM2 for ``usam predict``."""
+
+    SAM2 = "sam2"
+    TRANSFORMERS = "transformers"
 
 
 OUTPUT_SUFFIX = ".usam"
@@ -37,6 +45,13 @@ def add_predict(subparsers: Any) -> None:
     )
     parser.add_argument("image", type=Path, help="image file (RGB, grayscale, RGBA or 16-bit)")
     add_model_options(parser)
+    parser.add_argument(
+        "--backend",
+        choices=Backend.values(),
+        default=Backend.SAM2.value,
+        help="run SAM2 with Meta's sam2 package (default) or Hugging Face transformers; with transformers, --model "
+        "is a Hugging Face id (e.g. facebook/sam2.1-hiera-tiny) or a folder written by save_pretrained",
+    )
     parser.add_argument("--heads", type=Path, help="heads file (.safetensors) or the authors' released heads folder")
     parser.add_argument(
         "--point",
@@ -180,8 +195,13 @@ def _run_predict(args: argparse.Namespace) -> int:
     outputs = [json_path, png_path] + ([args.coco_results] if args.coco_results is not None else [])
     from usam.model_card import ModelCard, resolve_model
 
-    model_spec = resolve_model(args.model)  # a bad name or card fails before any work
-    card = model_spec.source if isinstance(model_spec, ModelCard) else None
+    transformers_backend = args.backend == Backend.TRANSFORMERS
+    if transformers_backend:
+        _check_transformers_model_options(args)
+        model_spec, card = None, None
+    else:
+        model_spec = resolve_model(args.model)  # a bad name or card fails before any work
+        card = model_spec.source if isinstance(model_spec, ModelCard) else None
     refuse_to_overwrite_inputs(outputs, [args.image, args.heads, args.checkpoint, card])
     image = load_image(args.image)
     prepare_output_folder(args.out)
@@ -194,15 +214,23 @@ def _run_predict(args: argparse.Namespace) -> int:
     alpha_index(args.alpha, calibration.alphas if calibration is not None else ALPHA_GRID)  # before the model loads
     from usam.predictor import UncertainSAM
 
-    model = UncertainSAM.from_pretrained(
-        model_spec,
-        heads,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        hydra_overrides=args.hydra_override,
-        alpha=args.alpha,
-        bound=args.bound,
-    )
+    if transformers_backend:
+        from usam.transformers_adapter import TransformersImagePredictor
+
+        model = UncertainSAM(
+            TransformersImagePredictor.from_pretrained(args.model, device=args.device), heads, alpha=args.alpha,
+            bound=args.bound,
+        )  # fmt: skip
+    else:
+        model = UncertainSAM.from_pretrained(
+            model_spec,
+            heads,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            hydra_overrides=args.hydra_override,
+            alpha=args.alpha,
+            bound=args.bound,
+        )
     record = _predict_and_write(
         model,
         image,
@@ -213,6 +241,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         context={
             "image": str(args.image),
             "model": args.model,
+            "backend": args.backend,
             "checkpoint": str(args.checkpoint) if args.checkpoint else None,
             "heads": str(args.heads) if args.heads else None,
         },
@@ -225,6 +254,29 @@ def _run_predict(args: argparse.Namespace) -> int:
         write_json_atomically(results, args.coco_results, indent=None)
         print(f"wrote {args.coco_results} ({len(results)} COCO results)")
     return 0
+
+
+def _check_transformers_model_options(args: argparse.Namespace) -> None:
+    """Refuse SAM2-package options with ``--backend transformers`` and a model that is not a transformers model.
+
+    Raises:
+        InvalidInputError: A ``--checkpoint`` or ``--hydra-override``, or a ``--model`` that is neither a Hugging Face
+            id (``owner/name``) nor a folder.
+        UsamError: transformers is not installed.
+    """
+    if args.checkpoint is not None or args.hydra_override:
+        raise InvalidInputError(
+            "--checkpoint and --hydra-override are for the sam2 backend; with --backend transformers, --model names "
+            "the model (a Hugging Face id or a folder written by save_pretrained)"
+        )
+    if "/" not in str(args.model) and not Path(args.model).is_dir():
+        raise InvalidInputError(
+            f"with --backend transformers, --model must be a Hugging Face id such as facebook/sam2.1-hiera-tiny or a "
+            f"folder written by save_pretrained, got {args.model!r}"
+        )
+    from usam.transformers_adapter import import_transformers
+
+    import_transformers()  # a missing install is reported before any work
 
 
 def _predict_and_write(
