@@ -15,13 +15,14 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from usam.cli import benchmark, evaluate, extract, heads, predict, testbed, train
+from usam.cli import benchmark, evaluate, extract, heads, predict, segment_everything, testbed, train
 from usam.cli.common import EXIT_USER_ERROR, WARNINGS, UsageParser
 from usam.errors import UsamError
 
 _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     predict.add_predict,
     predict.add_selfcheck,
+    segment_everything.add_segment_everything,
     heads.add_models,
     heads.add_convert_heads,
     heads.add_heads_info,
@@ -29,6 +30,7 @@ _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     extract.add_store_info,
     train.add_train,
     evaluate.add_evaluate,
+    segment_everything.add_evaluate_automatic,
     benchmark.add_benchmark,
     testbed.add_testbed,
 )
