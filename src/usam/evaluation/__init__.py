@@ -58,6 +58,8 @@ Modules
 * :mod:`~usam.evaluation.plots`: plots drawn on a given matplotlib ``Axes`` (:func:`plot_scenario`,
   :func:`plot_correlation`, :func:`plot_ablation`) and the PNG writer.
 * :mod:`~usam.evaluation.run`: :func:`run_evaluation` and :class:`EvaluationResult`.
+* :mod:`~usam.evaluation.automatic`: COCO mask AP of automatic masks ranked by SAM's score, the stability score
+  and usam's predicted IoU (:func:`automatic_mask_ap`, :func:`run_automatic_evaluation`).
 """
 
 from usam.evaluation.ablation import (
@@ -68,6 +70,7 @@ from usam.evaluation.ablation import (
     AblationScenario,
     AblationScore,
 )
+from usam.evaluation.automatic import automatic_mask_ap, run_automatic_evaluation
 from usam.evaluation.correlation import CorrelationResult, correlation_table
 from usam.evaluation.departures import RunDeparture
 from usam.evaluation.measures import ENTROPY_MEASURES, Measure, MeasureKind, scenario_measures
@@ -93,11 +96,13 @@ __all__ = [
     "RunDeparture",
     "ScenarioResult",
     "Status",
+    "automatic_mask_ap",
     "correlation_table",
     "plot_ablation",
     "plot_correlation",
     "plot_scenario",
     "report_markdown",
+    "run_automatic_evaluation",
     "run_evaluation",
     "scenario_measures",
     "write_plots",

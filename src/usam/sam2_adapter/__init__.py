@@ -7,6 +7,9 @@ hooks on the mask decoder's submodules (SAM2 is never patched); the hooks exist 
 Where the tokens are (``MaskDecoder.predict_masks``): the two-way transformer returns ``hs``; ``hs[:, s]`` is the
 IoU token and ``hs[:, s+1:s+5]`` the four mask tokens. The IoU token is the input of ``iou_prediction_head`` and
 mask token i the input of ``output_hypernetworks_mlps[i]``, so forward pre-hooks on those modules see them.
+
+Submodules: :mod:`usam.sam2_adapter.testbed` (SAM2 with gradients, for training test-bed models) and
+:mod:`usam.sam2_adapter.automatic` (SAM2's automatic mask generator carrying per-mask estimates through its filters).
 """
 
 from __future__ import annotations
