@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from usam.torchvision_fix import ensure_torchvision, nms_cpu
+from usam.torchvision_fix import ensure_torchvision, let_box_ops_use_the_nms_kernel, nms_cpu
 
 
 def reference_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
@@ -59,3 +59,58 @@ def test_the_torchvision_nms_operator_works_after_import():
 
 def test_nms_of_no_boxes_is_empty():
     assert nms_cpu(torch.zeros((0, 4)), torch.zeros(0), 0.5).tolist() == []
+
+
+def reference_batched_nms(boxes: np.ndarray, scores: np.ndarray, categories: np.ndarray, threshold: float) -> list[int]:
+    """NMS within each category, the kept boxes of all categories by decreasing score (ties: lower index first)."""
+    kept = []
+    for category in np.unique(categories):
+        members = np.flatnonzero(categories == category)
+        kept += [int(members[index]) for index in reference_nms(boxes[members], scores[members], threshold)]
+    return sorted(kept, key=lambda index: (-scores[index], index))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_torchvision_ops_batched_nms_matches_the_reference(seed):
+    ensure_torchvision()
+    import torchvision
+
+    generator = np.random.default_rng(seed)
+    boxes = random_boxes(generator, 50)
+    boxes[20:23] = boxes[3]
+    scores = generator.choice([0.3, 0.6, 0.9], size=50)
+    categories = generator.integers(0, 3, size=50)
+    kept = torchvision.ops.batched_nms(
+        torch.tensor(boxes, dtype=torch.float64), torch.tensor(scores), torch.tensor(categories), 0.5
+    )
+    assert kept.tolist() == reference_batched_nms(boxes, scores, categories, 0.5)
+    plain = torchvision.ops.nms(torch.tensor(boxes), torch.tensor(scores), 0.5)
+    assert plain.tolist() == reference_nms(boxes, scores, 0.5)
+
+
+def test_the_extension_check_is_left_alone_when_torchvision_loaded_its_extension(monkeypatch):
+    ensure_torchvision()
+    import torchvision.extension
+    import torchvision.ops.boxes
+
+    monkeypatch.setattr(torchvision.extension, "_has_ops", lambda: True)
+    sentinel = object()
+    monkeypatch.setattr(torchvision.ops.boxes, "_assert_has_ops", sentinel)
+    assert let_box_ops_use_the_nms_kernel() is False
+    assert torchvision.ops.boxes._assert_has_ops is sentinel
+
+
+def test_sam2_automatic_mask_generator_runs_on_a_small_model(small_sam2, rgb_image):
+    ensure_torchvision()
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    generator = SAM2AutomaticMaskGenerator(
+        small_sam2, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0
+    )
+    size = small_sam2.image_size
+    # SAM2's predictor assumes 1024-pixel feature sizes; the small test model has its own.
+    generator.predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+    records = generator.generate(rgb_image)
+    assert records, "with no thresholds some of the 16 points' masks survive box NMS"
+    for record in records:
+        assert record["segmentation"].shape == rgb_image.shape[:2]

@@ -5,6 +5,7 @@ It installs an import hook that repairs ``import torchvision`` next to a CPU-onl
 plain import fails (see :mod:`usam.torchvision_fix`), so SAM2 imports work before or after ``import usam``.
 """
 
+from usam.automatic import UncertainMaskGenerator
 from usam.entropy import mask_entropy, pixel_entropy
 from usam.errors import (
     CheckpointError,
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidInputError",
     "ModelCard",
     "StoreError",
+    "UncertainMaskGenerator",
     "UncertainPrediction",
     "UncertainSAM",
     "UncertainVideoSAM",

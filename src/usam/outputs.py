@@ -1,4 +1,4 @@
-"""Predictions as files: COCO run-length encoding, the JSON record of ``usam predict``, and COCO results.
+"""Predictions as files: COCO run-length encoding, the JSON record of ``usam predict``, COCO results of both kinds.
 
 Masks are stored as compressed COCO RLE (``{"size": [H, W], "counts": "<string>"}``), byte for byte what
 ``pycocotools.mask.encode`` writes, so any COCO tool decodes them; the encoder here is plain numpy because
@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from usam.automatic import PREDICTED_IOU_KEY
 from usam.errors import InvalidInputError
 from usam.predictor import UncertainPrediction
 
@@ -210,4 +211,40 @@ def coco_results(record: dict[str, Any], *, image_id: int, category_id: int = 1)
                     "usam_mask": entry["index"],
                 }
             )
+    return results
+
+
+AUTOMATIC_FORMAT = "usam-automatic-masks"
+AUTOMATIC_FORMAT_VERSION = 1
+
+
+def automatic_mask_results(
+    records: Sequence[dict[str, Any]], *, image_id: int, score_key: str, category_id: int = 1
+) -> list[dict[str, Any]]:
+    """COCO results (what ``COCO.loadRes`` reads) for :class:`usam.automatic.UncertainMaskGenerator` records.
+
+    ``score`` is the record's ``score_key`` value (the ranking's); every other estimate rides along: ``sam_score``,
+    ``stability_score``, ``predicted_iou`` (usam's), ``entropy``, ``uncertainty`` {head: value}, ``point_coords``,
+    ``crop_box``. Masks (boolean arrays) become compressed COCO RLE.
+    """
+    results = []
+    for record in records:
+        segmentation = record["segmentation"]
+        results.append(
+            {
+                "image_id": image_id,
+                "category_id": category_id,
+                "segmentation": segmentation if isinstance(segmentation, dict) else encode_rle(segmentation),
+                "bbox": [float(value) for value in record["bbox"]],
+                "area": int(record["area"]),
+                "score": record[score_key],
+                "sam_score": record["predicted_iou"],
+                "stability_score": record["stability_score"],
+                "predicted_iou": record.get(PREDICTED_IOU_KEY),
+                "entropy": record.get("entropy"),
+                "uncertainty": dict(record.get("uncertainty", {})),
+                "point_coords": record["point_coords"],
+                "crop_box": record["crop_box"],
+            }
+        )
     return results

@@ -5,9 +5,9 @@ operators, and ``import torchvision`` dies with "operator torchvision::nms does 
 kernels for them. SAM2's image predictor needs only torchvision's transforms, which do not use the extension, so
 when (and only when) the plain import fails this way, we declare the two missing operator schemas and import again.
 The ``torchvision::nms`` operator then also gets a CPU kernel written in plain torch (:func:`nms_cpu`), so
-``torch.ops.torchvision.nms`` works. ``torchvision.ops.nms`` itself still refuses to run (torchvision checks that its
-compiled extension loaded), and so does SAM2's automatic mask generator, which calls it; the rest of
-``torchvision.ops`` and ``torchvision.io`` stay unusable.
+``torch.ops.torchvision.nms`` works, and :func:`let_box_ops_use_the_nms_kernel` lets ``torchvision.ops.nms`` and
+``batched_nms`` (SAM2's automatic mask generator calls the latter) past torchvision's check that its compiled
+extension loaded. The rest of ``torchvision.ops`` and ``torchvision.io`` stay unusable.
 
 ``import usam`` only installs an import hook (:func:`install_import_hook`, microseconds): torchvision itself is
 imported when someone imports it (usam's SAM2 adapter, SAM2, or the user), so ``import usam`` stays fast and the
@@ -87,6 +87,34 @@ def _declare_missing_operators() -> None:
     _LIBRARIES.append(library)
 
 
+def _passes_because_usam_registered_nms() -> None:
+    """Stands in for torchvision's extension check in ``torchvision.ops.boxes`` once usam's nms kernel exists."""
+
+
+def let_box_ops_use_the_nms_kernel() -> bool:
+    """Let ``torchvision.ops.nms``/``batched_nms`` run on usam's CPU kernel when torchvision's extension did not load.
+
+    torchvision's ``nms`` first calls ``torchvision.extension._assert_has_ops()``, which fails whenever the compiled
+    extension did not load, even though the ``torchvision::nms`` operator it is about to call now has usam's CPU
+    kernel. ``torchvision.ops.boxes`` imported that check by name, so its own reference is the narrowest thing to
+    replace: only ``nms`` (and ``batched_nms``, which calls it) and ``box_iou`` of rotated boxes read it there. We
+    leave ``extension._has_ops`` alone: ``roi_align`` reads it to choose its pure-Python path, which works today.
+    ``box_iou`` of rotated boxes then fails on the missing ``box_iou_rotated`` operator instead of the check, as
+    before just with torch's message. Applied only by the import fix (the plain import failed) and only while the
+    extension is absent.
+
+    Returns:
+        Whether the check was replaced: False when torchvision's own extension loaded, when usam registered no
+        kernel (the import fix did not apply), or when torchvision's box operations are not imported.
+    """
+    extension = sys.modules.get("torchvision.extension")
+    boxes = sys.modules.get("torchvision.ops.boxes")
+    if not _LIBRARIES or extension is None or boxes is None or extension._has_ops():
+        return False
+    boxes._assert_has_ops = _passes_because_usam_registered_nms
+    return True
+
+
 def _drop_submodules() -> None:
     # A failed import leaves half-initialised submodules behind; they must be imported afresh.
     for name in [name for name in sys.modules if name.startswith("torchvision.")]:
@@ -112,6 +140,7 @@ class _RetryingLoader(importlib.abc.Loader):
             _drop_submodules()
             _declare_missing_operators()
             self.loader.exec_module(module)
+            let_box_ops_use_the_nms_kernel()
         finally:
             # Leave no trace of the hook on the module (importlib.reload uses the real loader).
             module.__loader__ = self.loader

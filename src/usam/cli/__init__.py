@@ -15,7 +15,18 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from usam.cli import benchmark, calibrate, evaluate, extract, heads, predict, testbed, train, video
+from usam.cli import (
+    benchmark,
+    calibrate,
+    evaluate,
+    extract,
+    heads,
+    predict,
+    segment_everything,
+    testbed,
+    train,
+    video,
+)
 from usam.cli.common import EXIT_USER_ERROR, WARNINGS, UsageParser
 from usam.errors import UsamError
 
@@ -23,6 +34,7 @@ _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     predict.add_predict,
     predict.add_selfcheck,
     video.add_video,
+    segment_everything.add_segment_everything,
     heads.add_models,
     heads.add_convert_heads,
     heads.add_heads_info,
@@ -31,6 +43,7 @@ _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     train.add_train,
     calibrate.add_calibrate,
     evaluate.add_evaluate,
+    segment_everything.add_evaluate_automatic,
     benchmark.add_benchmark,
     testbed.add_testbed,
 )

@@ -63,6 +63,8 @@ Modules
 * :mod:`~usam.evaluation.plots`: plots drawn on a given matplotlib ``Axes`` (:func:`plot_scenario`,
   :func:`plot_correlation`, :func:`plot_ablation`, :func:`plot_reliability`) and the PNG writer.
 * :mod:`~usam.evaluation.run`: :func:`run_evaluation` and :class:`EvaluationResult`.
+* :mod:`~usam.evaluation.automatic`: COCO mask AP of automatic masks ranked by SAM's score, the stability score
+  and usam's predicted IoU (:func:`automatic_mask_ap`, :func:`run_automatic_evaluation`).
 """
 
 from usam.evaluation.ablation import (
@@ -73,6 +75,7 @@ from usam.evaluation.ablation import (
     AblationScenario,
     AblationScore,
 )
+from usam.evaluation.automatic import automatic_mask_ap, run_automatic_evaluation
 from usam.evaluation.correlation import CorrelationResult, correlation_table
 from usam.evaluation.departures import RunDeparture
 from usam.evaluation.measures import ENTROPY_MEASURES, Measure, MeasureKind, scenario_measures
@@ -107,6 +110,7 @@ __all__ = [
     "RunDeparture",
     "ScenarioResult",
     "Status",
+    "automatic_mask_ap",
     "calibrate_heads_file",
     "check_calibration",
     "correlation_table",
@@ -116,6 +120,7 @@ __all__ = [
     "plot_reliability",
     "plot_scenario",
     "report_markdown",
+    "run_automatic_evaluation",
     "run_evaluation",
     "scenario_measures",
     "write_plots",

@@ -7,6 +7,9 @@ hooks on the mask decoder's submodules (SAM2 is never patched); the hooks exist 
 Where the tokens are (``MaskDecoder.predict_masks``): the two-way transformer returns ``hs``; ``hs[:, s]`` is the
 IoU token and ``hs[:, s+1:s+5]`` the four mask tokens. The IoU token is the input of ``iou_prediction_head`` and
 mask token i the input of ``output_hypernetworks_mlps[i]``, so forward pre-hooks on those modules see them.
+
+Submodules: :mod:`usam.sam2_adapter.testbed` (SAM2 with gradients, for training test-bed models) and
+:mod:`usam.sam2_adapter.automatic` (SAM2's automatic mask generator carrying per-mask estimates through its filters).
 """
 
 from __future__ import annotations
@@ -281,10 +284,17 @@ def make_image_predictor(sam_model: torch.nn.Module, **kwargs: Any) -> Any:
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     predictor = SAM2ImagePredictor(sam_model, **kwargs)
-    size = int(sam_model.image_size)
-    # The predictor hard-codes the feature sizes of 1024-pixel inputs.
-    predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+    fit_feature_sizes(predictor)
     return predictor
+
+
+def fit_feature_sizes(predictor: Any) -> None:
+    """Set a ``SAM2ImagePredictor``'s backbone feature sizes for its model's input size.
+
+    The predictor hard-codes those of 1024-pixel inputs; a model of another ``image_size`` needs its own.
+    """
+    size = int(predictor.model.image_size)
+    predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
 
 
 def check_image_predictor(predictor: Any) -> None:
