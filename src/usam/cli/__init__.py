@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from usam.cli import benchmark, evaluate, extract, heads, predict, testbed, train
+from usam.cli import benchmark, evaluate, extract, heads, predict, testbed, train, uses
 from usam.cli.common import EXIT_USER_ERROR, WARNINGS, UsageParser
 from usam.errors import UsamError
 
@@ -29,6 +29,8 @@ _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     extract.add_store_info,
     train.add_train,
     evaluate.add_evaluate,
+    uses.add_evaluate_uses,
+    uses.add_pseudo_labels,
     benchmark.add_benchmark,
     testbed.add_testbed,
 )
