@@ -166,6 +166,29 @@ class CascadePrediction:
         """Low-resolution logits of the answering model per object."""
         return self._merged("low_res_logits")
 
+    def merged(self) -> Any:
+        """One :class:`usam.UncertainPrediction` holding each object's answer (for files and figures).
+
+        Raises:
+            InvalidInputError: The two models report different heads, so the estimates cannot share one table.
+        """
+        if self.large is not None and set(self.large.uncertainty) != set(self.small.uncertainty):
+            raise InvalidInputError(
+                "the cascade's models report different heads; load the same heads file into both to merge answers"
+            )
+        answers = [self.answer(index) for index in range(self.num_objects)]
+
+        def stacked(values: list[np.ndarray]) -> np.ndarray:
+            return np.stack(values) if self.batched else values[0]
+
+        fields = ("masks", "sam_scores", "low_res_logits", "iou_token", "mask_tokens", "mask_token_index")
+        return dataclasses.replace(
+            self.small,
+            **{field: stacked([getattr(answer, field) for answer in answers]) for field in fields},
+            head_token_index=stacked([answer.head_token_index for answer in answers]),
+            uncertainty={name: stacked([a.uncertainty[name] for a in answers]) for name in self.small.uncertainty},
+        )
+
 
 def object_prediction(prediction: Any, index: int) -> Any:
     """One object of a (maybe batched) :class:`usam.UncertainPrediction`, shaped as an unbatched prediction."""
@@ -217,6 +240,11 @@ class CascadeSAM:
             self._pick_head = None
         self._image: np.ndarray | None = None
         self._large_has_image = False
+
+    @property
+    def heads(self) -> Any:
+        """The small model's heads (the ones that decide)."""
+        return self.small.heads
 
     @property
     def model_names(self) -> dict[str, str | None]:
