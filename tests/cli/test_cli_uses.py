@@ -25,8 +25,9 @@ def inputs(tmp_path, rgb_image, two_size_checkpoint_dir, monkeypatch):
 
 
 def predict(inputs, capsys, *extra):
-    argv = ["predict", inputs / "scene.png", "--heads", inputs / "heads.safetensors", "--box", "10,10,60,50",
-            "--box", "40,30,110,90", "--box", "0,0,119,95", "--out", inputs / "out", *SMALL_OVERRIDE_ARGS, *extra]  # fmt: skip
+    boxes = ["--box", "10,10,60,50", "--box", "40,30,110,90", "--box", "0,0,119,95"]
+    argv = ["predict", inputs / "scene.png", "--heads", inputs / "heads.safetensors", *boxes,
+            "--out", inputs / "out", *SMALL_OVERRIDE_ARGS, *extra]  # fmt: skip
     return run_cli(argv, capsys)
 
 
@@ -53,7 +54,7 @@ def test_cascade_escalates_by_the_rule_and_records_who_answered(inputs, capsys):
 
 
 @pytest.mark.parametrize(
-    "extra,message",
+    ("extra", "message"),
     [
         (["--cascade", "sam2.1-tiny,sam2.1-large"], "go together"),
         (["--cascade", "sam2.1-tiny", "--escalate", "iou:0.5"], "two models"),
@@ -63,14 +64,17 @@ def test_cascade_escalates_by_the_rule_and_records_who_answered(inputs, capsys):
 )
 def test_bad_cascade_options_are_one_line_errors(inputs, capsys, extra, message):
     status, _, stderr = predict(inputs, capsys, *extra)
-    assert status == 2 and stderr.count("\n") == 1 and stderr.startswith("usam: error:")
+    assert status == 2
+    assert stderr.count("\n") == 1
+    assert stderr.startswith("usam: error:")
     assert any(part in stderr for part in message.split("|"))
 
 
 def test_cascade_heads_without_the_rules_head_name_it(inputs, capsys):
     random_heads(["iou_large"], sam2_version="sam2.1").save(inputs / "heads.safetensors")
     status, _, stderr = predict(inputs, capsys, "--cascade", "sam2.1-tiny,sam2.1-large", "--escalate", "model-gap:0.1")
-    assert status == 2 and "needs the head(s) model_gap" in stderr
+    assert status == 2
+    assert "needs the head(s) model_gap" in stderr
 
 
 def test_pseudo_labels_command_writes_coco(inputs, capsys):
@@ -85,4 +89,5 @@ def test_pseudo_labels_command_writes_coco(inputs, capsys):
     assert status == 0, stderr and "kept 2 of 2" in stdout
     assert len(COCO(str(inputs / "labels.json")).getAnnIds()) == 2
     status, _, stderr = run_cli([*argv[: -len(SMALL_OVERRIDE_ARGS) - 1], "--threshold", "1.5"], capsys)
-    assert status == 2 and "pseudo-label threshold" in stderr
+    assert status == 2
+    assert "pseudo-label threshold" in stderr

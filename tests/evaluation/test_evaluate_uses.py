@@ -79,11 +79,13 @@ def test_cascade_oracle_dominates_and_random_is_the_straight_line(result):
     start, end = curves["none"][0], curves[ORACLE][-1]
     np.testing.assert_allclose(curves[RANDOM], start + FRACTIONS * (end - start), atol=0.02)
     for name in ("usam model_gap", "usam predicted IoU", "SAM score"):
-        assert curves[name][0] == pytest.approx(start) and curves[name][-1] == pytest.approx(end)
+        assert curves[name][0] == pytest.approx(start)
+        assert curves[name][-1] == pytest.approx(end)
     assert result.cascade_relative_auc[ORACLE].value == pytest.approx(100.0)
     auc = result.cascade_relative_auc["usam model_gap"]
     assert auc.low <= auc.value <= auc.high
-    assert "entropy H_std" in result.cascade_curves and result.num_objects == NUM_OBJECTS
+    assert "entropy H_std" in result.cascade_curves
+    assert result.num_objects == NUM_OBJECTS
 
 
 def test_mask_choice_matches_a_recomputation(result, store, heads):
@@ -119,7 +121,7 @@ def test_pseudo_label_oracle_dominates_and_random_is_the_base_rate(result, store
 def test_json_is_strict_and_the_cli_writes_every_file(store, heads, tmp_path, capsys):
     heads.save(tmp_path / "heads.safetensors")
     out = tmp_path / "report"
-    status, stdout, stderr = run_cli(
+    status, _stdout, stderr = run_cli(
         ["evaluate-uses", "--data", store[0], "--heads", tmp_path / "heads.safetensors", "--out", out,
          "--seeds", "2", "--resamples", "20"], capsys
     )  # fmt: skip
@@ -127,7 +129,8 @@ def test_json_is_strict_and_the_cli_writes_every_file(store, heads, tmp_path, ca
     for name in ("uses.json", "uses.md", "uses_cascade.png", "uses_pseudo_labels.png"):
         assert (out / name).stat().st_size > 0
     data = json.loads((out / "uses.json").read_text(), parse_constant=lambda name: pytest.fail(name))
-    assert data["large_model"] == LARGE and len(data["cascade"]["curves"][ORACLE]) == FRACTIONS.size
+    assert data["large_model"] == LARGE
+    assert len(data["cascade"]["curves"][ORACLE]) == FRACTIONS.size
     assert "| usam model_gap |" in (out / "uses.md").read_text()
 
 
@@ -142,4 +145,6 @@ def test_missing_large_model_is_a_one_line_error(tmp_path, heads, capsys):
         ["evaluate-uses", "--data", tmp_path / "store", "--heads", tmp_path / "heads.safetensors", "--out",
          tmp_path / "r"], capsys
     )  # fmt: skip
-    assert status == 2 and stderr.startswith("usam: error:") and stderr.count("\n") == 1
+    assert status == 2
+    assert stderr.startswith("usam: error:")
+    assert stderr.count("\n") == 1

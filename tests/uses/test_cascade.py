@@ -44,7 +44,7 @@ def small_estimates(tiny, image, head):
     return alone, np.take_along_axis(alone.uncertainty[head], picked[:, None], axis=1)[:, 0]
 
 
-@pytest.mark.parametrize("rule,head", [("model-gap", "model_gap"), ("iou", "iou_tiny")])
+@pytest.mark.parametrize(("rule", "head"), [("model-gap", "model_gap"), ("iou", "iou_tiny")])
 def test_cascade_escalates_exactly_the_objects_past_the_threshold(models, rgb_image, rule, head):
     tiny, large = models
     alone, estimates = small_estimates(tiny, rgb_image, head)
@@ -78,7 +78,8 @@ def test_large_model_encodes_lazily_and_once_per_image(models, rgb_image):
     never = CascadeSAM(tiny, large, Escalation(EscalationRule.MODEL_GAP, 0.5))
     never.set_image(rgb_image)
     result = never.predict(box=BOXES)
-    assert not result.escalated.any() and result.large is None
+    assert not result.escalated.any()
+    assert result.large is None
     assert large.set_image_calls == 0
     np.testing.assert_array_equal(result.masks, result.small.masks)
 
@@ -90,7 +91,8 @@ def test_large_model_encodes_lazily_and_once_per_image(models, rgb_image):
     always.set_image(rgb_image[::-1].copy())
     single = always.predict(point_coords=[[50, 40]], point_labels=[1])
     assert large.set_image_calls == 2
-    assert single.escalated.tolist() == [True] and single.masks.shape == single.large.masks.shape
+    assert single.escalated.tolist() == [True]
+    assert single.masks.shape == single.large.masks.shape
 
 
 def test_cascade_names_the_heads_it_needs(two_size_sam2):
@@ -105,7 +107,7 @@ def test_cascade_names_the_heads_it_needs(two_size_sam2):
 
 
 @pytest.mark.parametrize(
-    "spec,message",
+    ("spec", "message"),
     [
         ("model-gap", "RULE|model-gap:THRESHOLD"),
         ("gap:0.1", "escalation rule must be one of"),

@@ -59,4 +59,5 @@ def test_missing_or_wrong_heads_and_bad_thresholds(small_sam2, tiny, rgb_image):
         choose_masks(prediction, bare)
     no_gap = UncertainSAM(sam2_adapter.make_image_predictor(small_sam2), random_heads(["iou_tiny"]))
     choice = choose_masks(prediction, no_gap)
-    assert choice.task_gap is None and choice.show_all_masks is None
+    assert choice.task_gap is None
+    assert choice.show_all_masks is None

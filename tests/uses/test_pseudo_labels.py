@@ -64,7 +64,9 @@ def test_kept_masks_are_a_coco_dataset_pycocotools_reads(tiny, rgb_image, tmp_pa
 
     kept_a = [(mask, value) for mask, value in expected if value >= threshold]
     kept_b = [(mask, value) for mask, value in expected[:2] if value >= threshold]
-    assert summary.objects == 5 and summary.kept == len(kept_a) + len(kept_b) and summary.images == 2
+    assert summary.objects == 5
+    assert summary.kept == len(kept_a) + len(kept_b)
+    assert summary.images == 2
     assert not (tmp_path / "labels" / "pseudo.json.partial.json").exists()
     coco = COCO(str(out))
     assert sorted(coco.getImgIds()) == [2, 5]
@@ -73,7 +75,8 @@ def test_kept_masks_are_a_coco_dataset_pycocotools_reads(tiny, rgb_image, tmp_pa
     for annotation, (mask, value) in zip(annotations, kept_a, strict=True):
         np.testing.assert_array_equal(decode(annotation["segmentation"]).astype(bool), mask)
         np.testing.assert_array_equal(decode_rle(annotation["segmentation"]), mask)
-        assert annotation["score"] == pytest.approx(value) and annotation["usam"]["kept_by"] == "predicted-iou"
+        assert annotation["score"] == pytest.approx(value)
+        assert annotation["usam"]["kept_by"] == "predicted-iou"
         assert set(annotation["usam"]["uncertainty"]) == {"iou_tiny", "task_gap", "model_gap"}
     results = coco.loadRes(json.loads(out.read_text())["annotations"])
     assert len(results.getAnnIds()) == summary.kept
@@ -101,8 +104,10 @@ def test_a_second_run_resumes_and_a_changed_filter_starts_afresh(tiny, rgb_image
     partial.write_text(json.dumps(state))
     calls.clear()
     resumed = write_pseudo_labels(tiny, images, prompts, out, PseudoLabelFilter(0.0), load_image=loader, progress=False)
-    assert calls == ["b.png"] and resumed.resumed_images == 1
-    assert json.loads(out.read_text())["annotations"] == saved["annotations"] and first.kept == 5
+    assert calls == ["b.png"]
+    assert resumed.resumed_images == 1
+    assert json.loads(out.read_text())["annotations"] == saved["annotations"]
+    assert first.kept == 5
     partial.write_text(json.dumps(state))
     calls.clear()
     write_pseudo_labels(tiny, images, prompts, out, PseudoLabelFilter(0.5), load_image=loader, progress=False)
@@ -141,7 +146,7 @@ def test_bad_thresholds_are_refused(threshold):
 
 
 @pytest.mark.parametrize(
-    "content,message",
+    ("content", "message"),
     [
         ({"images": [{"file": "a.png"}]}, "objects"),
         ({"images": [{"file": "a.png", "objects": [{}]}]}, "no prompt"),

@@ -58,6 +58,8 @@ Modules
 * :mod:`~usam.evaluation.plots`: plots drawn on a given matplotlib ``Axes`` (:func:`plot_scenario`,
   :func:`plot_correlation`, :func:`plot_ablation`) and the PNG writer.
 * :mod:`~usam.evaluation.run`: :func:`run_evaluation` and :class:`EvaluationResult`.
+* :mod:`~usam.evaluation.uses`: the cascade, mask choice and pseudo-label filter on a store (:func:`evaluate_uses`).
+* :mod:`~usam.evaluation.uses_report`: ``uses.md``, ``uses.json`` and their curves (:func:`write_uses_report`).
 """
 
 from usam.evaluation.ablation import (
@@ -75,6 +77,8 @@ from usam.evaluation.plots import plot_ablation, plot_correlation, plot_scenario
 from usam.evaluation.report import report_markdown
 from usam.evaluation.run import EvaluationResult, run_evaluation
 from usam.evaluation.scenarios import AUC_RANGES, MeasureResult, ScenarioResult, Status
+from usam.evaluation.uses import UsesResult, evaluate_uses
+from usam.evaluation.uses_report import write_uses_report
 
 __all__ = [
     "ABLATION_SEED",
@@ -93,7 +97,9 @@ __all__ = [
     "RunDeparture",
     "ScenarioResult",
     "Status",
+    "UsesResult",
     "correlation_table",
+    "evaluate_uses",
     "plot_ablation",
     "plot_correlation",
     "plot_scenario",
@@ -101,4 +107,5 @@ __all__ = [
     "run_evaluation",
     "scenario_measures",
     "write_plots",
+    "write_uses_report",
 ]
