@@ -270,6 +270,11 @@ class UncertainSAM:
         return cls(sam2_adapter.make_image_predictor(sam_model), heads, precision=precision, alpha=alpha, bound=bound)
 
     @property
+    def model_name(self) -> str | None:
+        """The wrapped model's name (a release's, or a model card's) when usam built it, else None."""
+        return sam2_adapter.model_name_of(self.predictor)
+
+    @property
     def image_size(self) -> tuple[int, int] | None:
         """(H, W) of the image the predictor holds (set through any wrapper or the predictor itself), or None."""
         return self._adapter.image_size_of(self.predictor)

@@ -25,6 +25,7 @@ from usam.cli import (
     segment_everything,
     testbed,
     train,
+    uses,
     video,
 )
 from usam.cli.common import EXIT_USER_ERROR, WARNINGS, UsageParser
@@ -44,6 +45,8 @@ _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     calibrate.add_calibrate,
     evaluate.add_evaluate,
     segment_everything.add_evaluate_automatic,
+    uses.add_evaluate_uses,
+    uses.add_pseudo_labels,
     benchmark.add_benchmark,
     testbed.add_testbed,
 )

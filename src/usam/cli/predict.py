@@ -93,6 +93,18 @@ def add_predict(subparsers: Any) -> None:
         "for all masks (marginal); default %(default)s",
     )
     parser.add_argument(
+        "--cascade",
+        metavar="SMALL,LARGE",
+        help="model cascade: predict with SMALL and escalate objects to LARGE by --escalate (both get --heads; "
+        "replaces --model, not with --checkpoint)",
+    )
+    parser.add_argument(
+        "--escalate",
+        metavar="RULE:T",
+        help="with --cascade: model-gap:T escalates when the predicted model gap exceeds T (needs the model_gap "
+        "head), iou:T when SMALL's predicted IoU is below T (needs its iou_<size> head)",
+    )
+    parser.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="output folder (created if needed; checked first)"
     )
     parser.add_argument(
@@ -191,18 +203,24 @@ def _run_predict(args: argparse.Namespace) -> int:
     from usam.images import load_image
 
     prompts = make_prompts(args.point, args.negative_point, args.box)
+    escalation = _cascade_request(args)
     json_path, png_path = output_paths(args.out, args.image.stem)
     outputs = [json_path, png_path] + ([args.coco_results] if args.coco_results is not None else [])
     from usam.model_card import ModelCard, resolve_model
 
     transformers_backend = args.backend == Backend.TRANSFORMERS
     if transformers_backend:
+        if escalation is not None:
+            raise InvalidInputError(
+                "--cascade runs SAM2-package models; it cannot be combined with --backend transformers"
+            )
         _check_transformers_model_options(args)
-        model_spec, card = None, None
+        specs = []
     else:
-        model_spec = resolve_model(args.model)  # a bad name or card fails before any work
-        card = model_spec.source if isinstance(model_spec, ModelCard) else None
-    refuse_to_overwrite_inputs(outputs, [args.image, args.heads, args.checkpoint, card])
+        names = args.cascade.split(",") if escalation is not None else [args.model]
+        specs = [resolve_model(name.strip()) for name in names]  # a bad name or card fails before any work
+    cards = [spec.source for spec in specs if isinstance(spec, ModelCard)]
+    refuse_to_overwrite_inputs(outputs, [args.image, args.heads, args.checkpoint, *cards])
     image = load_image(args.image)
     prepare_output_folder(args.out)
     if args.coco_results is not None:
@@ -217,20 +235,30 @@ def _run_predict(args: argparse.Namespace) -> int:
     if transformers_backend:
         from usam.transformers_adapter import TransformersImagePredictor
 
-        model = UncertainSAM(
-            TransformersImagePredictor.from_pretrained(args.model, device=args.device), heads, alpha=args.alpha,
-            bound=args.bound,
-        )  # fmt: skip
+        models = [
+            UncertainSAM(
+                TransformersImagePredictor.from_pretrained(args.model, device=args.device), heads, alpha=args.alpha,
+                bound=args.bound,
+            )
+        ]  # fmt: skip
     else:
-        model = UncertainSAM.from_pretrained(
-            model_spec,
-            heads,
-            checkpoint=args.checkpoint,
-            device=args.device,
-            hydra_overrides=args.hydra_override,
-            alpha=args.alpha,
-            bound=args.bound,
-        )
+        models = [
+            UncertainSAM.from_pretrained(
+                spec,
+                heads,
+                checkpoint=args.checkpoint,
+                device=args.device,
+                hydra_overrides=args.hydra_override,
+                alpha=args.alpha,
+                bound=args.bound,
+            )
+            for spec in specs
+        ]
+    model: Any = models[0]
+    if escalation is not None:
+        from usam.uses import CascadeSAM
+
+        model = CascadeSAM(models[0], models[1], escalation)
     record = _predict_and_write(
         model,
         image,
@@ -240,7 +268,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         multimask_output=not args.single_mask,
         context={
             "image": str(args.image),
-            "model": args.model,
+            "model": args.cascade if escalation is not None else args.model,
             "backend": args.backend,
             "checkpoint": str(args.checkpoint) if args.checkpoint else None,
             "heads": str(args.heads) if args.heads else None,
@@ -279,6 +307,72 @@ def _check_transformers_model_options(args: argparse.Namespace) -> None:
     import_transformers()  # a missing install is reported before any work
 
 
+def _cascade_request(args: argparse.Namespace) -> Any:
+    """The :class:`usam.uses.Escalation` of ``--cascade``/``--escalate``, or None without a cascade.
+
+    Raises:
+        UsamError: One option without the other, a cascade that is not two models, a bad rule, or --checkpoint.
+    """
+    if args.cascade is None and args.escalate is None:
+        return None
+    if args.cascade is None or args.escalate is None:
+        raise UsamError("--cascade SMALL,LARGE and --escalate RULE:T go together (e.g. --escalate model-gap:0.05)")
+    if len([name for name in args.cascade.split(",") if name.strip()]) != 2 or args.cascade.count(",") != 1:
+        raise UsamError(
+            f"--cascade takes two models as SMALL,LARGE (e.g. sam2.1-tiny,sam2.1-large), got {args.cascade!r}"
+        )
+    if args.checkpoint is not None:
+        raise UsamError("--checkpoint names one model's weights; with --cascade use model cards that name theirs")
+    if args.heads is None:
+        raise UsamError("--cascade needs --heads with the heads its rule reads (model_gap, or the small iou_<size>)")
+    from usam.uses import Escalation
+
+    return Escalation.parse(args.escalate)
+
+
+def _object_uses(model: Any, result: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """The prediction to write (a cascade's merged answers) and, per object, the cascade's and the mask choice's fields.
+
+    The mask choice (``usam_pick``, ``show_all_masks``) is given when the answering model has its IoU head.
+    """
+    from usam.errors import HeadsFileError
+    from usam.uses import CascadePrediction, choose_masks, object_prediction
+
+    extras: list[dict[str, Any]] = []
+    if isinstance(result, CascadePrediction):
+        for index in range(result.num_objects):
+            answering = model.large if result.escalated[index] else model.small
+            extras.append(
+                {
+                    "cascade": {
+                        "answered_by": result.answered_by[index],
+                        "model": result.model_names[result.answered_by[index]],
+                        "escalated": bool(result.escalated[index]),
+                        "rule": str(result.escalation.rule),
+                        "threshold": result.escalation.threshold,
+                        "estimate": float(result.estimate[index]),
+                    },
+                    **_mask_choice_fields(answering, result.answer(index), choose_masks, HeadsFileError),
+                }
+            )
+        return result.merged(), extras
+    count = result.sam_scores.shape[0] if result.sam_scores.ndim == 2 else 1
+    for index in range(count):
+        extras.append(_mask_choice_fields(model, object_prediction(result, index), choose_masks, HeadsFileError))
+    return result, extras
+
+
+def _mask_choice_fields(model: Any, prediction: Any, choose: Any, missing: type[Exception]) -> dict[str, Any]:
+    if prediction.sam_scores.shape[-1] < 2:
+        return {}
+    try:
+        choice = choose(prediction, model)
+    except missing:  # no IoU head of this model: SAM's pick stands, nothing to add
+        return {}
+    show_all = None if choice.show_all_masks is None else bool(choice.show_all_masks)
+    return {"usam_pick": int(choice.index), "sam_pick": int(choice.sam_index), "show_all_masks": show_all}
+
+
 def _predict_and_write(
     model: Any,
     image: np.ndarray,
@@ -302,6 +396,7 @@ def _predict_and_write(
         box=prompts.box,
         multimask_output=multimask_output,
     )
+    result, extras = _object_uses(model, result)
     heads = model.heads
     record = prediction_record(
         result,
@@ -311,6 +406,8 @@ def _predict_and_write(
         heads_pairing=heads.metadata.pairing if heads is not None else None,
         heads_sam2_version=heads.metadata.sam2_version if heads is not None else None,
     )
+    for obj, extra in zip(record["objects"], extras, strict=True):
+        obj.update(extra)
     # Masks are compressed RLE strings, so the indented record stays small.
     write_json_atomically(record, json_path)
     render_prediction(

@@ -65,6 +65,8 @@ Modules
 * :mod:`~usam.evaluation.run`: :func:`run_evaluation` and :class:`EvaluationResult`.
 * :mod:`~usam.evaluation.automatic`: COCO mask AP of automatic masks ranked by SAM's score, the stability score
   and usam's predicted IoU (:func:`automatic_mask_ap`, :func:`run_automatic_evaluation`).
+* :mod:`~usam.evaluation.uses`: the cascade, mask choice and pseudo-label filter on a store (:func:`evaluate_uses`).
+* :mod:`~usam.evaluation.uses_report`: ``uses.md``, ``uses.json`` and their curves (:func:`write_uses_report`).
 """
 
 from usam.evaluation.ablation import (
@@ -90,6 +92,8 @@ from usam.evaluation.reliability import (
 from usam.evaluation.report import report_markdown
 from usam.evaluation.run import EvaluationResult, run_evaluation
 from usam.evaluation.scenarios import AUC_RANGES, MeasureResult, ScenarioResult, Status
+from usam.evaluation.uses import UsesResult, evaluate_uses
+from usam.evaluation.uses_report import write_uses_report
 
 __all__ = [
     "ABLATION_SEED",
@@ -110,10 +114,12 @@ __all__ = [
     "RunDeparture",
     "ScenarioResult",
     "Status",
+    "UsesResult",
     "automatic_mask_ap",
     "calibrate_heads_file",
     "check_calibration",
     "correlation_table",
+    "evaluate_uses",
     "fit_calibration",
     "plot_ablation",
     "plot_correlation",
@@ -124,4 +130,5 @@ __all__ = [
     "run_evaluation",
     "scenario_measures",
     "write_plots",
+    "write_uses_report",
 ]

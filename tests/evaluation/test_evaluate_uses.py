@@ -1,0 +1,150 @@
+"""Tests for usam.evaluation.uses on a small token store made here, and for ``usam evaluate-uses``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from conftest import run_cli
+from usam.errors import InvalidInputError
+from usam.evaluation.uses import FRACTIONS, ORACLE, RANDOM, evaluate_uses
+from usam.heads import random_heads
+from usam.store import StoreWriter, row_schema
+
+TINY, LARGE = "sam2.1-tiny", "sam2.1-large"
+NUM_OBJECTS = 60
+
+
+def make_row(image_key, object_id, model, rng):
+    row = {}
+    for field in row_schema():
+        if pa.types.is_fixed_size_list(field.type):
+            row[field.name] = rng.standard_normal(field.type.list_size).astype(np.float32)
+        elif pa.types.is_integer(field.type):
+            row[field.name] = 64
+        elif pa.types.is_floating(field.type):
+            row[field.name] = float(rng.random())
+    mask_ious = rng.uniform(0.05, 0.95, 3)
+    sam_scores = rng.uniform(0, 1, 3)
+    row.update(
+        image_key=image_key, object_id=object_id, model=model, dataset="coco", split="val",
+        mask_ious=mask_ious, sam_scores=sam_scores, iou=float(mask_ious.max()),
+        task_gap=float(mask_ious.max() - mask_ious[np.argmax(sam_scores)]),
+    )  # fmt: skip
+    return row
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uses") / "store"
+    rng = np.random.default_rng(0)
+    rows_of = {}
+    with StoreWriter(root, rows_per_part=30, metadata={}) as writer:
+        for image in range(NUM_OBJECTS // 4):
+            rows = []
+            for obj in range(4):
+                tiny, large = (make_row(f"img{image:02d}", f"o{obj}", model, rng) for model in (TINY, LARGE))
+                rows_of[(f"img{image:02d}", f"o{obj}")] = tiny
+                rows += [tiny, large]
+            writer.add_image(f"img{image:02d}", rows)
+    return root, rows_of
+
+
+@pytest.fixture(scope="module")
+def heads():
+    return random_heads(["iou_tiny", "model_gap", "task_gap"], seed=5)
+
+
+@pytest.fixture(scope="module")
+def result(store, heads):
+    return evaluate_uses(store[0], heads, seeds=50, resamples=50)
+
+
+def per_mask_heads(heads, row):
+    """The heads on each of a row's three masks, recomputed here: (heads, 3)."""
+    tokens = np.asarray(row["mask_tokens"], np.float32).reshape(4, 256)
+    features = np.stack([np.concatenate([row["iou_token"], tokens[k + 1]]) for k in range(3)])
+    with torch.no_grad():
+        return heads(torch.from_numpy(features)).numpy()
+
+
+def test_cascade_oracle_dominates_and_random_is_the_straight_line(result):
+    curves = result.cascade_curves
+    for name, values in curves.items():
+        assert np.all(curves[ORACLE] >= values - 1e-12), name
+    start, end = curves["none"][0], curves[ORACLE][-1]
+    np.testing.assert_allclose(curves[RANDOM], start + FRACTIONS * (end - start), atol=0.02)
+    for name in ("usam model_gap", "usam predicted IoU", "SAM score"):
+        assert curves[name][0] == pytest.approx(start)
+        assert curves[name][-1] == pytest.approx(end)
+    assert result.cascade_relative_auc[ORACLE].value == pytest.approx(100.0)
+    auc = result.cascade_relative_auc["usam model_gap"]
+    assert auc.low <= auc.value <= auc.high
+    assert "entropy H_std" in result.cascade_curves
+    assert result.num_objects == NUM_OBJECTS
+
+
+def test_mask_choice_matches_a_recomputation(result, store, heads):
+    rows = [store[1][key] for key in sorted(store[1])]
+    values = [per_mask_heads(heads, row) for row in rows]  # heads order: iou_tiny, model_gap, task_gap
+    picks = [int(np.argmax(value[0])) for value in values]
+    usam_iou = np.mean([row["mask_ious"][pick] for row, pick in zip(rows, picks, strict=True)])
+    sam_iou = np.mean([row["mask_ious"][np.argmax(row["sam_scores"])] for row in rows])
+    assert result.mask_choice["usam_pick"].value == pytest.approx(usam_iou, abs=1e-6)
+    assert result.mask_choice["sam_pick"].value == pytest.approx(sam_iou, abs=1e-6)
+    assert result.mask_choice["best_of_three"].value >= max(usam_iou, sam_iou)
+    flagged = np.array([value[2][pick] > 0.1 for value, pick in zip(values, picks, strict=True)])
+    truth = np.array([row["task_gap"] > 0.1 for row in rows])
+    assert result.mask_choice["flagged_fraction"].value == pytest.approx(flagged.mean())
+    if flagged.any():
+        assert result.mask_choice["flag_precision"].value == pytest.approx((flagged & truth).sum() / flagged.sum())
+    assert result.mask_choice["flag_recall"].value == pytest.approx((flagged & truth).sum() / truth.sum())
+
+
+def test_pseudo_label_oracle_dominates_and_random_is_the_base_rate(result, store):
+    rows = store[1].values()
+    for key, threshold in (("iou>=0.5", 0.5), ("iou>=0.75", 0.75)):
+        curves = result.pseudo_label_curves[key]
+        base_rate = np.mean([row["mask_ious"][np.argmax(row["sam_scores"])] >= threshold for row in rows])
+        assert curves[RANDOM][-1] == pytest.approx(base_rate)
+        assert np.abs(curves[RANDOM][20:] - base_rate).max() < 0.1
+        for name in ("usam predicted IoU", "SAM score"):
+            assert np.all(curves[ORACLE] >= curves[name] - 1e-12), name
+            assert curves[name][-1] == pytest.approx(base_rate)
+        assert set(result.pseudo_label_relative_area[key]) >= {"usam predicted IoU", "usam_own_pick", "SAM score"}
+
+
+def test_json_is_strict_and_the_cli_writes_every_file(store, heads, tmp_path, capsys):
+    heads.save(tmp_path / "heads.safetensors")
+    out = tmp_path / "report"
+    status, _stdout, stderr = run_cli(
+        ["evaluate-uses", "--data", store[0], "--heads", tmp_path / "heads.safetensors", "--out", out,
+         "--seeds", "2", "--resamples", "20"], capsys
+    )  # fmt: skip
+    assert status == 0, stderr
+    for name in ("uses.json", "uses.md", "uses_cascade.png", "uses_pseudo_labels.png"):
+        assert (out / name).stat().st_size > 0
+    data = json.loads((out / "uses.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert data["large_model"] == LARGE
+    assert len(data["cascade"]["curves"][ORACLE]) == FRACTIONS.size
+    assert "| usam model_gap |" in (out / "uses.md").read_text()
+
+
+def test_missing_large_model_is_a_one_line_error(tmp_path, heads, capsys):
+    from conftest import write_tied_store
+
+    write_tied_store(tmp_path / "store")
+    with pytest.raises(InvalidInputError, match="--large"):
+        evaluate_uses(tmp_path / "store", heads, resamples=5)
+    heads.save(tmp_path / "heads.safetensors")
+    status, _, stderr = run_cli(
+        ["evaluate-uses", "--data", tmp_path / "store", "--heads", tmp_path / "heads.safetensors", "--out",
+         tmp_path / "r"], capsys
+    )  # fmt: skip
+    assert status == 2
+    assert stderr.startswith("usam: error:")
+    assert stderr.count("\n") == 1
