@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from usam.cli import benchmark, evaluate, extract, heads, predict, testbed, train
+from usam.cli import benchmark, clicks, evaluate, extract, heads, predict, testbed, train
 from usam.cli.common import EXIT_USER_ERROR, WARNINGS, UsageParser
 from usam.errors import UsamError
 
@@ -31,6 +31,8 @@ _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     evaluate.add_evaluate,
     benchmark.add_benchmark,
     testbed.add_testbed,
+    clicks.add_next_click,
+    clicks.add_evaluate_clicks,
 )
 
 

@@ -76,7 +76,7 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 
 def _uniform_budget_miou(curve: list[float], clicks_asked: float) -> float:
-    """mIoU when every object gets ``1 + clicks_asked`` clicks, interpolated between whole click counts."""
+    """Mean IoU when every object gets ``1 + clicks_asked`` clicks, interpolated between whole click counts."""
     import numpy as np
 
     return float(np.interp(clicks_asked, np.arange(len(curve)), curve))

@@ -199,7 +199,9 @@ def simulate_image(model: UncertainSAM, sample: Sample, options: SimulationOptio
                     # One generator per object and strategy: draws do not depend on the other strategies run.
                     prompt_rng(options.seed, sample.image_key, f"{object_id}/{strategy}"),
                     mask,
-                    mask_uncertainty_map(first, (index, int(chosen[index]))) if strategy.needs_uncertainty_map else None,
+                    mask_uncertainty_map(first, (index, int(chosen[index])))
+                    if strategy.needs_uncertainty_map
+                    else None,
                     first.masks[index] if strategy.needs_three_masks else None,
                 )
             )
@@ -284,7 +286,9 @@ def run_click_simulation(
     keys = samples.keys() if hasattr(samples, "keys") else None
     last_save = time.monotonic()
     by_image: dict[str, list[ObjectRun]] = {}
-    with tqdm(total=len(keys) if keys is not None else None, desc="simulated clicks", unit="image", disable=not progress) as bar:
+    with tqdm(
+        total=len(keys) if keys is not None else None, desc="simulated clicks", unit="image", disable=not progress
+    ) as bar:
         for sample in _pending(samples, keys, done):
             if sample.image_key in done:
                 by_image[sample.image_key] = done[sample.image_key]
@@ -339,7 +343,9 @@ def _load_records(path: Path, options: SimulationOptions) -> dict[str, list[Obje
 
 def _save_records(path: Path, options: SimulationOptions, runs: dict[str, list[ObjectRun]]) -> None:
     images = {key: [run.as_record() for run in image] for key, image in runs.items()}
-    write_json_atomically({"format": RECORDS_FORMAT, "options": options.as_record(), "images": images}, path, indent=None)
+    write_json_atomically(
+        {"format": RECORDS_FORMAT, "options": options.as_record(), "images": images}, path, indent=None
+    )
 
 
 # --- Measures -------------------------------------------------------------------------------------------------------
@@ -388,7 +394,9 @@ def summarize_strategy(
     summary: dict[str, Any] = {"objects": count, "noc": {}, "miou": {}}
     for target in NOC_TARGETS:
         clicks = number_of_clicks(ious, target).astype(np.float64)
-        samples = bootstrap_statistics(lambda index, values=clicks: values[index].mean(), count, resamples=resamples, seed=seed)
+        samples = bootstrap_statistics(
+            lambda index, values=clicks: values[index].mean(), count, resamples=resamples, seed=seed
+        )
         summary["noc"][f"{round(target * 100)}"] = {
             "mean": float(clicks.mean()),
             "interval": _interval(samples),
@@ -398,7 +406,9 @@ def summarize_strategy(
         if clicks > ious.shape[1]:
             break
         column = ious[:, clicks - 1]
-        samples = bootstrap_statistics(lambda index, values=column: values[index].mean(), count, resamples=resamples, seed=seed)
+        samples = bootstrap_statistics(
+            lambda index, values=column: values[index].mean(), count, resamples=resamples, seed=seed
+        )
         summary["miou"][str(clicks)] = {"mean": float(column.mean()), "interval": _interval(samples)}
     summary["miou_curve"] = [float(value) for value in ious.mean(axis=0)]
     return summary
@@ -482,7 +492,8 @@ def summarize_runs(
         summary = summarize_strategy(arrays["ious"], resamples=resamples, seed=seed)
         clicks = min(gate_clicks, arrays["ious"].shape[1])
         summary["gate_clicks"] = clicks
-        summary["ask_when_needed"] = ask_when_needed(arrays["ious"], arrays["prompt_gaps"], thresholds, max_clicks=clicks)
+        summary["ask_when_needed"] = ask_when_needed(
+            arrays["ious"], arrays["prompt_gaps"], thresholds, max_clicks=clicks
+        )
         results[str(strategy)] = summary
     return results
-
