@@ -2,8 +2,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import build_small_sam2
 
+from conftest import build_small_sam2
 from usam import sam2_adapter
 from usam.errors import HeadsFileError, InvalidInputError
 from usam.heads import random_heads
@@ -74,7 +74,8 @@ def test_disagreement_proposes_the_centre_of_the_disagreement_and_skips_earlier_
     masks[:, 5:15, 5:15] = True  # all agree here
     masks[0, 20:45, 20:45] = True  # only the first output: disagreement centred at (32, 32)
     region = disagreement_region(masks)
-    assert region[30, 30] and not region[10, 10]
+    assert region[30, 30]
+    assert not region[10, 10]
     uncertainty = np.zeros((50, 50))
     point = propose_click("disagreement", mask=masks[0], uncertainty_map=uncertainty, three_masks=masks)
     assert point.tolist() == [32, 32]
@@ -92,7 +93,8 @@ def test_error_region_click_is_at_the_centre_of_the_larger_error():
     mask[10:31, 20:31] = False  # missed: the 21 x 11 block x 20..30, centre x = 25, rows 15..25 equally deep
     mask[0:3, 0:3] = True  # a small spill
     point = error_region_click(mask, truth)
-    assert point[0] == 25 and truth[point[1], point[0]]
+    assert point[0] == 25
+    assert truth[point[1], point[0]]
     spill = truth.copy()
     spill[0:9, 0:40] = True  # a wide false positive above the object, 5 deep at row 4 (cols 4..35 tie)
     point = error_region_click(spill, truth)
@@ -108,7 +110,9 @@ def test_random_clicks_are_inside_the_image_and_seeded():
     assert [p.tolist() for p in first] == [p.tolist() for p in again]
     rng = np.random.default_rng(1)
     points = np.array([propose_click("random", mask=mask, rng=rng) for _ in range(300)])
-    assert points[:, 0].min() >= 0 and points[:, 0].max() <= 22 and points[:, 1].max() <= 16
+    assert points[:, 0].min() >= 0
+    assert points[:, 0].max() <= 22
+    assert points[:, 1].max() <= 16
     assert points[:, 0].max() > 15  # spread over the image, not stuck in a corner
 
 
@@ -139,11 +143,13 @@ def test_propose_next_click_on_a_random_weight_model(small_model, rgb_image):
     for strategy in ("uncertain-pixel", "uncertain-region", "disagreement", "random"):
         proposal = propose_next_click(small_model, [[60, 50]], [1], strategy=strategy, threshold=0.0)
         x, y = proposal.point
-        assert 0 <= x < rgb_image.shape[1] and 0 <= y < rgb_image.shape[0]
+        assert 0 <= x < rgb_image.shape[1]
+        assert 0 <= y < rgb_image.shape[0]
         assert proposal.needed == (proposal.prompt_gap > 0.0)
         assert proposal.prediction.masks.shape[0] == 3  # one click: SAM's three masks
     two = propose_next_click(small_model, [[60, 50], [10, 10]], [1, 0], mask_choice="sam")
-    assert two.prediction.masks.shape[0] == 1 and two.mask_index == 0
+    assert two.prediction.masks.shape[0] == 1
+    assert two.mask_index == 0
 
 
 def test_propose_next_click_refuses_bad_thresholds_and_incompatible_heads(rgb_image):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-from conftest import build_small_sam2, write_folder_dataset
 
+from conftest import build_small_sam2, write_folder_dataset
 from usam import sam2_adapter
 from usam.datasets import open_dataset
 from usam.errors import InvalidInputError, UsamError
@@ -68,7 +68,8 @@ def test_the_loop_is_deterministic_and_follows_the_truth(model, dataset):
         assert all(0.0 <= value <= 1.0 for value in run.ious)
         truth = truths[(run.image_key, run.object_id)]
         for x, y, label in run.clicks:
-            assert 0 <= x < 64 and 0 <= y < 48
+            assert 0 <= x < 64
+            assert 0 <= y < 48
             assert label == int(truth[y, x])  # the simulated user labels from the truth
         assert run.clicks[0][2] == 1  # the centre click is inside the object
     first = {(run.image_key, run.object_id): run.ious[0] for run in runs}
