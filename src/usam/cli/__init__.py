@@ -18,6 +18,7 @@ from typing import Any
 from usam.cli import (
     benchmark,
     calibrate,
+    clicks,
     evaluate,
     extract,
     heads,
@@ -49,6 +50,8 @@ _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     uses.add_pseudo_labels,
     benchmark.add_benchmark,
     testbed.add_testbed,
+    clicks.add_next_click,
+    clicks.add_evaluate_clicks,
 )
 
 
