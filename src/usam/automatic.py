@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from usam import sam2_adapter
+from usam.calibration import DEFAULT_ALPHA, BoundKind, check_alpha
 from usam.devices import Precision
 from usam.entropy import mask_entropy
 from usam.errors import HeadsFileError, InvalidInputError
@@ -79,21 +80,36 @@ def default_iou_head(heads: UncertaintyHeads, model_name: str | None) -> str | N
     return next((name for name in heads.names if head_spec(name).kind is HeadKind.IOU), None)
 
 
-def iou_lower_bounds(heads: UncertaintyHeads, iou_head: str, predicted: torch.Tensor) -> torch.Tensor:
-    """Conformal lower bounds of predicted IoUs, for heads that carry a calibration.
+def iou_lower_bounds(
+    heads: UncertaintyHeads,
+    iou_head: str,
+    predicted: torch.Tensor,
+    alpha: float = DEFAULT_ALPHA,
+    bound: BoundKind | str = BoundKind.MONDRIAN,
+) -> torch.Tensor:
+    """Conformal lower bounds of predicted IoUs, for heads calibrated with ``usam calibrate``.
+
+    Args:
+        heads: The heads; their calibration must cover ``iou_head``.
+        iou_head: The IoU head whose predictions ``predicted`` are.
+        predicted: The head's raw predictions (any shape).
+        alpha: Miscoverage: over masks like the calibration rows, P(true IoU >= bound) >= 1 - alpha (marginal).
+        bound: ``"mondrian"`` (per bin of the calibrated IoU) or ``"marginal"``.
 
     Raises:
-        HeadsFileError: The heads carry no calibration (this usam cannot calibrate heads yet); filter with
-            ``min_predicted_iou`` instead.
+        HeadsFileError: The heads carry no calibration of ``iou_head``; filter with ``min_predicted_iou`` instead,
+            or calibrate the heads (``usam calibrate``).
     """
-    if getattr(heads.metadata, "calibration", None) is None:
+    calibration = heads.calibration if heads is not None else None
+    if calibration is None or iou_head not in calibration.heads:
         raise HeadsFileError(
-            "min_iou_lower needs calibrated heads (a conformal bound per IoU head), and these heads carry no "
-            "calibration; filter by min_predicted_iou instead"
+            f"min_iou_lower needs heads whose IoU head {iou_head} is calibrated (a conformal bound; see 'usam "
+            "calibrate'), and these heads carry no such calibration; filter by min_predicted_iou instead"
         )
-    raise HeadsFileError(  # pragma: no cover - no heads file of this usam can be calibrated yet
-        f"this usam cannot read the calibration of head {iou_head}; filter by min_predicted_iou instead"
-    )
+    head = calibration.heads[iou_head]
+    values = predicted.detach().float().cpu().numpy()
+    lower = head.lower_bound(head.calibrate(values), alpha, bound)
+    return torch.as_tensor(lower, dtype=torch.float32).to(predicted.device)
 
 
 class UncertainMaskGenerator:
@@ -111,6 +127,8 @@ class UncertainMaskGenerator:
         min_predicted_iou: Drop masks whose predicted IoU is below this, at the stage where SAM2 applies
             ``pred_iou_thresh`` (before NMS). Pass ``pred_iou_thresh=0`` to use it in place of SAM's score.
         min_iou_lower: Drop masks whose conformal IoU lower bound is below this (calibrated heads only).
+        alpha: Miscoverage of that bound (:mod:`usam.calibration`; the guarantee is marginal, over masks).
+        bound: Which conformal bound: ``"mondrian"`` (per bin) or ``"marginal"``.
         rank_by: Order of the records: SAM's score (SAM2's own order is by crop, then point), the stability score,
             or usam's predicted IoU.
         device: Where the heads run (default: the model's device).
@@ -132,6 +150,8 @@ class UncertainMaskGenerator:
         iou_head: str | None = None,
         min_predicted_iou: float | None = None,
         min_iou_lower: float | None = None,
+        alpha: float = DEFAULT_ALPHA,
+        bound: BoundKind | str = BoundKind.MONDRIAN,
         rank_by: RankBy | str = RankBy.SAM_SCORE,
         device: str | torch.device | None = None,
         precision: Precision | str | None = None,
@@ -151,6 +171,8 @@ class UncertainMaskGenerator:
         self.rank_by = check_choice(RankBy, rank_by, "rank_by")
         self.min_predicted_iou = _optional_iou(min_predicted_iou, "min_predicted_iou")
         self.min_iou_lower = _optional_iou(min_iou_lower, "min_iou_lower")
+        self.alpha = check_alpha(alpha)
+        self.bound = check_choice(BoundKind, bound, "bound")
         self.heads = self._checked_heads(heads, sam_model)
         self.iou_head = self._choose_iou_head(iou_head, sam_model)
         self.model_name = sam2_adapter.model_name_of(sam_model)
@@ -229,7 +251,8 @@ class UncertainMaskGenerator:
         if self.min_predicted_iou is not None:
             keep &= predicted >= self.min_predicted_iou
         if self.min_iou_lower is not None:
-            keep &= iou_lower_bounds(self.heads, self.iou_head, predicted) >= self.min_iou_lower
+            lower = iou_lower_bounds(self.heads, self.iou_head, predicted, self.alpha, self.bound)
+            keep &= lower >= self.min_iou_lower
         return keep
 
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:

@@ -203,3 +203,29 @@ def test_a_click_map_model_gets_each_points_click_map(tmp_path, heads, image):
         assert record["uncertainty"]["model_gap"] == pytest.approx(
             float(result.uncertainty["model_gap"][index]), abs=1e-4
         )
+
+
+def test_min_iou_lower_keeps_exactly_the_masks_whose_conformal_bound_passes(small_sam2, image):
+    from usam.calibration import HeadCalibration, HeadsCalibration
+
+    heads = random_heads(HEAD_NAMES, sam2_version="sam2.1", seed=3)
+    options = {"points_per_side": 3, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
+    everything = UncertainMaskGenerator(small_sam2, heads, **options).generate(image)
+    generator_head = UncertainMaskGenerator(small_sam2, heads, **options).iou_head
+    predicted = np.array([record[PREDICTED_IOU_KEY] for record in everything])
+    rng = np.random.default_rng(0)
+    # A calibration spread over the records' predictions, so that some bounds pass and some do not.
+    fit = rng.uniform(predicted.min() - 0.05, predicted.max() + 0.05, 800)
+    truth = np.clip((fit - fit.min()) / np.ptp(fit) + rng.normal(0, 0.05, fit.size), 0, 1)
+    head = HeadCalibration.fit(fit[:400], truth[:400], fit[400:], truth[400:], min_bin_rows=80)
+    heads.metadata.calibration = HeadsCalibration({generator_head: head}).to_json()
+    bounds = head.lower_bound(head.calibrate(predicted), 0.2, "marginal")
+    threshold = float(np.sort(bounds)[len(bounds) // 2])
+    kept = UncertainMaskGenerator(
+        small_sam2, heads, min_iou_lower=threshold, alpha=0.2, bound="marginal", **options
+    ).generate(image)
+    expected = [record for record, lower in zip(everything, bounds, strict=True) if lower >= threshold - 1e-6]
+    assert 0 < len(kept) < len(everything)
+    assert sorted(r["point_coords"] + [r["predicted_iou"]] for r in kept) == sorted(
+        r["point_coords"] + [r["predicted_iou"]] for r in expected
+    )
