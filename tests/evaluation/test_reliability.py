@@ -13,6 +13,7 @@ from conftest import run_cli
 from usam.evaluation import check_calibration, fit_calibration, run_evaluation
 from usam.heads import load_heads, random_heads
 from usam.store import StoreWriter, row_schema
+from usam.store.schema import SIGNAL_COLUMNS
 
 TINY = "sam2.1-tiny"
 IOU_HEADS = ["iou_tiny", "iou_unsupervised", "iou_dense_prompt"]
@@ -21,13 +22,20 @@ IOU_HEADS = ["iou_tiny", "iou_unsupervised", "iou_dense_prompt"]
 def write_store(root, seed, images=120, objects=2):
     """Rows of the tiny model with random tokens and true IoUs around 0.8 (random heads predict far from it)."""
     rng = np.random.default_rng(seed)
+    # The signal columns (schema 2) draw from their own generator, so the other columns' draws stay as they were.
+    signal_rng = np.random.default_rng(seed + 1000)
     with StoreWriter(root, rows_per_part=100) as writer:
         for image in range(images):
             rows = []
             for obj in range(objects):
                 row = {}
                 for field in row_schema():
-                    if pa.types.is_fixed_size_list(field.type):
+                    if field.name in SIGNAL_COLUMNS:
+                        size = field.type.list_size if pa.types.is_fixed_size_list(field.type) else None
+                        row[field.name] = (
+                            signal_rng.random(size).astype(np.float32) if size else float(signal_rng.random())
+                        )
+                    elif pa.types.is_fixed_size_list(field.type):
                         row[field.name] = rng.standard_normal(field.type.list_size).astype(np.float32)
                     elif pa.types.is_integer(field.type):
                         row[field.name] = 64

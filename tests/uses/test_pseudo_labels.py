@@ -127,8 +127,7 @@ def test_lower_bound_is_used_when_the_prediction_has_one(tiny, rgb_image, tmp_pa
 
         def predict(self, **prompt):
             prediction = tiny.predict(**prompt)
-            result = dataclasses.make_dataclass("P", [("iou_lower", dict)], bases=(type(prediction),))
-            return result(**vars(prediction), iou_lower={"iou_tiny": prediction.uncertainty["iou_tiny"] - 0.3})
+            return dataclasses.replace(prediction, iou_lower={"iou_tiny": prediction.uncertainty["iou_tiny"] - 0.3})
 
     out = tmp_path / "lower.json"
     write_pseudo_labels(Calibrated(), images, prompts, out, PseudoLabelFilter(0.0), progress=False)
