@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from usam.files import atomic_path
 from usam.head_table import is_gap_head
 from usam.predictor import UncertainPrediction
 
@@ -107,8 +109,6 @@ def render_prediction(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from usam.files import atomic_path
 
     batched = result.sam_scores.ndim == 2
     num_objects = result.sam_scores.shape[0] if batched else 1
@@ -236,8 +236,6 @@ def render_automatic_masks(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    from usam.files import atomic_path
-
     image_size = (int(image.shape[0]), int(image.shape[1]))
     size = figure_size(image_size)
     rows, columns = _nearest_rows_columns(image_size, size)
@@ -270,6 +268,19 @@ def render_automatic_masks(
         axis.set_yticks([])
     colour_bar = figure.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=mask_axis, fraction=0.046, pad=0.02)
     colour_bar.set_label(value_label)
+    return finish_figure(figure, path, title=title, footnote=footnote)
+
+
+def finish_figure(figure: Any, path: str | Path, *, title: str | None = None, footnote: str | None = None) -> Path:
+    """Add the title and a red footnote (e.g. "random weights: the numbers mean nothing"), write the PNG atomically.
+
+    The figure is closed afterwards, also when writing fails.
+
+    Returns:
+        The path written.
+    """
+    import matplotlib.pyplot as plt
+
     if title:
         figure.suptitle(title, fontsize=12)
     if footnote:

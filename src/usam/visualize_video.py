@@ -68,7 +68,7 @@ def render_video(
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from usam.files import atomic_path
+    from usam.visualize import finish_figure
 
     series = object_series(results)
     by_frame = {result.frame_index: result for result in results}
@@ -116,17 +116,7 @@ def render_video(
             for spine in axis.spines.values():
                 spine.set_edgecolor("#d00000")
                 spine.set_linewidth(2.5)
-    if title:
-        figure.suptitle(title, fontsize=12)
-    if footnote:
-        figure.text(0.5, 0.005, footnote, ha="center", va="bottom", fontsize=10, color="#b00020")
-    path = Path(path)
-    try:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=100, format="png", bbox_inches="tight")
-    finally:
-        plt.close(figure)
-    return path
+    return finish_figure(figure, path, title=title, footnote=footnote)
 
 
 def _legend(plot, estimate: str, threshold: float | None) -> None:
