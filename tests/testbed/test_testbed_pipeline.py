@@ -87,7 +87,16 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
     assert set(results["prompt_dependence"]) == set(MODEL_NAMES.values())
     assert all(value is None or 0.0 <= value <= 1.0 for value in results["prompt_dependence"].values())
     assert "prompt dependence" in (paths.results / "results.md").read_text()
-    assert set(results["seconds"]) == {"extraction", "click_check", "heads", "evaluation", "results"}
+    assert set(results["seconds"]) == {"extraction", "click_check", "heads", "evaluation", "uses", "results"}
+    # Every use ran on the test-bed and wrote its own report; the page includes their tables.
+    assert set(results["uses"]) == {"store", "clicks", "automatic"}
+    assert {"cascade", "mask_choice", "pseudo_labels"} <= set(results["uses"]["store"])
+    assert set(results["uses"]["automatic"]) == {"sam_score", "stability_score", "predicted_iou"}
+    for report in ("store/uses.md", "clicks/clicks.md", "clicks/clicks.png", "automatic/automatic_ap.md"):
+        assert (out / "uses" / report).is_file(), report
+    page = (paths.results / "results.md").read_text()
+    for heading in ("## Uses of the estimates", "Next click", "COCO mask AP"):
+        assert heading in page, heading
     assert all(value >= 0 for value in results["seconds"].values())
 
     # Built with --quick: running without it is refused with one line.

@@ -96,6 +96,7 @@ class TestbedSettings:
         bootstrap_resamples: Bootstrap resamples of the test objects per seed.
         random_orders: Random orders averaged for the random baseline.
         dependence_scenes: Test scenes of the click check (:func:`usam.testbed.prompt_dependence`) per model.
+        use_scenes: Test scenes of the uses that run the model (next click, automatic masks; :mod:`.uses`).
     """
 
     __test__ = False  # not a pytest test class despite its name
@@ -115,6 +116,7 @@ class TestbedSettings:
     bootstrap_resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES
     random_orders: int = 10
     dependence_scenes: int = 200
+    use_scenes: int = 100
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -128,7 +130,7 @@ class TestbedSettings:
         """A smoke run: a few scenes, a few training steps per model, few resamples (seconds on a CPU)."""
         return cls(
             train_scenes=6, test_scenes=4, tiny_steps=2, tiny_early_steps=1, large_steps=2, scenes_per_step=1,
-            prompts_per_scene=2, bootstrap_resamples=50, random_orders=2, dependence_scenes=4,
+            prompts_per_scene=2, bootstrap_resamples=50, random_orders=2, dependence_scenes=4, use_scenes=2,
         )  # fmt: skip
 
     def steps_of(self, key: str) -> int:
@@ -265,6 +267,7 @@ def run_testbed(
     """
     from usam.datasets import open_dataset
     from usam.extraction import ExtractionOptions, build_models, run_extraction
+    from usam.testbed.uses import run_testbed_uses
     from usam.training import train_from_store
 
     settings = settings or TestbedSettings()
@@ -316,12 +319,16 @@ def run_testbed(
         )
         seconds["evaluation"] += time.perf_counter() - started
     started = time.perf_counter()
+    uses, pages = run_testbed_uses(paths, settings, paths.heads(0), device=device, progress=progress)
+    seconds["uses"] = time.perf_counter() - started
+    started = time.perf_counter()
     results = combine_results(paths, evaluations, settings, prompt_dependence=dependence)
+    results["uses"] = uses
     seconds["results"] = time.perf_counter() - started
     results["seconds"] = {key: round(value, 1) for key, value in seconds.items()}
     paths.results.mkdir(parents=True, exist_ok=True)
     write_json_atomically(results, paths.results / "results.json", indent=1)
-    write_text_atomically(paths.results / "results.md", results_markdown(results))
+    write_text_atomically(paths.results / "results.md", results_markdown(results, uses_pages=pages))
     return results
 
 
@@ -504,8 +511,13 @@ def store_miou(store: Path) -> dict[str, dict[str, float | None]]:
     return result
 
 
-def results_markdown(results: dict[str, Any]) -> str:
-    """The results page in Markdown, from the data :func:`combine_results` returns."""
+def results_markdown(results: dict[str, Any], *, uses_pages: dict[str, str] | None = None) -> str:
+    """The results page in Markdown, from the data :func:`combine_results` returns.
+
+    Args:
+        results: The page's data.
+        uses_pages: The Markdown of the uses' reports (:func:`usam.testbed.uses.run_testbed_uses`), if they ran.
+    """
     lines = [
         "# usam on the test-bed",
         "",
@@ -547,7 +559,25 @@ def results_markdown(results: dict[str, Any]) -> str:
             cells = [_interval(entry) for entry in measure["relative_auc_percent"].values()]
             lines.append(f"| {measure['label']} | " + " | ".join(cells) + " |")
     lines += _correlation_lines(results["correlation"], results["correlation_model"])
+    if uses_pages:
+        lines += _uses_lines(uses_pages)
     return "\n".join(lines) + "\n"
+
+
+def _uses_lines(pages: dict[str, str]) -> list[str]:
+    """The uses' own tables (their reports under ``uses/``), one heading level down."""
+
+    def demoted(text: str) -> list[str]:
+        return [f"##{line}" if line.startswith("#") else line for line in text.strip().splitlines()]
+
+    lines = ["", "## Uses of the estimates (heads of seed 0)"]
+    for title, key in (
+        ("Cascade, mask choice, pseudo-labels (test store)", "store"),
+        ("Next click (simulated user)", "clicks"),
+        ("Automatic masks: COCO mask AP by ranking", "automatic"),
+    ):
+        lines += ["", f"### {title}", "", *demoted(pages[key])]
+    return lines
 
 
 def _correlation_lines(per_seed: list[dict[str, Any]], model: str) -> list[str]:
