@@ -19,6 +19,7 @@ from usam.cli import (
     benchmark,
     calibrate,
     clicks,
+    demo,
     evaluate,
     extract,
     heads,
@@ -52,6 +53,7 @@ _SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     testbed.add_testbed,
     clicks.add_next_click,
     clicks.add_evaluate_clicks,
+    demo.add_demo,
 )
 
 
