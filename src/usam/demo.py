@@ -275,11 +275,15 @@ def build_app(session: DemoSession, examples: Sequence[np.ndarray] = ()) -> Any:
     """
     gr = import_gradio()
 
-    def on_click(image: Any, prompt: Prompt, mode: str, event: gr.SelectData) -> tuple[Any, ...]:
+    def on_click(image: Any, prompt: Prompt, mode: str, event: Any) -> tuple[Any, ...]:
         x, y = event.index[:2]
         prompt = prompt.add(mode, x, y)
         view = session.segment(image, prompt)
         return prompt, view.masks, view.uncertainty, view.text
+
+    # gradio passes the click's pixel to the parameter annotated with its SelectData class; postponed annotations
+    # are strings it cannot resolve, so the class is set here.
+    on_click.__annotations__["event"] = gr.SelectData
 
     def on_reset(image: Any) -> tuple[Any, ...]:
         view = session.segment(image, Prompt())
