@@ -131,9 +131,7 @@ class DemoSession:
         self._set_image(image)
         coords = np.asarray(prompt.points, dtype=np.float32).reshape(-1, 2) if prompt.points else None
         labels = np.asarray(prompt.labels) if prompt.points else None
-        prediction = self.model.predict(
-            point_coords=coords, point_labels=labels, box=prompt.box, multimask_output=True
-        )
+        prediction = self.model.predict(point_coords=coords, point_labels=labels, box=prompt.box, multimask_output=True)
         usam_pick, sam_pick, choice_note = self._picks(prediction)
         lines = [banner + f"**usam's pick: mask {usam_pick}**; SAM's pick: mask {sam_pick}. {choice_note}", ""]
         for index in range(prediction.sam_scores.shape[-1]):

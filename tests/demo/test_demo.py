@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from usam import sam2_adapter
 from usam.demo import MEANINGLESS_BANNER, NO_PROMPT_TEXT, DemoSession, Prompt
 from usam.head_table import HEAD_NAMES
@@ -32,35 +32,41 @@ def image():
 
 def test_click_gives_masks_and_every_estimate(session, image):
     view = session.segment(image, Prompt().add("positive", 60, 50))
-    assert view.masks.shape == image.shape and view.masks.dtype == np.uint8
+    assert view.masks.shape == image.shape
+    assert view.masks.dtype == np.uint8
     assert view.uncertainty.shape == image.shape
     assert not np.array_equal(view.masks, image)  # the mask tint and the click are drawn
     assert view.text.startswith(f"**{MEANINGLESS_BANNER}")
     for index in range(3):
         assert f"**mask {index}**" in view.text
     assert view.text.count("SAM score:") == 3
-    assert "gain from more clicks" in view.text and "usam's pick: mask" in view.text
+    assert "gain from more clicks" in view.text
+    assert "usam's pick: mask" in view.text
     assert "next click:" in view.text
 
 
 def test_negative_click_and_box_are_prompts(session, image):
     positive = Prompt().add("positive", 60, 50)
     both = positive.add("negative", 10, 10)
-    assert both.labels == [1, 0] and positive.labels == [1]  # adding never changes the earlier prompt
+    assert both.labels == [1, 0]
+    assert positive.labels == [1]
     assert session.segment(image, both).text.count("SAM score:") == 3
     one_corner = Prompt().add("box corner", 35, 25)
-    assert one_corner.box is None and session.segment(image, one_corner).text.endswith(NO_PROMPT_TEXT)
+    assert one_corner.box is None
+    assert session.segment(image, one_corner).text.endswith(NO_PROMPT_TEXT)
     box = one_corner.add("box corner", 95, 75)
     assert box.box.tolist() == [35, 25, 95, 75]
     view = session.segment(image, box)
-    assert view.masks is not None and "next click:" not in view.text  # next clicks answer clicks, not boxes
+    assert view.masks is not None
+    assert "next click:" not in view.text
     assert box.add("box corner", 1, 2).box_corners == [(1.0, 2.0)]  # a third corner starts a new box
 
 
 def test_no_image_or_prompt_asks_for_one(session, image):
     assert "Upload or pick an image" in session.segment(None, Prompt()).text
     view = session.segment(image, Prompt())
-    assert view.uncertainty is None and view.text.endswith(NO_PROMPT_TEXT)
+    assert view.uncertainty is None
+    assert view.text.endswith(NO_PROMPT_TEXT)
 
 
 def test_demo_without_gradio_names_the_extra(capsys, monkeypatch):
@@ -68,7 +74,9 @@ def test_demo_without_gradio_names_the_extra(capsys, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # makes ``import gradio`` fail
     status, _, err = run_cli(["demo", "--random-weights"], capsys)
-    assert status == 2 and "usam[demo]" in err and "Traceback" not in err
+    assert status == 2
+    assert "usam[demo]" in err
+    assert "Traceback" not in err
 
 
 def _free_port() -> int:
@@ -117,16 +125,17 @@ def test_page_in_a_real_browser(session, tmp_path):
         driver.get(f"http://127.0.0.1:{port}/")
         assert "meaningless" in wait.until(expected_conditions.presence_of_element_located((By.TAG_NAME, "h2"))).text
         # pick the example image, then click on it
-        wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, ".gallery-item, button.example"))).click()
-        picture = wait.until(
-            expected_conditions.visibility_of_element_located((By.CSS_SELECTOR, "#usam-input img"))
-        )
+        wait.until(
+            expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, ".gallery-item, button.example"))
+        ).click()
+        picture = wait.until(expected_conditions.visibility_of_element_located((By.CSS_SELECTOR, "#usam-input img")))
         time.sleep(0.5)  # the image settles into its frame
         ActionChains(driver).move_to_element(picture).click().perform()
         wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "usam-estimates"), "SAM score"))
         wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#usam-masks img")))
         estimates = driver.find_element(By.ID, "usam-estimates").text
-        assert "usam's pick: mask" in estimates and "gain from more clicks" in estimates
+        assert "usam's pick: mask" in estimates
+        assert "gain from more clicks" in estimates
         driver.save_screenshot(str(tmp_path / "demo.png"))
         assert (tmp_path / "demo.png").stat().st_size > 0
     finally:
