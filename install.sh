@@ -28,3 +28,16 @@ fi
 SAM2_BUILD_CUDA="${SAM2_BUILD_CUDA:-0}" "${pip[@]}" install -q --no-build-isolation "sam2==1.1.0"
 "${pip[@]}" install -q -e ".[$extras]"
 echo "usam installed in $PWD/.venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
+
+# The demo's browser test (tests/demo) drives Debian's headless chromium through selenium. Install it when it is
+# missing and apt can (root, Debian/Ubuntu; measured here: apt-get update + install about 55 s); otherwise the test
+# is skipped with its reason.
+if [ "${1:-}" = "--dev" ] && ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+      || echo "install.sh: could not install chromium and chromium-driver: the demo's browser test will be skipped"
+  else
+    echo "install.sh: no chromedriver and no root apt-get: the demo's browser test will be skipped" \
+      "(apt-get install chromium chromium-driver to run it)"
+  fi
+fi
