@@ -2,8 +2,9 @@
 
 Forward and backward passes are written out by hand on preallocated buffers.
 
-Heads with the same batch size, epoch count, optimizer and schedule form a group, stacked in one :class:`~usam.heads.UncertaintyHeads`;
-learning rate, momentum and weight decay are per-head tensors. Each epoch every head of a group draws its own
+Heads with the same batch size, epoch count, optimizer and schedule form a group, stacked in one
+:class:`~usam.heads.UncertaintyHeads`; learning rate, momentum and weight decay are per-head tensors. Each epoch
+every head of a group draws its own
 permutation of its training rows and takes ``ceil(rows / batch)`` SGD steps, exactly as if it were trained alone
 with a shuffling data loader. The heads of a group are ordered by their number of training rows, largest first, so
 that in step ``s`` the heads that still have batches left are a prefix of the stack: a step runs on weight views
