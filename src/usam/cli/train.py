@@ -48,7 +48,7 @@ def add_train(subparsers: Any) -> None:
         choices=Recipe.values(),
         help="how heads train: 'usam' = AdamW, batch 1024, warm-up and cosine decay, early stopping on the "
         "validation loss (reaches the paper recipe's quality in a fraction of its time); 'paper' = the paper's SGD "
-        "values per dataset (see --dataset-defaults). Default: usam, or paper with --hpo",
+        "values per dataset (see --dataset-defaults). Default: usam, or paper with --hpo or --dataset-defaults",
     )
     parser.add_argument(
         "--pairing",

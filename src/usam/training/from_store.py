@@ -90,7 +90,7 @@ def train_from_store(
         precision: ``"float32"``, or ``"bfloat16"`` for mixed precision (see :class:`usam.devices.Precision`).
         log: Called with one line per hyper-parameter trial (see :func:`tune_hyper_parameters`).
         recipe: ``"usam"`` (AdamW, warm-up, cosine, early stopping) or ``"paper"`` (the paper's SGD values).
-            Default: ``"usam"``, or ``"paper"`` with ``hpo_trials`` (the search is over the paper's recipe).
+            Default: ``"usam"``, or ``"paper"`` with ``hpo_trials`` or ``dataset_defaults`` (both are the paper's).
 
     Returns:
         The path of the written heads file.
@@ -106,11 +106,12 @@ def train_from_store(
     check_validation_fraction(validation_fraction)
     precision = check_choice(Precision, precision, "precision")
     preset = check_choice(Preset, preset, "preset")
+    paper_only = "hpo trials" if hpo_trials else "dataset_defaults" if dataset_defaults is not None else None
     if recipe is None:
-        recipe = Recipe.PAPER if hpo_trials else Recipe.USAM
+        recipe = Recipe.PAPER if paper_only else Recipe.USAM
     recipe = check_choice(Recipe, recipe, "recipe")
-    if hpo_trials and recipe != Recipe.PAPER:
-        raise InvalidInputError("hpo trials search the paper recipe's space; pass recipe 'paper' (--recipe paper)")
+    if paper_only and recipe != Recipe.PAPER:
+        raise InvalidInputError(f"{paper_only} belong to the paper's recipe; pass recipe 'paper' (--recipe paper)")
     if tie_rule is not None:
         tie_rule = check_choice(TieRule, tie_rule, "tie_rule")
     choices: dict[str, Any] = {
