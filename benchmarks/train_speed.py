@@ -216,7 +216,8 @@ def time_to_quality(data: TrainingData, dataset: str, max_epochs: int, device: t
     usam_seconds = report["heads"][data.head_names[0]]["seconds_at_epoch"][max(reached_at) - 1]
     print(
         f"usam recipe (AdamW, batch {USAM_HYPER_PARAMETERS.batch_size}, warm-up + cosine, early stopping): "
-        f"{usam_seconds:.1f} s to the same loss (all heads, validation included) | ratio {paper_seconds / usam_seconds:.1f} x"
+        f"{usam_seconds:.1f} s to the same loss (all heads, validation included) | "
+        f"ratio {paper_seconds / usam_seconds:.1f} x"
     )
 
 
