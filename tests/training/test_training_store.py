@@ -376,7 +376,7 @@ def write_store(root, dataset, models=("sam2.1-tiny",), images=12, change=None):
 
 def test_paper_defaults_are_inferred_from_the_stores_dataset(tmp_path):
     davis = write_store(tmp_path / "davis", "davis")
-    out = train_from_store(davis, tmp_path / "davis.safetensors", heads=["iou_tiny"], progress=False)
+    out = train_from_store(davis, tmp_path / "davis.safetensors", heads=["iou_tiny"], progress=False, recipe="paper")
     training = load_heads(out).metadata.training
     assert training["hyper_parameter_source"]["dataset"] == "davis"
     assert training["hyper_parameter_source"]["chosen_by"].startswith("inferred")
@@ -389,7 +389,7 @@ def test_paper_defaults_are_inferred_from_the_stores_dataset(tmp_path):
 
     mose = write_store(tmp_path / "mose", "mose")
     with pytest.warns(TrainingWarning, match="COCO's paper hyper-parameters: the paper tuned no .* mose"):
-        out = train_from_store(mose, tmp_path / "mose.safetensors", heads=["iou_tiny"], progress=False)
+        out = train_from_store(mose, tmp_path / "mose.safetensors", heads=["iou_tiny"], progress=False, recipe="paper")
     assert load_heads(out).metadata.training["hyper_parameter_source"]["dataset"] == "coco"
 
 

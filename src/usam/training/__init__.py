@@ -9,7 +9,9 @@ Modules:
   :func:`best_mask_token`.
 * :mod:`~usam.training.hyper_parameters`: :class:`HyperParameters`, the paper's values (:data:`PAPER_DEFAULTS`),
   its search space (:data:`HPO_SEARCH_SPACE`) and the inference of the defaults from a store's dataset.
-* :mod:`~usam.training.kernel`: the fused, vectorised SGD step of a group of heads.
+* :mod:`~usam.training.recipes`: :class:`Recipe` (``usam``: AdamW, warm-up, cosine, early stopping; ``paper``) and
+  :data:`USAM_HYPER_PARAMETERS`.
+* :mod:`~usam.training.kernel`: the fused, vectorised SGD or AdamW step of a group of heads.
 * :mod:`~usam.training.loop`: :func:`train_heads` (fitting, best epoch by validation loss) and
   :func:`regression_metrics`.
 * :mod:`~usam.training.tuning`: :func:`tune_hyper_parameters` (Optuna, one random stream per head).
@@ -30,6 +32,7 @@ from usam.training.hyper_parameters import (
     PAPER_DEFAULTS,
     DatasetDefaults,
     HyperParameters,
+    Optimizer,
     defaults_for_datasets,
     paper_hyper_parameters,
 )
@@ -40,6 +43,7 @@ from usam.training.loading import (
     load_training_data,
 )
 from usam.training.loop import regression_metrics, train_heads
+from usam.training.recipes import USAM_HYPER_PARAMETERS, Recipe, recipe_hyper_parameters
 from usam.training.tuning import tune_hyper_parameters
 
 __all__ = [
@@ -47,9 +51,12 @@ __all__ = [
     "DEFAULT_WEIGHT_DECAY",
     "HPO_SEARCH_SPACE",
     "PAPER_DEFAULTS",
+    "USAM_HYPER_PARAMETERS",
     "DatasetDefaults",
     "HeadRows",
     "HyperParameters",
+    "Optimizer",
+    "Recipe",
     "TrainingData",
     "TrainingWarning",
     "best_mask_token",
@@ -58,6 +65,7 @@ __all__ = [
     "fill_head_features",
     "load_training_data",
     "paper_hyper_parameters",
+    "recipe_hyper_parameters",
     "regression_metrics",
     "split_by_image",
     "target_column",

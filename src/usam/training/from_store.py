@@ -3,7 +3,8 @@
 It checks the output path before anything is read, opens the store once (:class:`usam.store.StoreReader`), chooses
 the defaults of a preset (``paper``: pooled size heads and the authors' tie rule; a tie rule the store records wins
 over the preset's), infers whose paper hyper-parameters fit the store's dataset, optionally tunes them per
-head, trains and writes the heads with :meth:`usam.heads.UncertaintyHeads.save` (atomically).
+head (the paper's recipe) or takes usam's recipe (:mod:`usam.training.recipes`), trains and writes the heads with
+:meth:`usam.heads.UncertaintyHeads.save` (atomically).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from usam.training.hyper_parameters import (
 )
 from usam.training.loading import TrainingWarning, load_training_data
 from usam.training.loop import train_heads
+from usam.training.recipes import USAM_HYPER_PARAMETERS, Recipe, recipe_hyper_parameters
 from usam.training.tuning import SEARCH_METHOD, search_seed, tune_hyper_parameters
 from usam.validation import check_choice, check_int
 
@@ -57,6 +59,7 @@ def train_from_store(
     device: str | torch.device | None = None,
     precision: Precision | str = Precision.FLOAT32,
     log: Callable[[str], None] | None = None,
+    recipe: Recipe | str | None = None,
 ) -> Path:
     """Train heads on a token store and write them to a heads file (:func:`usam.load_heads` reads it).
 
@@ -66,9 +69,9 @@ def train_from_store(
         heads: Heads to train (default: every head with rows in the store).
         pairing: ``"true"`` or ``"as-released"``.
         models: Use only rows of these models (default: all in the store).
-        hpo_trials: If > 0, tune each head's hyper-parameters with this many Optuna trials first; otherwise the
-            paper's for ``dataset_defaults``.
-        dataset_defaults: ``"coco"``, ``"ade20k"``, ``"sa-v"`` or ``"davis"``: whose paper hyper-parameters.
+        hpo_trials: If > 0, tune each head's paper-recipe hyper-parameters with this many Optuna trials first.
+        dataset_defaults: ``"coco"``, ``"ade20k"``, ``"sa-v"`` or ``"davis"``: whose paper hyper-parameters (the
+            ``paper`` recipe).
             Default: inferred from the store's ``dataset`` column (COCO's, with a :class:`TrainingWarning`, for
             datasets the paper did not tune on).
         seed: Seed of split, initialisation, shuffling and search.
@@ -86,6 +89,8 @@ def train_from_store(
         device: Where to train (default: CUDA when available, else the CPU).
         precision: ``"float32"``, or ``"bfloat16"`` for mixed precision (see :class:`usam.devices.Precision`).
         log: Called with one line per hyper-parameter trial (see :func:`tune_hyper_parameters`).
+        recipe: ``"usam"`` (AdamW, warm-up, cosine, early stopping) or ``"paper"`` (the paper's SGD values).
+            Default: ``"usam"``, or ``"paper"`` with ``hpo_trials`` or ``dataset_defaults`` (both are the paper's).
 
     Returns:
         The path of the written heads file.
@@ -101,9 +106,16 @@ def train_from_store(
     check_validation_fraction(validation_fraction)
     precision = check_choice(Precision, precision, "precision")
     preset = check_choice(Preset, preset, "preset")
+    paper_only = "hpo trials" if hpo_trials else "dataset_defaults" if dataset_defaults is not None else None
+    if recipe is None:
+        recipe = Recipe.PAPER if paper_only else Recipe.USAM
+    recipe = check_choice(Recipe, recipe, "recipe")
+    if paper_only and recipe != Recipe.PAPER:
+        raise InvalidInputError(f"{paper_only} belong to the paper's recipe; pass recipe 'paper' (--recipe paper)")
     if tie_rule is not None:
         tie_rule = check_choice(TieRule, tie_rule, "tie_rule")
     choices: dict[str, Any] = {
+        "recipe": str(recipe),
         "preset": str(preset),
         "pool_sizes": POOL_SIZES[preset] if pool_sizes is None else bool(pool_sizes),
     }
@@ -126,8 +138,12 @@ def train_from_store(
         cache_dir=cache_dir,
         tie_rule=choices["tie_rule"],
     )
-    source = _hyper_parameter_source(dataset_defaults, data.source.get("datasets", []), warn=not hpo_trials)
-    hyper = paper_hyper_parameters(source["dataset"], data.head_names)
+    if recipe == Recipe.USAM:
+        source: dict[str, Any] = {"method": "usam recipe", "values": USAM_HYPER_PARAMETERS.to_dict()}
+        hyper = recipe_hyper_parameters(recipe, "coco", data.head_names)
+    else:
+        source = _hyper_parameter_source(dataset_defaults, data.source.get("datasets", []), warn=not hpo_trials)
+        hyper = paper_hyper_parameters(source["dataset"], data.head_names)
     hpo_record: dict[str, Any] = {}
     for name in data.head_names if hpo_trials else []:
         hyper[name] = tune_hyper_parameters(

@@ -6,25 +6,43 @@ Which paper defaults fit a store is inferred from its ``dataset`` column by :fun
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 from usam.errors import InvalidInputError
 from usam.head_table import HEAD_NAMES
-from usam.validation import check_float, check_int
+from usam.validation import StrEnum, check_choice, check_float, check_int
 
 DEFAULT_WEIGHT_DECAY = 1e-3
 
 
+class Optimizer(StrEnum):
+    """How a head's weights are updated."""
+
+    SGD = "sgd"
+    """SGD with momentum and weight decay added to the gradient, as ``torch.optim.SGD`` (the paper's)."""
+    ADAMW = "adamw"
+    """AdamW as ``torch.optim.AdamW`` (betas 0.9, 0.999, eps 1e-8, decoupled weight decay); ``momentum`` unused."""
+
+
 @dataclasses.dataclass(frozen=True)
 class HyperParameters:
-    """How one head is trained: SGD with momentum and weight decay, mini-batches of ``batch_size`` rows.
+    """How one head is trained: mini-batches of ``batch_size`` rows, by default the paper's SGD at a constant rate.
+
+    The defaults of the last four fields are the paper's recipe; :data:`usam.training.recipes.USAM_HYPER_PARAMETERS`
+    sets them otherwise.
 
     Attributes:
-        lr: Learning rate.
-        epochs: Number of passes over the head's training rows.
-        batch_size: Rows per SGD step.
-        momentum: SGD momentum, in [0, 1).
-        weight_decay: L2 penalty added to the gradient, as ``torch.optim.SGD`` does (biases included).
+        lr: Learning rate (the peak rate with a warm-up or a cosine schedule).
+        epochs: Number of passes over the head's training rows (the most, with ``patience``).
+        batch_size: Rows per step.
+        momentum: SGD momentum, in [0, 1) (AdamW ignores it).
+        weight_decay: L2 penalty added to the gradient, as ``torch.optim.SGD`` does (biases included); with AdamW
+            the decoupled decay of ``torch.optim.AdamW``.
+        optimizer: ``"sgd"`` or ``"adamw"`` (:class:`Optimizer`).
+        warmup_epochs: Epochs over which the rate rises linearly from 0 to ``lr`` (0: none).
+        cosine: Decay the rate after the warm-up to 0 at the end of ``epochs`` on a half cosine.
+        patience: Stop a head after this many epochs without a better validation loss (None: never).
     """
 
     lr: float
@@ -32,6 +50,10 @@ class HyperParameters:
     batch_size: int
     momentum: float
     weight_decay: float = DEFAULT_WEIGHT_DECAY
+    optimizer: Optimizer = Optimizer.SGD
+    warmup_epochs: int = 0
+    cosine: bool = False
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         check_float(self.lr, "lr", minimum=0, exclusive_minimum=True)
@@ -40,16 +62,49 @@ class HyperParameters:
         if check_float(self.momentum, "momentum", minimum=0) >= 1:
             raise InvalidInputError(f"momentum must be less than 1, got {self.momentum!r}")
         check_float(self.weight_decay, "weight_decay", minimum=0)
+        object.__setattr__(self, "optimizer", check_choice(Optimizer, self.optimizer, "optimizer"))
+        if check_int(self.warmup_epochs, "warmup_epochs", minimum=0) >= self.epochs:
+            raise InvalidInputError(f"warmup_epochs must be less than epochs ({self.epochs}), got {self.warmup_epochs}")
+        if self.patience is not None:
+            check_int(self.patience, "patience", minimum=1)
 
-    def to_dict(self) -> dict[str, float | int]:
-        """The values as plain Python numbers, e.g. for JSON metadata."""
-        return {
+    @property
+    def is_paper_recipe(self) -> bool:
+        """True when the head trains as the paper's code does: SGD at a constant rate, all epochs."""
+        return self.optimizer == Optimizer.SGD and not self.warmup_epochs and not self.cosine and self.patience is None
+
+    def learning_rate_scale(self, progress: float) -> float:
+        """The factor on ``lr`` at ``progress`` epochs into training (a float: 1.5 is half-way through epoch 2).
+
+        Example:
+            >>> hyper = HyperParameters(lr=1.0, epochs=10, batch_size=8, momentum=0, warmup_epochs=2, cosine=True)
+            >>> [round(hyper.learning_rate_scale(p), 3) for p in (0, 1, 2, 6, 10)]
+            [0.0, 0.5, 1.0, 0.5, 0.0]
+        """
+        if progress < self.warmup_epochs:
+            return progress / self.warmup_epochs
+        if not self.cosine:
+            return 1.0
+        fraction = min(1.0, (progress - self.warmup_epochs) / (self.epochs - self.warmup_epochs))
+        return 0.5 * (1.0 + math.cos(math.pi * fraction))
+
+    def to_dict(self) -> dict[str, float | int | str | bool | None]:
+        """The values as plain Python numbers, e.g. for JSON metadata (the paper's recipe: its five values only)."""
+        values: dict[str, float | int | str | bool | None] = {
             "lr": float(self.lr),
             "epochs": int(self.epochs),
             "batch_size": int(self.batch_size),
             "momentum": float(self.momentum),
             "weight_decay": float(self.weight_decay),
         }
+        if not self.is_paper_recipe:
+            values.update(
+                optimizer=str(self.optimizer),
+                warmup_epochs=int(self.warmup_epochs),
+                cosine=bool(self.cosine),
+                patience=None if self.patience is None else int(self.patience),
+            )
+        return values
 
 
 def _paper(lr: float, epochs: int, batch_size: int, momentum: float) -> HyperParameters:

@@ -1,9 +1,10 @@
-"""The fused, vectorised SGD step of a group of heads, and each epoch's batches of all heads of a group.
+"""The fused, vectorised SGD or AdamW step of a group of heads, and each epoch's batches of all heads of a group.
 
 Forward and backward passes are written out by hand on preallocated buffers.
 
-Heads with the same batch size and epoch count form a group, stacked in one :class:`~usam.heads.UncertaintyHeads`;
-learning rate, momentum and weight decay are per-head tensors. Each epoch every head of a group draws its own
+Heads with the same batch size, epoch count, optimizer and schedule form a group, stacked in one
+:class:`~usam.heads.UncertaintyHeads`; learning rate, momentum and weight decay are per-head tensors. Each epoch
+every head of a group draws its own
 permutation of its training rows and takes ``ceil(rows / batch)`` SGD steps, exactly as if it were trained alone
 with a shuffling data loader. The heads of a group are ordered by their number of training rows, largest first, so
 that in step ``s`` the heads that still have batches left are a prefix of the stack: a step runs on weight views
@@ -24,8 +25,11 @@ import torch
 
 from usam.devices import Precision
 from usam.heads import UncertaintyHeads
-from usam.training.hyper_parameters import HyperParameters
+from usam.training.hyper_parameters import HyperParameters, Optimizer
 from usam.validation import check_choice
+
+# AdamW's constants, torch.optim.AdamW's defaults.
+_BETA1, _BETA2, _EPSILON = 0.9, 0.999, 1e-8
 
 
 @dataclasses.dataclass
@@ -83,11 +87,12 @@ def epoch_batches(
 
 
 class GroupWorkspace:
-    """Hand-written forward, backward and SGD step of a group of heads, on preallocated buffers.
+    """Hand-written forward, backward and SGD or AdamW step of a group of heads, on preallocated buffers.
 
     Computes, for the first ``k`` heads of the group, exactly what autograd and ``torch.optim.SGD`` (momentum,
-    no dampening, weight decay on all parameters) would for the loss ``sum_h sum_b w_hb (sigmoid(z_hb) -
-    y_hb)^2``; the heads share no parameters, so each head gets the gradient of its own weighted mean.
+    no dampening, weight decay on all parameters) or ``torch.optim.AdamW`` (the group's optimizer, that of its first
+    member) would for the loss ``sum_h sum_b w_hb (sigmoid(z_hb) - y_hb)^2``; the heads share no parameters, so each
+    head gets the gradient of its own weighted mean.
 
     With ``precision="bfloat16"`` the inputs, the hidden activations and their gradients are kept in bfloat16
     and the two 512-wide layers multiply bfloat16 copies of their weights, refreshed every step; the weights,
@@ -112,6 +117,11 @@ class GroupWorkspace:
         ]
         self.gradients = [torch.zeros_like(parameter) for parameter in self.parameters]
         self.velocities = [torch.zeros_like(parameter) for parameter in self.parameters]
+        self.optimizer = members[0].hyper.optimizer
+        if self.optimizer == Optimizer.ADAMW:
+            # AdamW's second moments, and the number of steps each head has taken (for the bias corrections).
+            self.second_moments = [torch.zeros_like(parameter) for parameter in self.parameters]
+            self.steps_taken = torch.zeros(num_heads, dtype=torch.float64)
         self.learning_rates = self._per_head([plan.hyper.lr for plan in members], device)
         self.momenta = self._per_head([plan.hyper.momentum for plan in members], device)
         self.weight_decays = self._per_head([plan.hyper.weight_decay for plan in members], device)
@@ -138,8 +148,18 @@ class GroupWorkspace:
     def _per_head(values: list[float], device: torch.device) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32, device=device)
 
-    def step(self, k: int, row_index: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """One SGD step of the first ``k`` heads on ``(k, batch)`` rows; returns their ``(k,)`` batch losses."""
+    def step(
+        self,
+        k: int,
+        row_index: torch.Tensor,
+        targets: torch.Tensor,
+        weights: torch.Tensor,
+        learning_rate_scale: float = 1.0,
+    ) -> torch.Tensor:
+        """One step of the first ``k`` heads on ``(k, batch)`` rows; returns their ``(k,)`` batch losses.
+
+        ``learning_rate_scale`` multiplies every head's learning rate (the schedule's factor at this step).
+        """
         batch = self.batch_size
         gathered = self.gathered[: k * batch]
         torch.index_select(self.features, 0, row_index.reshape(-1), out=gathered)
@@ -190,6 +210,10 @@ class GroupWorkspace:
             grad_weight1.copy_(compute_grad_weight1)
         torch.sum(grad_hidden1, 1, dtype=torch.float32, out=grad_bias1)
 
+        learning_rates = self.learning_rates[:k] * learning_rate_scale
+        if self.optimizer == Optimizer.ADAMW:
+            self._adamw_update(k, learning_rates)
+            return losses.to(self.loss_dtype)
         # SGD as torch.optim.SGD: d = g + wd p; v = momentum v + d (v starts at 0, so v = d at first); p -= lr v.
         for parameter, gradient, velocity in zip(self.parameters, self.gradients, self.velocities, strict=True):
             shape = (k,) + (1,) * (parameter.dim() - 1)
@@ -198,5 +222,26 @@ class GroupWorkspace:
             parameter = parameter[:k]
             gradient.addcmul_(parameter, self.weight_decays[:k].view(shape))
             velocity.mul_(self.momenta[:k].view(shape)).add_(gradient)
-            parameter.addcmul_(velocity, self.learning_rates[:k].view(shape), value=-1.0)
+            parameter.addcmul_(velocity, learning_rates.view(shape), value=-1.0)
         return losses.to(self.loss_dtype)
+
+    def _adamw_update(self, k: int, learning_rates: torch.Tensor) -> None:
+        """AdamW as torch.optim.AdamW: p *= 1 - lr wd; m, v moving averages; p -= lr m_hat / (sqrt(v_hat) + eps)."""
+        self.steps_taken[:k] += 1
+        steps = self.steps_taken[:k]
+        first_correction = (1 - _BETA1**steps).float().to(learning_rates.device)
+        # The step size of torch's AdamW: lr / (1 - beta1^t), and the denominator sqrt(v) / sqrt(1 - beta2^t) + eps.
+        step_sizes = learning_rates / first_correction
+        root_second_correction = (1 - _BETA2**steps).sqrt().float().to(learning_rates.device)
+        decay = 1 - learning_rates * self.weight_decays[:k]
+        for parameter, gradient, first, second in zip(
+            self.parameters, self.gradients, self.velocities, self.second_moments, strict=True
+        ):
+            shape = (k,) + (1,) * (parameter.dim() - 1)
+            gradient, first, second, parameter = gradient[:k], first[:k], second[:k], parameter[:k]
+            parameter.mul_(decay.view(shape))
+            first.lerp_(gradient, 1 - _BETA1)
+            second.mul_(_BETA2).addcmul_(gradient, gradient, value=1 - _BETA2)
+            # gradient's buffer is free now: it holds the denominator.
+            torch.sqrt(second, out=gradient).div_(root_second_correction.view(shape)).add_(_EPSILON)
+            parameter.addcdiv_(first * step_sizes.view(shape), gradient, value=-1.0)

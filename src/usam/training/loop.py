@@ -3,10 +3,12 @@
 :func:`train_heads` fits all heads of some training data together and keeps, per head, the epoch with the best
 validation loss.
 
-The loss is the MSE of the sigmoid output and the optimiser SGD with momentum and weight decay. Unlike the paper's
-code, rows are shuffled every epoch, the validation set is split off by image (an image's rows are never on both
-sides) and the epoch with the best validation loss is kept per head. Heads with the same batch size and epoch count
-train as one group in the fused step of :mod:`usam.training.kernel`.
+The loss is the MSE of the sigmoid output; the optimiser is the head's (:class:`HyperParameters`): the paper's SGD
+with momentum and weight decay, or AdamW with warm-up, cosine schedule and early stopping (usam's recipe, see
+:mod:`usam.training.recipes`). Unlike the paper's code, rows are shuffled every epoch, the validation set is split off
+by image (an image's rows are never on both sides) and the epoch with the best validation loss is kept per head.
+Heads with the same batch size, epoch count, optimizer and schedule train as one group in the fused step of
+:mod:`usam.training.kernel`; a group stops when each of its heads has run out of patience.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from usam.errors import InvalidInputError
 from usam.head_table import HEAD_NAMES
 from usam.heads import HeadsMetadata, UncertaintyHeads
 from usam.training.data import DEFAULT_VALIDATION_FRACTION, TrainingData, split_by_image
-from usam.training.hyper_parameters import HyperParameters, hyper_parameters_per_head
+from usam.training.hyper_parameters import HyperParameters, Optimizer, hyper_parameters_per_head
 from usam.training.kernel import GroupWorkspace, HeadPlan, epoch_batches, loss_dtype
 from usam.training.seeds import Stream, derived_seed
 from usam.validation import check_choice, check_int
@@ -120,12 +122,12 @@ def fit(
         plans.append(plan)
 
     features = _features_tensor(data.features).to(device)
-    groups: dict[tuple[int, int], list[HeadPlan]] = {}
+    groups: dict[tuple[Any, ...], list[HeadPlan]] = {}
     for plan in plans:
-        groups.setdefault((plan.hyper.batch_size, plan.hyper.epochs), []).append(plan)
+        groups.setdefault(_group_key(plan.hyper), []).append(plan)
     total_steps = sum(
-        epochs * math.ceil(max(plan.train_rows.size for plan in members) / batch)
-        for (batch, epochs), members in groups.items()
+        members[0].hyper.epochs * math.ceil(max(plan.train_rows.size for plan in members) / members[0].hyper.batch_size)
+        for members in groups.values()
     )
     from tqdm.auto import tqdm
 
@@ -173,7 +175,7 @@ def fit(
         "train_images": int((~is_validation_image).sum()),
         "validation_images": int(is_validation_image.sum()),
         "loss": "MSE of the sigmoid output (gap heads: target clip(gap + 0.5, 0, 1))",
-        "optimizer": "SGD with momentum and weight decay, rows reshuffled every epoch",
+        "optimizer": _optimizer_description([plan.hyper for plan in plans]),
         "precision": str(precision),
         "device": str(device),
         "heads": {name: results[name] for name in names},
@@ -193,8 +195,9 @@ def _train_group(
     bar: Any,
     label: str,
 ) -> tuple[dict[str, dict[str, Any]], UncertaintyHeads]:
-    """Train heads sharing batch size and epoch count; ``members`` sorted by training rows, largest first."""
-    batch_size, epochs = members[0].hyper.batch_size, members[0].hyper.epochs
+    """Train heads sharing batch size, epochs, optimizer and schedule; ``members`` sorted by rows, largest first."""
+    schedule = members[0].hyper
+    batch_size, epochs = schedule.batch_size, schedule.epochs
     names = [plan.name for plan in members]
     module = UncertaintyHeads(
         HeadsMetadata(
@@ -224,6 +227,11 @@ def _train_group(
     best_epoch: list[int | None] = [None] * len(members)
     best_state: list[dict[str, torch.Tensor] | None] = [None] * len(members)
     diverged = [False] * len(members)
+    # Early stopping: epochs since a head's last better validation loss; a stopped head's best is final.
+    stale_epochs = [0] * len(members)
+    stopped_epoch: list[int | None] = [None] * len(members)
+    seconds_at_epoch: list[float] = []
+    started = time.perf_counter()
 
     with torch.no_grad():
         for epoch in range(1, epochs + 1):
@@ -232,8 +240,10 @@ def _train_group(
             loss_sums = torch.zeros(len(members), dtype=loss_dtype(features.device), device=features.device)
             for step in range(num_steps):
                 active = active_heads[step]
+                # The schedule's factor at the end of this step, so that a warm-up's first step is not a zero step.
+                scale = schedule.learning_rate_scale(epoch - 1 + (step + 1) / num_steps)
                 losses = workspace.step(
-                    active, row_index[step, :active], targets[step, :active], weights[step, :active]
+                    active, row_index[step, :active], targets[step, :active], weights[step, :active], scale
                 )
                 loss_sums[:active] += losses
                 bar.update(1)
@@ -258,16 +268,26 @@ def _train_group(
                     diverged[index] = True
                 # Without validation the last finite epoch is kept, as the paper's code keeps the last one.
                 improved = losses_now[index] < best_loss[index] if has_validation else not diverged[index]
+                if stopped_epoch[index] is not None:
+                    continue
                 if math.isfinite(losses_now[index]) and improved and not diverged[index]:
                     best_loss[index] = losses_now[index]
                     best_epoch[index] = epoch
                     best_state[index] = module.head_state_dict(plan.name)
+                    stale_epochs[index] = 0
+                else:
+                    stale_epochs[index] += 1
+                if has_validation and plan.hyper.patience is not None and stale_epochs[index] >= plan.hyper.patience:
+                    stopped_epoch[index] = epoch
+            if features.device.type == "cuda":
+                torch.cuda.synchronize(features.device)
+            seconds_at_epoch.append(round(time.perf_counter() - started, 4))
             if has_validation:
                 bar.set_postfix_str(
                     f"{label} epoch {epoch}/{epochs} loss {np.mean(train_loss):.4f} "
                     f"val {np.mean(losses_now):.4f}".strip()
                 )
-            if all(diverged):
+            if all(diverged[index] or stopped_epoch[index] is not None for index in range(len(members))):
                 bar.update(num_steps * (epochs - epoch))
                 break
 
@@ -291,10 +311,34 @@ def _train_group(
             "validation_mse_per_epoch": validation_history[index] if has_validation else None,
             "train_rows": int(plan.train_rows.size),
             "validation_rows": int(plan.validation_rows.size),
+            "stopped_epoch": stopped_epoch[index],
+            "seconds_at_epoch": seconds_at_epoch,
         }
         for index, plan in enumerate(members)
     }
     return results, module
+
+
+def _group_key(hyper: HyperParameters) -> tuple[Any, ...]:
+    """Heads train in one group when their steps and schedules coincide."""
+    return (hyper.batch_size, hyper.epochs, str(hyper.optimizer), hyper.warmup_epochs, hyper.cosine)
+
+
+def _optimizer_description(hypers: Sequence[HyperParameters]) -> str:
+    """The report's words for how the heads were optimised."""
+    words = []
+    for hyper in hypers:
+        if hyper.is_paper_recipe:
+            line = "SGD with momentum and weight decay, rows reshuffled every epoch"
+        else:
+            schedule = [f"{hyper.warmup_epochs} warm-up epoch(s)"] if hyper.warmup_epochs else []
+            schedule += ["cosine decay"] if hyper.cosine else []
+            schedule += [f"early stopping (patience {hyper.patience})"] if hyper.patience is not None else []
+            name = "AdamW (decoupled weight decay)" if hyper.optimizer == Optimizer.ADAMW else "SGD with momentum"
+            line = ", ".join([name, *schedule, "rows reshuffled every epoch"])
+        if line not in words:
+            words.append(line)
+    return "; ".join(words)
 
 
 def _predict(module: UncertaintyHeads, features: torch.Tensor, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
