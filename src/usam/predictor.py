@@ -272,7 +272,7 @@ class UncertainSAM:
     @property
     def model_name(self) -> str | None:
         """The wrapped model's name (a release's, or a model card's) when usam built it, else None."""
-        return sam2_adapter.model_name_of(self.predictor)
+        return self._adapter.model_name_of(self.predictor)
 
     @property
     def image_size(self) -> tuple[int, int] | None:
