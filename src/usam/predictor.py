@@ -275,6 +275,11 @@ class UncertainSAM:
         return self._adapter.model_name_of(self.predictor)
 
     @property
+    def input_size(self) -> int:
+        """Side of the model's square input in pixels (1024 for Meta's releases); images are resized to it."""
+        return self._adapter.low_res_mask_size(self.predictor) * 4
+
+    @property
     def image_size(self) -> tuple[int, int] | None:
         """(H, W) of the image the predictor holds (set through any wrapper or the predictor itself), or None."""
         return self._adapter.image_size_of(self.predictor)

@@ -134,6 +134,10 @@ def test_rows_do_not_depend_on_the_prompt_batch_size(dataset, sam_models):
 
 def test_default_prompt_batch_size_depends_on_the_device():
     assert default_prompt_batch_size("cpu") == 2
+    assert default_prompt_batch_size("cpu", 1024) == 2
+    assert default_prompt_batch_size("cpu", 512) == 8
+    assert default_prompt_batch_size("cpu", 128) == 64  # capped
+    assert default_prompt_batch_size(torch.device("cuda", 0), 128) == 32
     assert default_prompt_batch_size(torch.device("cuda", 0)) == 32
     assert default_prompt_batch_size("mps") == 32
     for wrong in (0, -4, 2.5):
@@ -272,7 +276,8 @@ def test_rows_record_the_signals_of_the_center_prompts_call(dataset, sam_models)
         rows = Extractor(models, ExtractionOptions(monte_carlo=False)).rows_for_sample(sample)
     finally:
         handle.remove()
-    assert len(calls) == 2 * -(-len(sample.masks) // default_prompt_batch_size("cpu"))  # center and dense calls
+    batch = default_prompt_batch_size("cpu", model.input_size)
+    assert len(calls) == 2 * -(-len(sample.masks) // batch)  # center and dense calls
     model.set_image(sample.image)
     for row in rows:
         np.testing.assert_array_equal(row["token_sam_scores"][1:], row["sam_scores"])

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 from usam.metrics import CORRECTION_SCENARIOS, bootstrap_statistics, percentile_interval
 from usam.testbed import TestbedSettings
-from usam.testbed.pipeline import MODEL_KEYS, MODEL_NAMES, TestbedPaths
+from usam.testbed.pipeline import EXTRACTION_SHARDS, MODEL_KEYS, MODEL_NAMES, TestbedPaths
 
 
 @pytest.fixture
@@ -46,8 +46,14 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
     assert {key: paths.checkpoint(key).stat().st_mtime_ns for key in MODEL_KEYS} == written  # reused, not retrained
 
     _run(["testbed", "run", "--out", out, "--quick", "--seeds", "1", "--no-progress"], capsys)
-    for split in ("train", "test"):
-        assert StoreReader(paths.store(split)).models() == sorted(MODEL_NAMES.values())
+    quick = TestbedSettings.quick()
+    for split, scenes in (("train", quick.train_scenes), ("test", quick.test_scenes)):
+        reader = StoreReader(paths.store(split))
+        assert reader.models() == sorted(MODEL_NAMES.values())
+        # Every scene is in exactly one of the shards, which ran in worker processes on a multi-core machine.
+        manifests = reader.manifests().values()
+        assert sorted(manifest.shard_index for manifest in manifests) == list(range(EXTRACTION_SHARDS))
+        assert sum(manifest.completed_images for manifest in manifests) == scenes
     assert StoreReader(paths.store("test")).options["monte_carlo"] is True
     assert StoreReader(paths.store("train")).options["monte_carlo"] is False
     assert "iou_tiny" in load_heads(paths.heads(0)).names

@@ -40,17 +40,34 @@ from usam.validation import check_choice, check_int
 logger = logging.getLogger(__name__)
 
 CPU_PROMPT_BATCH = 2
-"""Prompts per decoder call on a CPU. SAM2's decoder copies the image embedding and its high-resolution features
-for every prompt of a call, so on a CPU a large call spills out of the caches: measured on a 2-core EPYC at 1024 px
-(sam2.1 tiny, medians), 58, 61, 73, 99 and 111 ms per prompt in calls of 1, 2, 4, 8 and 32 prompts."""
+"""Prompts per decoder call on a CPU for 1024-pixel models. SAM2's decoder copies the image embedding and its
+high-resolution features for every prompt of a call, so on a CPU a large call spills out of the caches: measured on a
+2-core EPYC at 1024 px (sam2.1 tiny, medians), 58, 61, 73, 99 and 111 ms per prompt in calls of 1, 2, 4, 8 and 32
+prompts."""
+CPU_MAX_PROMPT_BATCH = 64
+"""Most prompts per decoder call on a CPU. Smaller models copy smaller features per prompt, so more prompts fit the
+caches and per-call overhead dominates: at 128 px (the test-bed's models, 2 threads) a Monte Carlo extraction took
+107, 52 and 45 s in calls of 2, 16 and 64 prompts."""
 ACCELERATOR_PROMPT_BATCH = 32
-"""Prompts per decoder call on a GPU, where larger calls keep the device busy; also bounds the memory of the
-full-resolution masks (B x 3 x H x W)."""
+REFERENCE_INPUT_SIZE = 1024
+"""Input side of Meta's releases, at which :data:`CPU_PROMPT_BATCH` was measured."""
 
 
-def default_prompt_batch_size(device: torch.device | str) -> int:
-    """Prompts per decoder call that suit a device: small on a CPU, larger on an accelerator."""
-    return CPU_PROMPT_BATCH if torch.device(device).type == "cpu" else ACCELERATOR_PROMPT_BATCH
+def default_prompt_batch_size(device: torch.device | str, input_size: int = REFERENCE_INPUT_SIZE) -> int:
+    """Prompts per decoder call that suit a device and a model's input side.
+
+    On a CPU the batch grows with the inverse area of the features a prompt copies: :data:`CPU_PROMPT_BATCH` at
+    1024 px, up to :data:`CPU_MAX_PROMPT_BATCH` for small models; on an accelerator it is
+    :data:`ACCELERATOR_PROMPT_BATCH`.
+
+    Args:
+        device: Where the model runs.
+        input_size: Side of the model's (square) input in pixels.
+    """
+    if torch.device(device).type != "cpu":
+        return ACCELERATOR_PROMPT_BATCH
+    scaled = CPU_PROMPT_BATCH * (REFERENCE_INPUT_SIZE / max(int(input_size), 1)) ** 2
+    return int(min(max(CPU_PROMPT_BATCH, round(scaled)), CPU_MAX_PROMPT_BATCH))
 
 
 @dataclasses.dataclass
@@ -264,7 +281,7 @@ class Extractor:
         Tokens and signals come from the same decoder calls as the masks (hooks), never from extra calls.
         """
         chunks = []
-        batch = self.options.prompt_batch_size or default_prompt_batch_size(model.predictor.device)
+        batch = self.options.prompt_batch_size or default_prompt_batch_size(model.device, model.input_size)
         for start in range(0, len(points), batch):
             coords = points[start : start + batch]
             labels = np.ones(coords.shape[:2], dtype=np.int32)
