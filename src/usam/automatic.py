@@ -25,7 +25,7 @@ from usam.heads import UncertaintyHeads, load_heads
 from usam.images import as_rgb_uint8
 from usam.model_card import ModelCard
 from usam.models import SAM2ModelSpec, size_and_family
-from usam.predictor import head_features, head_token_indices
+from usam.predictor import call_head_features, head_token_indices
 from usam.sam2_adapter import automatic as sam2_automatic
 from usam.validation import StrEnum, check_choice, check_float
 
@@ -180,7 +180,11 @@ class UncertainMaskGenerator:
             iou_lower_bounds(self.heads, self.iou_head, torch.zeros(0))  # refuses uncalibrated heads now, not later
         estimator = self._estimate if self.heads is not None else None
         self.generator = sam2_automatic.make_estimating_generator(
-            sam_model, estimator, self._keep if self._filters_rows else None, **sam2_options
+            sam_model,
+            estimator,
+            self._keep if self._filters_rows else None,
+            capture_signals=self.heads is not None and self.heads.metadata.reads_signals,
+            **sam2_options,
         )
 
     @classmethod
@@ -239,9 +243,7 @@ class UncertainMaskGenerator:
     def _estimate(self, call: sam2_adapter.DecoderCall) -> torch.Tensor:
         """(B * M, K) estimates of one decoder call's masks, in SAM2's order (prompt-major)."""
         token_index = head_token_indices(call.mask_token_index, self.heads.metadata.pairing)
-        features = head_features(
-            call.iou_token, call.mask_tokens, token_index.to(call.mask_tokens.device), self.heads.metadata.inputs
-        )
+        features = call_head_features(self.heads, call, token_index)
         with torch.no_grad():
             return self.heads(features.to(self.device)).T.float()
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from usam.calibration import HeadsCalibration
-from usam.errors import HeadsFileError, UsamWarning
+from usam.errors import HeadsFileError, InvalidInputError, UsamWarning
 from usam.files import atomic_path
 from usam.head_table import HEAD_NAMES, HEADS, HeadKind, Pairing
 from usam.signals import SIGNAL_DIM, SignalNormalization
@@ -508,6 +508,19 @@ def load_heads(
     return heads.to(device) if device is not None else heads
 
 
+def refuse_signal_heads(heads: UncertaintyHeads | None, where: str) -> None:
+    """Raise if ``heads`` read SAM2's scalar signals, which ``where`` cannot give them.
+
+    Raises:
+        InvalidInputError: The heads read signals.
+    """
+    if heads is not None and heads.metadata.reads_signals:
+        raise InvalidInputError(
+            f"{where} gives the heads tokens only, and these heads also read SAM2's scalar signals "
+            f"(inputs {'+'.join(heads.metadata.inputs)}); use heads trained with 'usam train --inputs tokens'"
+        )
+
+
 def random_heads(
     names: Sequence[str] = HEAD_NAMES,
     *,
@@ -515,8 +528,16 @@ def random_heads(
     pairing: Pairing | str = Pairing.TRUE,
     token_dim: int = 256,
     sam2_version: str | None = None,
+    inputs: Sequence[str] = TOKEN_INPUTS,
 ) -> UncertaintyHeads:
-    """Heads with random weights, for self-checks and tests; their outputs mean nothing."""
+    """Heads with random weights, for self-checks and tests; their outputs mean nothing.
+
+    Heads that read signals (``inputs`` with ``"signals"``) get the identity normalisation.
+    """
+    from usam.signals import SIGNAL_DIM, SignalNormalization
+
+    reads_signals = SIGNAL_INPUT in inputs
+    identity = SignalNormalization((0.0,) * SIGNAL_DIM, (1.0,) * SIGNAL_DIM).to_dict() if reads_signals else None
     heads = UncertaintyHeads(
         HeadsMetadata(
             names=list(names),
@@ -524,6 +545,8 @@ def random_heads(
             pairing=pairing,
             sam2_version=sam2_version,
             training={"source": "random initialisation (meaningless numbers)", "seed": seed},
+            inputs=list(inputs),
+            signal_normalization=identity,
         )
     )
     heads.reset_parameters(torch.Generator().manual_seed(seed))

@@ -27,7 +27,7 @@ from usam.heads import SIGNAL_INPUT, UncertaintyHeads, load_heads
 from usam.images import as_rgb_uint8
 from usam.model_card import ModelCard
 from usam.models import SAM2ModelSpec
-from usam.signals import prompt_signals, signal_features
+from usam.signals import PromptSignals, prompt_signals, signal_features
 from usam.validation import check_choice
 
 
@@ -173,6 +173,30 @@ def head_features(
     if signal_vectors is not None:
         parts[SIGNAL_INPUT] = signal_vectors.to(paired.device).reshape(batch, masks, -1)
     return torch.cat([parts[name].float() for name in inputs], dim=-1).reshape(batch * masks, -1)
+
+
+def call_head_features(
+    heads: UncertaintyHeads, call: Any, head_index: torch.Tensor, computed: PromptSignals | None = None
+) -> torch.Tensor:
+    """The heads' inputs for every mask of one captured decoder call, as (B * M, width).
+
+    Heads that read signals get the normalised signal vector of the token they read (the same vector as training's);
+    the call must then have been captured with signals.
+
+    Args:
+        heads: The heads.
+        call: The captured decoder call (``DecoderCall`` of a model adapter).
+        head_index: (B, M) the mask token the heads read for each mask.
+        computed: The call's signals, if already computed.
+    """
+    signal_vectors = None
+    if heads.metadata.reads_signals:
+        if computed is None:
+            computed = prompt_signals(call.token_sam_scores, call.object_score_logits, call.token_logits)
+        signal_vectors = heads.metadata.normalization.apply(signal_features(computed, head_index))
+    return head_features(
+        call.iou_token, call.mask_tokens, head_index.to(call.mask_tokens.device), heads.metadata.inputs, signal_vectors
+    )
 
 
 def adapter_of(predictor: Any) -> Any:
@@ -354,17 +378,7 @@ class UncertainSAM:
             computed = prompt_signals(call.token_sam_scores, call.object_score_logits, call.token_logits)
         with torch.no_grad():
             if self.heads is not None:
-                signal_vectors = None
-                if heads_read_signals:
-                    # The same vector as training's: the signals of the token the heads read, then the context.
-                    signal_vectors = self.heads.metadata.normalization.apply(signal_features(computed, head_index))
-                features = head_features(
-                    call.iou_token,
-                    call.mask_tokens,
-                    head_index.to(call.mask_tokens.device),
-                    self.heads.metadata.inputs,
-                    signal_vectors,
-                )
+                features = call_head_features(self.heads, call, head_index, computed)
                 values = self.heads(features.to(self.device)).cpu().numpy()
                 uncertainty = {
                     name: values[index].reshape(per_mask_shape) for index, name in enumerate(self.heads.names)

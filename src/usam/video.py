@@ -26,7 +26,7 @@ from usam import sam2_adapter
 from usam.devices import Precision
 from usam.entropy import mask_entropy
 from usam.errors import InvalidInputError
-from usam.heads import UncertaintyHeads
+from usam.heads import UncertaintyHeads, refuse_signal_heads
 from usam.model_card import ModelCard
 from usam.models import SAM2ModelSpec
 from usam.predictor import head_features, head_token_indices, prepare_heads
@@ -133,6 +133,8 @@ class UncertainVideoSAM:
         self.device = torch.device(device) if device is not None else next(decoder.parameters()).device
         self.precision: Precision = sam2_adapter.effective_precision(self.device, precision)
         self.heads = prepare_heads(heads, predictor, self.device)
+        # Tracking frames decode one mask output: the other tokens' scores and logits that signals need are gone.
+        refuse_signal_heads(self.heads, "video tracking")
 
     @classmethod
     def from_pretrained(

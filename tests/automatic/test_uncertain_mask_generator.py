@@ -11,7 +11,7 @@ from usam import UncertainSAM, sam2_adapter
 from usam.automatic import PREDICTED_IOU_KEY, RankBy, UncertainMaskGenerator, rank_key, rank_records
 from usam.errors import HeadsFileError, InvalidInputError
 from usam.head_table import HEAD_NAMES
-from usam.heads import random_heads
+from usam.heads import HEAD_INPUTS, TOKEN_INPUTS, random_heads
 from usam.model_card import ClickMapPrompting, ModelCard, save_model_card
 
 SAM2_KEYS = ("area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box")
@@ -68,8 +68,14 @@ def recomputed(model: UncertainSAM, image: np.ndarray, record: dict):
     return result, index
 
 
-@pytest.mark.parametrize(("box_nms_thresh", "at_least"), [(0.7, 1), (1.0, 8)])
-def test_each_record_carries_the_estimates_of_its_own_mask(small_sam2, heads, image, box_nms_thresh, at_least):
+@pytest.mark.parametrize(
+    ("box_nms_thresh", "at_least", "inputs"),
+    [(0.7, 1, TOKEN_INPUTS), (1.0, 8, TOKEN_INPUTS), (1.0, 8, HEAD_INPUTS)],
+    ids=["nms-0.7", "nms-1.0", "nms-1.0-signal-heads"],
+)
+def test_each_record_carries_the_estimates_of_its_own_mask(small_sam2, image, box_nms_thresh, at_least, inputs):
+    # Heads that read signals get each mask's own signal vector, as the image predictor computes it.
+    heads = random_heads(HEAD_NAMES, sam2_version="sam2.1", seed=3, inputs=inputs)
     # Random weights give blobs whose boxes all but cover the image: box NMS at 0.7 keeps one, at 1.0 all.
     generator = UncertainMaskGenerator(
         small_sam2,

@@ -148,3 +148,41 @@ def test_missing_large_model_is_a_one_line_error(tmp_path, heads, capsys):
     assert status == 2
     assert stderr.startswith("usam: error:")
     assert stderr.count("\n") == 1
+
+
+def test_heads_that_read_signals_see_each_masks_own_signals_as_the_predictor_does(two_size_sam2, tmp_path):
+    """The uses score every mask with its own signal vector: the per-mask values equal the predictor's own."""
+    from conftest import wrap_models, write_folder_dataset
+    from test_evaluate import FAST_TRAINING
+
+    from usam.datasets import open_dataset
+    from usam.evaluation.uses import read_use_rows
+    from usam.extraction import ExtractionOptions, run_extraction
+    from usam.heads import INPUTS_OF_VARIANT, InputsVariant
+    from usam.predictor import UncertainSAM
+    from usam.store import StoreReader
+    from usam.training import load_training_data, train_heads
+
+    reader = open_dataset("folder", write_folder_dataset(tmp_path / "data", num_images=2), "all")
+    models = wrap_models(two_size_sam2)
+    run_extraction(reader, models, tmp_path / "store", options=ExtractionOptions(monte_carlo=False), progress=False)
+    inputs = INPUTS_OF_VARIANT[InputsVariant.TOKENS_SIGNALS]
+    data = load_training_data(tmp_path / "store", ["iou_tiny", "task_gap"], inputs=inputs)
+    heads, _ = train_heads(data, hyper_parameters=FAST_TRAINING, validation_fraction=0, progress=False)
+    store = StoreReader(tmp_path / "store")
+    rows = read_use_rows(store, heads, TINY, LARGE)
+    table = store.read(["image_key", "object_id", "center_point"], pc_model(TINY)).to_pylist()
+    table.sort(key=lambda row: (row["image_key"], row["object_id"]))
+    assert rows.predicted_iou.shape == (len(table), 3)
+    wrapped = UncertainSAM(models[TINY].predictor, heads)
+    for index, row in enumerate(table):
+        wrapped.set_image(reader.load(row["image_key"]).image)
+        result = wrapped.predict(point_coords=np.array([row["center_point"]]), point_labels=np.array([1]))
+        np.testing.assert_allclose(rows.predicted_iou[index], result.uncertainty["iou_tiny"], atol=1e-4)
+        np.testing.assert_allclose(rows.head_values["task_gap"][index], result.uncertainty["task_gap"], atol=1e-4)
+
+
+def pc_model(name):
+    import pyarrow.compute as pc
+
+    return pc.field("model") == name

@@ -10,7 +10,8 @@ import pytest
 from conftest import run_cli
 from usam.metrics import CORRECTION_SCENARIOS, bootstrap_statistics, percentile_interval
 from usam.testbed import TestbedSettings
-from usam.testbed.pipeline import EXTRACTION_SHARDS, MODEL_KEYS, MODEL_NAMES, TestbedPaths
+from usam.heads import INPUTS_OF_VARIANT, InputsVariant
+from usam.testbed.pipeline import EXTRACTION_SHARDS, HEAD_VARIANTS, MODEL_KEYS, MODEL_NAMES, TestbedPaths
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
 
     _run(["testbed", "run", "--out", out, "--quick", "--seeds", "1", "--no-progress"], capsys)
     quick = TestbedSettings.quick()
-    for split, scenes in (("train", quick.train_scenes), ("test", quick.test_scenes)):
+    for split, scenes, _ in quick.splits():
         reader = StoreReader(paths.store(split))
         assert reader.models() == sorted(MODEL_NAMES.values())
         # Every scene is in exactly one of the shards, which ran in worker processes on a multi-core machine.
@@ -56,10 +57,18 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
         assert sum(manifest.completed_images for manifest in manifests) == scenes
     assert StoreReader(paths.store("test")).options["monte_carlo"] is True
     assert StoreReader(paths.store("train")).options["monte_carlo"] is False
-    assert "iou_tiny" in load_heads(paths.heads(0)).names
+    for inputs in HEAD_VARIANTS:
+        heads = load_heads(paths.heads(0, inputs))
+        assert "iou_tiny" in heads.names
+        assert heads.metadata.inputs == list(INPUTS_OF_VARIANT[InputsVariant(inputs)])
+        assert heads.metadata.calibration is None
+        # The calibrated copy holds the same weights plus a calibration fitted on the calibration split.
+        calibrated = load_heads(paths.heads(0, inputs, calibrated=True))
+        assert calibrated.metadata.calibration is not None
 
     results = json.loads((paths.results / "results.json").read_text())
-    assert (paths.results / "results.md").read_text().startswith("# usam on the test-bed")
+    page_text = (paths.results / "results.md").read_text()
+    assert page_text.startswith("# usam on the test-bed")
     assert set(results["scenarios"]) == {scenario.name for scenario in CORRECTION_SCENARIOS}
     gap = results["scenarios"]["model_selection"]
     assert (gap["base_model"], gap["corrected_model"]) == (MODEL_NAMES["tiny-early"], MODEL_NAMES["large"])
@@ -78,12 +87,16 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
         }
         assert expected <= set(scenario["measures"]), name
         assert any(measure["kind"] == "usam_head" for measure in scenario["measures"].values()), name
+        # Both inputs variants' heads are on the page, each under its own key.
+        assert {measure.get("inputs") for measure in scenario["measures"].values()} == {None, *HEAD_VARIANTS}, name
         source = "model-gap" if name == "model_selection" else "main"
-        evaluated = json.loads((paths.evaluation(0, source) / "results.json").read_text())["scenarios"][name]
         for key, measure in scenario["measures"].items():
+            inputs = measure.get("inputs", HEAD_VARIANTS[0])
+            evaluated = json.loads((paths.evaluation(0, source, inputs) / "results.json").read_text())
+            own = evaluated["scenarios"][name]["measures"][key.removesuffix(f" [{inputs}]")]
             for auc_range, entry in measure["relative_auc_percent"].items():
                 # One seed: the figure is the evaluation's own number.
-                assert entry["value"] == pytest.approx(evaluated["measures"][key]["relative_auc_percent"][auc_range])
+                assert entry["value"] == pytest.approx(own["relative_auc_percent"][auc_range])
                 assert entry["lower"] <= entry["upper"], (name, key)
         oracle = scenario["measures"]["oracle"]["relative_auc_percent"]["r_0_1"]
         assert [oracle["lower"], oracle["value"], oracle["upper"]] == pytest.approx([100.0] * 3)
@@ -93,9 +106,24 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
     assert set(results["prompt_dependence"]) == set(MODEL_NAMES.values())
     assert all(value is None or 0.0 <= value <= 1.0 for value in results["prompt_dependence"].values())
     assert "prompt dependence" in (paths.results / "results.md").read_text()
-    assert set(results["seconds"]) == {"extraction", "click_check", "heads", "evaluation", "uses", "results"}
+    assert set(results["seconds"]) == {
+        "extraction", "click_check", "heads", "calibration", "evaluation", "uses", "results"
+    }  # fmt: skip
+    # Calibration: per variant and IoU head, ECE before and after and coverage for every alpha, on test rows.
+    assert set(results["calibration"]) == set(HEAD_VARIANTS)
+    for summary in results["calibration"].values():
+        for head in summary["heads"].values():
+            assert head["rows"] > 0
+            assert head["ece_after"] is not None
+            assert set(head["coverage"]) == {"marginal", "mondrian"}
+            assert all(0.0 <= value <= 1.0 for bound in head["coverage"].values() for value in bound.values())
+    assert "## Calibration" in page_text
+    # Pearson with every target, for the baselines and both variants' heads.
+    assert set(results["correlation"]) == set(HEAD_VARIANTS)
+    assert "True task_gap" in page_text
     # Every use ran on the test-bed and wrote its own report; the page includes their tables.
-    assert set(results["uses"]) == {"store", "clicks", "automatic"}
+    assert set(results["uses"]) == {"heads", "store", "clicks", "automatic"}
+    assert results["uses"]["heads"] == paths.heads(0, "tokens+signals", calibrated=True).name
     assert {"cascade", "mask_choice", "pseudo_labels"} <= set(results["uses"]["store"])
     assert set(results["uses"]["automatic"]) == {"sam_score", "stability_score", "predicted_iou"}
     for report in ("store/uses.md", "clicks/clicks.md", "clicks/clicks.png", "automatic/automatic_ap.md"):

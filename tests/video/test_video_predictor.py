@@ -10,7 +10,7 @@ from conftest import build_small_video_predictor, reference_head, write_authors_
 from usam import sam2_adapter
 from usam.errors import InvalidInputError
 from usam.head_table import HEAD_NAMES, is_gap_head
-from usam.heads import load_heads
+from usam.heads import HEAD_INPUTS, load_heads, random_heads
 from usam.video import ESTIMATES_KEY, NO_TOKEN, UncertainVideoSAM, check_video_source
 
 CLICK = [[60, 50]]  # on the red block
@@ -215,6 +215,9 @@ def test_bad_frames_and_predictors_are_refused(video_predictor, video_folder, tm
         model.add_new_points_or_box(state, 3, 1, points=CLICK, labels=[1])
     with pytest.raises(InvalidInputError, match="SAM2VideoPredictor"):
         UncertainVideoSAM(sam2_adapter.make_image_predictor(small_sam2))
+    signal_heads = random_heads(["iou_tiny"], sam2_version="sam2.1", inputs=HEAD_INPUTS)
+    with pytest.raises(InvalidInputError, match="video tracking gives the heads tokens only.*--inputs tokens"):
+        UncertainVideoSAM(video_predictor, signal_heads)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InvalidInputError, match="no JPEG frames"):

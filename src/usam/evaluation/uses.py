@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from usam.errors import InvalidInputError
 from usam.evaluation.rows import resolve_models, run_heads, store_models
 from usam.evaluation.scenarios import json_ready
 from usam.head_table import Pairing, size_head_name
-from usam.heads import UncertaintyHeads, load_heads
+from usam.heads import SIGNAL_INPUT, UncertaintyHeads, load_heads
 from usam.metrics import (
     area_under_curve,
     bootstrap_statistics,
@@ -48,7 +49,9 @@ from usam.metrics import (
     relative_auc,
 )
 from usam.models import size_and_family
-from usam.store import KEY_COLUMNS, StoreReader
+from usam.signals import signal_features
+from usam.store import KEY_COLUMNS, SIGNAL_COLUMNS, StoreReader
+from usam.training.loading import store_signals
 from usam.validation import check_int
 
 FRACTIONS = np.linspace(0.0, 1.0, 101)
@@ -113,8 +116,12 @@ def read_use_rows(reader: StoreReader, heads: UncertaintyHeads, small: str, larg
         )
     wanted = ["task_gap", "h_std", "h_std_sam_pick"]
     present = [name for name in wanted if name in reader.columns]
+    signal_columns: list[str] = []
+    if heads.metadata.reads_signals:
+        reader.check_columns(SIGNAL_COLUMNS, "the uses of heads that read signals")
+        signal_columns = list(SIGNAL_COLUMNS)
     small_table = reader.read(
-        [*KEY_COLUMNS, "iou", *present, "sam_scores", "mask_ious", "iou_token", "mask_tokens"],
+        [*KEY_COLUMNS, "iou", *present, "sam_scores", "mask_ious", "iou_token", "mask_tokens", *signal_columns],
         pc.field("model") == small,
     )
     large_iou: dict[tuple[str, str, str], float] = {}
@@ -129,9 +136,14 @@ def read_use_rows(reader: StoreReader, heads: UncertaintyHeads, small: str, larg
     iou_token = reader.tokens(small_table, "iou_token", np.float32)
     mask_tokens = reader.tokens(small_table, "mask_tokens", np.float32)
     offset = 1 if heads.metadata.pairing == Pairing.TRUE else 0
+    signals = store_signals(small_table) if signal_columns else None
     features = []
     for mask in range(3):
         parts = {"iou_token": iou_token, "mask_token": mask_tokens[:, mask + offset]}
+        if signals is not None:
+            # The mask's own signal vector, normalised like the predictor does (the same token as its mask token).
+            token = torch.full((len(iou_token), 1), mask + offset, dtype=torch.long)
+            parts[SIGNAL_INPUT] = heads.metadata.normalization.apply(signal_features(signals, token).numpy())
         features.append(np.concatenate([parts[name] for name in heads.metadata.inputs], axis=1))
     stacked = np.stack(features, axis=1)  # (N, 3, D)
     finite = np.isfinite(stacked).all(axis=(1, 2))

@@ -68,6 +68,7 @@ def _generator_class() -> type:
             model: torch.nn.Module,
             estimator: Estimator | None,
             row_filter: RowFilter | None,
+            capture_signals: bool,
             **sam2_options: Any,
         ) -> None:
             if sam2_options.get("use_m2m"):
@@ -78,6 +79,7 @@ def _generator_class() -> type:
             fit_feature_sizes(self.predictor)
             self.estimator = estimator
             self.row_filter = row_filter
+            self.capture_signals = capture_signals
             self.last_mask_data: Any = None
 
         def _process_batch(
@@ -93,7 +95,9 @@ def _generator_class() -> type:
             points = torch.as_tensor(points, dtype=torch.float32, device=self.predictor.device)
             in_points = self.predictor._transforms.transform_coords(points, normalize=normalize, orig_hw=im_size)
             in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-            capture = DecoderTokenCapture(self.predictor, multimask_output=self.multimask_output or None)
+            capture = DecoderTokenCapture(
+                self.predictor, multimask_output=self.multimask_output or None, signals=self.capture_signals
+            )
             with capture:
                 masks, iou_preds, low_res_masks = self.predictor._predict(
                     in_points[:, None, :],
@@ -169,6 +173,8 @@ def make_estimating_generator(
     sam_model: torch.nn.Module,
     estimator: Estimator | None = None,
     row_filter: RowFilter | None = None,
+    *,
+    capture_signals: bool = False,
     **sam2_options: Any,
 ) -> Any:
     """SAM2's automatic mask generator whose masks carry per-mask estimates through its filtering.
@@ -178,6 +184,8 @@ def make_estimating_generator(
         estimator: Per-mask estimates from one decoder call's tokens, or None (then the generator is SAM2's).
         row_filter: Which masks to keep by their estimates, applied beside ``pred_iou_thresh`` (needs an
             ``estimator``).
+        capture_signals: Give the estimator calls that carry what SAM2's scalar signals need (for heads that read
+            signals).
         **sam2_options: ``SAM2AutomaticMaskGenerator``'s options (``points_per_side``, ``pred_iou_thresh``, ...);
             ``use_m2m`` is refused.
 
@@ -186,7 +194,7 @@ def make_estimating_generator(
     """
     if row_filter is not None and estimator is None:
         raise InvalidInputError("a filter on the estimates needs an estimator")
-    return _generator_class()(sam_model, estimator, row_filter, **sam2_options)
+    return _generator_class()(sam_model, estimator, row_filter, capture_signals, **sam2_options)
 
 
 def generate_with_estimates(generator: Any, image: np.ndarray) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:

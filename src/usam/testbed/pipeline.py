@@ -73,6 +73,11 @@ MIOU_COLUMNS: dict[str, str] = {
     "dense_prompt": "iou_dense_prompt",
 }
 """Store column of each mIoU the results page reports per model."""
+HEAD_VARIANTS: tuple[str, ...] = ("tokens", "tokens+signals")
+USES_HEAD_INPUTS = "tokens+signals"
+"""The uses run on seed 0's calibrated heads of these inputs."""
+"""Inputs of the heads trained per seed (:class:`usam.heads.InputsVariant`): the paper's tokens, and the tokens with
+SAM2's scalar signals."""
 RESULTS_FOLDER = "results"
 EXTRACTION_SHARDS = 2
 """Shards of each test-bed store. A store keeps its shard count, so it is fixed rather than the machine's core count;
@@ -100,6 +105,9 @@ class TestbedSettings:
         random_orders: Random orders averaged for the random baseline.
         dependence_scenes: Test scenes of the click check (:func:`usam.testbed.prompt_dependence`) per model.
         use_scenes: Test scenes of the uses that run the model (next click, automatic masks; :mod:`.uses`).
+        calibration_scenes: Scenes of the calibration split (no Monte Carlo), on which every heads file's IoU heads
+            are calibrated before their calibration is checked on the test split.
+        calibration_seed: Seed of the calibration split's scenes.
     """
 
     __test__ = False  # not a pytest test class despite its name
@@ -120,13 +128,15 @@ class TestbedSettings:
     random_orders: int = 10
     dependence_scenes: int = 200
     use_scenes: int = 100
+    calibration_scenes: int = 1000
+    calibration_seed: int = 3
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             minimum = 0 if field.name.endswith("_seed") else 1
             check_int(getattr(self, field.name), field.name.replace("_", " "), minimum=minimum)
-        if self.train_seed == self.test_seed:
-            raise InvalidInputError("the training and test splits need distinct scene seeds")
+        if len({self.train_seed, self.test_seed, self.calibration_seed}) < 3:
+            raise InvalidInputError("the training, test and calibration splits need distinct scene seeds")
 
     @classmethod
     def quick(cls) -> TestbedSettings:
@@ -134,7 +144,16 @@ class TestbedSettings:
         return cls(
             train_scenes=6, test_scenes=4, tiny_steps=2, tiny_early_steps=1, large_steps=2, scenes_per_step=1,
             prompts_per_scene=2, bootstrap_resamples=50, random_orders=2, dependence_scenes=4, use_scenes=2,
+            calibration_scenes=16,  # enough rows per IoU head to fit a calibration (20 + 20)
         )  # fmt: skip
+
+    def splits(self) -> tuple[tuple[str, int, int], ...]:
+        """``(split, scenes, seed)`` of every scene split."""
+        return (
+            ("train", self.train_scenes, self.train_seed),
+            ("test", self.test_scenes, self.test_seed),
+            ("calibration", self.calibration_scenes, self.calibration_seed),
+        )
 
     def steps_of(self, key: str) -> int:
         """Training steps of model ``key`` (one of :data:`MODEL_KEYS`)."""
@@ -190,13 +209,14 @@ class TestbedPaths:
         """Token store of ``train`` or ``test``."""
         return self.root / "stores" / split
 
-    def heads(self, seed: int) -> Path:
-        """Heads trained with ``seed``."""
-        return self.root / "heads" / f"seed-{seed}.safetensors"
+    def heads(self, seed: int, inputs: str = HEAD_VARIANTS[0], *, calibrated: bool = False) -> Path:
+        """Heads of one inputs variant trained with ``seed`` (their calibrated copy if ``calibrated``)."""
+        stem = f"seed-{seed}-{str(inputs).replace('+', '-')}" + ("-calibrated" * calibrated)
+        return self.root / "heads" / f"{stem}.safetensors"
 
-    def evaluation(self, seed: int, which: str) -> Path:
-        """Report folder of one of a seed's evaluations."""
-        return self.root / "evaluation" / f"seed-{seed}" / which
+    def evaluation(self, seed: int, which: str, inputs: str = HEAD_VARIANTS[0]) -> Path:
+        """Report folder of one of a seed's evaluations of one inputs variant."""
+        return self.root / "evaluation" / f"seed-{seed}" / str(inputs).replace("+", "-") / which
 
     @property
     def results(self) -> Path:
@@ -227,10 +247,7 @@ def build_testbed(out: str | Path, settings: TestbedSettings | None = None, *, p
         )
     paths.root.mkdir(parents=True, exist_ok=True)
     write_json_atomically({"settings": dataclasses.asdict(settings)}, paths.settings)
-    for split, count, seed in (
-        ("train", settings.train_scenes, settings.train_seed),
-        ("test", settings.test_scenes, settings.test_seed),
-    ):
+    for split, count, seed in settings.splits():
         write_scene_dataset(paths.scenes(split), count, seed, settings.image_size, progress=progress)
     for key in MODEL_KEYS:
         train_testbed_model(
@@ -269,6 +286,7 @@ def run_testbed(
         InvalidInputError: ``out`` was not built, or with other settings.
     """
     from usam.extraction import build_models
+    from usam.heads import INPUTS_OF_VARIANT, InputsVariant
     from usam.testbed.uses import run_testbed_uses
     from usam.training import train_from_store
 
@@ -287,7 +305,7 @@ def run_testbed(
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     workers = extraction_workers(device)
-    for split, monte_carlo in (("train", False), ("test", True)):
+    for split, monte_carlo in (("train", False), ("test", True), ("calibration", False)):
         extract_split(paths, split, monte_carlo, settings, device=device, workers=workers, progress=progress)
     seconds["extraction"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -295,32 +313,40 @@ def run_testbed(
     dependence = click_dependence(models, settings)
     seconds["click_check"] = time.perf_counter() - started
     del models
-    seconds["heads"] = seconds["evaluation"] = 0.0
-    evaluations: list[dict[str, Any]] = []
+    seconds["heads"] = seconds["calibration"] = seconds["evaluation"] = 0.0
+    evaluations: list[dict[str, dict[str, Any]]] = []
+    calibrations: list[dict[str, Any]] = []
     for seed in range(seeds):
-        started = time.perf_counter()
-        heads = train_from_store(
-            paths.store("train"), paths.heads(seed), seed=seed, dataset_defaults="coco", progress=progress,
-            device=device,
-        )  # fmt: skip
-        seconds["heads"] += time.perf_counter() - started
-        started = time.perf_counter()
-        evaluations.append(
-            {
-                which: _evaluate(paths, heads, seed, which, model, settings, progress)
+        evaluations.append({})
+        calibrations.append({})
+        for inputs in HEAD_VARIANTS:
+            started = time.perf_counter()
+            heads = train_from_store(
+                paths.store("train"), paths.heads(seed, inputs), seed=seed, dataset_defaults="coco",
+                inputs=INPUTS_OF_VARIANT[InputsVariant(inputs)], progress=progress, device=device,
+            )  # fmt: skip
+            seconds["heads"] += time.perf_counter() - started
+            started = time.perf_counter()
+            calibrations[seed][inputs] = calibrate_and_check(paths, seed, inputs)
+            seconds["calibration"] += time.perf_counter() - started
+            started = time.perf_counter()
+            evaluations[seed][inputs] = {
+                which: _evaluate(paths, heads, seed, which, model, settings, progress, inputs)
                 for which, model in (
                     (MAIN_EVALUATION, MODEL_NAMES["tiny"]),
                     (GAP_EVALUATION, MODEL_NAMES["tiny-early"]),
                 )
             }
-        )
-        seconds["evaluation"] += time.perf_counter() - started
+            seconds["evaluation"] += time.perf_counter() - started
     started = time.perf_counter()
-    uses, pages = run_testbed_uses(paths, settings, paths.heads(0), device=device, progress=progress)
+    uses_heads = paths.heads(0, USES_HEAD_INPUTS, calibrated=True)
+    uses, pages = run_testbed_uses(paths, settings, uses_heads, device=device, progress=progress)
     seconds["uses"] = time.perf_counter() - started
     started = time.perf_counter()
-    results = combine_results(paths, evaluations, settings, prompt_dependence=dependence)
-    results["uses"] = uses
+    results = combine_results(
+        paths, evaluations, settings, prompt_dependence=dependence, calibration=summarize_calibration(calibrations)
+    )
+    results["uses"] = {"heads": uses_heads.name, **uses}
     seconds["results"] = time.perf_counter() - started
     results["seconds"] = {key: round(value, 1) for key, value in seconds.items()}
     paths.results.mkdir(parents=True, exist_ok=True)
@@ -425,41 +451,121 @@ def click_dependence(models: dict[str, Any], settings: TestbedSettings) -> dict[
 
 
 def _evaluate(
-    paths: TestbedPaths, heads: Path, seed: int, which: str, model: str, settings: TestbedSettings, progress: bool
+    paths: TestbedPaths,
+    heads: Path,
+    seed: int,
+    which: str,
+    model: str,
+    settings: TestbedSettings,
+    progress: bool,
+    inputs: str,
 ) -> Any:
-    """One of a seed's evaluations on the test store (no token ablation)."""
+    """One of a seed's evaluations of one inputs variant on the test store (no token ablation)."""
     from usam.evaluation import run_evaluation
 
     return run_evaluation(
-        paths.store("test"), heads, paths.evaluation(seed, which), model=model, seeds=settings.random_orders,
+        paths.store("test"), heads, paths.evaluation(seed, which, inputs), model=model, seeds=settings.random_orders,
         ablation=False, progress=progress,
     )  # fmt: skip
 
 
+def calibrate_and_check(paths: TestbedPaths, seed: int, inputs: str) -> dict[str, Any] | None:
+    """Calibrate a seed's heads on the calibration split, write the calibrated copy, check it on the test split.
+
+    Returns:
+        The check's JSON (:class:`usam.evaluation.reliability.CalibrationCheck`): per IoU head the ECE before and
+        after and the coverage of the bounds on the test rows; None without IoU heads.
+    """
+    from usam.evaluation.reliability import calibrate_heads_file, check_calibration
+    from usam.heads import load_heads
+
+    out, _ = calibrate_heads_file(paths.store("calibration"), paths.heads(seed, inputs), paths.heads(
+        seed, inputs, calibrated=True))
+    check = check_calibration(paths.store("test"), load_heads(out))
+    return None if check is None else check.to_json()
+
+
+def summarize_calibration(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per inputs variant and IoU head: test rows, ECE before and after, and bound coverage, each the mean over seeds.
+
+    Args:
+        per_seed: Per seed, per inputs variant, the JSON of :func:`calibrate_and_check`.
+    """
+    summary: dict[str, Any] = {}
+    for inputs in per_seed[0]:
+        checks = [seed_checks[inputs] for seed_checks in per_seed if seed_checks.get(inputs) is not None]
+        if not checks:
+            continue
+        heads: dict[str, Any] = {}
+        for name in checks[0]["heads"]:
+            entries = [check["heads"][name] for check in checks if name in check["heads"]]
+            coverage = {
+                bound: {
+                    alpha: _mean([entry["coverage"][bound][alpha] for entry in entries])
+                    for alpha in entries[0]["coverage"][bound]
+                }
+                for bound in entries[0]["coverage"]
+            }
+            heads[name] = {
+                "rows": entries[0]["rows"],
+                "ece_before": _mean([entry["ece_before"] for entry in entries]),
+                "ece_after": _mean([entry["ece_after"] for entry in entries]),
+                "coverage": coverage,
+            }
+        summary[inputs] = {"alphas": checks[0]["alphas"], "guarantee": checks[0]["guarantee"], "heads": heads}
+    return summary
+
+
+def _mean(values: list[float | None]) -> float | None:
+    defined = [value for value in values if value is not None]
+    return _number(np.mean(defined)) if defined else None
+
+
 def combine_results(
     paths: TestbedPaths,
-    evaluations: list[dict[str, Any]],
+    evaluations: list[dict[str, dict[str, Any]]],
     settings: TestbedSettings,
     *,
     prompt_dependence: dict[str, float | None] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> dict:
     """The results page's data: per scenario and measure the mean over seeds and the pooled bootstrap interval.
 
+    The baselines are the same in every inputs variant's evaluation and are taken from the first; each variant's
+    head measures are keyed ``<head> [<inputs>]``.
+
     Args:
         paths: The test-bed folder.
-        evaluations: Per seed, its two :class:`usam.evaluation.EvaluationResult` (keys ``main``, ``model-gap``).
+        evaluations: Per seed, per inputs variant (:data:`HEAD_VARIANTS`), its two
+            :class:`usam.evaluation.EvaluationResult` (keys ``main``, ``model-gap``).
         settings: The test-bed's settings (bootstrap resamples, random orders).
         prompt_dependence: Each model's click check (:func:`click_dependence`), if measured.
+        calibration: The calibration summary (:func:`summarize_calibration`), if measured.
     """
+    variants = list(evaluations[0])
     scenarios: dict[str, Any] = {}
     for scenario in CORRECTION_SCENARIOS:
-        per_seed = [seed_results[SCENARIO_SOURCE[scenario.name]] for seed_results in evaluations]
-        scenarios[scenario.name] = _scenario_summary(scenario, per_seed, settings)
-    first = evaluations[0][MAIN_EVALUATION]
+        merged: dict[str, Any] | None = None
+        for inputs in variants:
+            per_seed = [seed_results[inputs][SCENARIO_SOURCE[scenario.name]] for seed_results in evaluations]
+            summary = _scenario_summary(scenario, per_seed, settings)
+            if merged is None:
+                merged = {**summary, "measures": {}} if summary["status"] == "done" else summary
+            if summary["status"] != "done":
+                continue
+            for key, measure in summary["measures"].items():
+                if measure["kind"] == "usam_head":
+                    label = measure["label"] if f"[{inputs}]" in measure["label"] else f"{measure['label']} [{inputs}]"
+                    merged["measures"][f"{key} [{inputs}]"] = {**measure, "label": label, "inputs": inputs}
+                else:
+                    merged["measures"].setdefault(key, measure)
+        scenarios[scenario.name] = merged
+    first = evaluations[0][variants[0]][MAIN_EVALUATION]
     return {
         "settings": dataclasses.asdict(settings),
         "seeds": len(evaluations),
         "models": dict(MODEL_NAMES),
+        "head_inputs": variants,
         "interval": {
             "confidence": 0.95,
             "method": (
@@ -469,10 +575,14 @@ def combine_results(
             "resamples_per_seed": settings.bootstrap_resamples,
         },
         "scenarios": scenarios,
-        "correlation": [result[MAIN_EVALUATION].correlation.to_json() for result in evaluations],
+        "correlation": {
+            inputs: [result[inputs][MAIN_EVALUATION].correlation.to_json() for result in evaluations]
+            for inputs in variants
+        },
         "correlation_model": first.model,
         "miou": store_miou(paths.store("test")),
         "prompt_dependence": dict(prompt_dependence or {}),
+        "calibration": dict(calibration or {}),
     }
 
 
@@ -636,6 +746,7 @@ def results_markdown(results: dict[str, Any], *, uses_pages: dict[str, str] | No
             cells = [_interval(entry) for entry in measure["relative_auc_percent"].values()]
             lines.append(f"| {measure['label']} | " + " | ".join(cells) + " |")
     lines += _correlation_lines(results["correlation"], results["correlation_model"])
+    lines += _calibration_lines(results.get("calibration", {}))
     if uses_pages:
         lines += _uses_lines(uses_pages)
     return "\n".join(lines) + "\n"
@@ -657,21 +768,77 @@ def _uses_lines(pages: dict[str, str]) -> list[str]:
     return lines
 
 
-def _correlation_lines(per_seed: list[dict[str, Any]], model: str) -> list[str]:
-    """Each value's Pearson correlation with the true IoU, mean over seeds (the full matrices are in the JSON)."""
-    first = per_seed[0]
-    lines = ["", f"## Pearson correlation with the true IoU ({model}, mean over seeds)", ""]
-    if "true_iou" not in first["names"]:
-        return [*lines, "Not computed (no true IoU column)."]
-    lines += ["| value | Pearson r |", "|---|---|"]
-    for label, name in zip(first["labels"], first["names"], strict=True):
-        column = [
-            table["matrix"][table["names"].index("true_iou")][table["names"].index(name)]
-            for table in per_seed
-            if name in table["names"] and "true_iou" in table["names"]
+def _correlation_lines(per_variant: dict[str, list[dict[str, Any]]], model: str) -> list[str]:
+    """Pearson r of every value with every target, mean over seeds (the full matrices are in the JSON).
+
+    The baselines come from the first inputs variant's tables (they do not depend on the heads); each variant's heads
+    get their own rows.
+    """
+    variants = list(per_variant)
+    first = per_variant[variants[0]][0]
+    targets = [name for name in first["names"] if name.startswith("true_")]
+    lines = ["", f"## Pearson correlation with each target ({model}, mean over seeds)", ""]
+    if not targets:
+        return [*lines, "Not computed (no target column)."]
+    labels = dict(zip(first["names"], first["labels"], strict=True))
+    lines += [
+        "| value | " + " | ".join(labels[target] for target in targets) + " |",
+        "|---|" + "---|" * len(targets),
+    ]
+    rows = [(variants[0], name, labels[name]) for name in first["names"] if not name.startswith(("true_", "head_"))]
+    for inputs in variants:
+        table = per_variant[inputs][0]
+        rows += [
+            (inputs, name, f"{label} [{inputs}]")
+            for name, label in zip(table["names"], table["labels"], strict=True)
+            if name.startswith("head_")
         ]
-        defined = [value for value in column if value is not None]
-        lines.append(f"| {label} | {_format(float(np.mean(defined)) if defined else None, 3)} |")
+    for inputs, name, label in rows:
+        cells = [_format(_mean_correlation(per_variant[inputs], name, target), 3) for target in targets]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _mean_correlation(per_seed: list[dict[str, Any]], name: str, target: str) -> float | None:
+    return _mean(
+        [
+            table["matrix"][table["names"].index(target)][table["names"].index(name)]
+            for table in per_seed
+            if name in table["names"] and target in table["names"]
+        ]
+    )
+
+
+def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
+    """ECE before and after calibration and the bounds' coverage per IoU head on the test split."""
+    if not calibration:
+        return []
+    lines = [
+        "",
+        "## Calibration (fitted on the calibration split, measured on the test split, mean over seeds)",
+        "",
+    ]
+    for inputs, summary in calibration.items():
+        alphas = [str(alpha) for alpha in summary["alphas"]]
+        lines += [
+            f"Heads reading {inputs}; guarantee: {summary['guarantee']}.",
+            "",
+            "| IoU head | test rows | ECE before | ECE after | "
+            + " | ".join(f"coverage α={alpha} (target {1 - float(alpha):.2f}) marginal / Mondrian" for alpha in alphas)
+            + " |",
+            "|---|---|---|---|" + "---|" * len(alphas),
+        ]
+        for name, head in summary["heads"].items():
+            cells = [
+                " / ".join(_format(head["coverage"].get(bound, {}).get(alpha), 3) for bound in ("marginal", "mondrian"))
+                for alpha in alphas
+            ]
+            lines.append(
+                f"| {name} | {head['rows']} | {_format(head['ece_before'], 4)} | {_format(head['ece_after'], 4)} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        lines.append("")
     return lines
 
 

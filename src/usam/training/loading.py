@@ -337,12 +337,12 @@ def fill_head_features(
             stacked = token_arrays(table, "mask_tokens", num_mask_tokens=num_mask_tokens)
             values = stacked[np.arange(len(stacked)), chosen]
         else:
-            values = signal_features(_store_signals(table), torch.from_numpy(chosen).reshape(-1, 1)).numpy()
+            values = signal_features(store_signals(table), torch.from_numpy(chosen).reshape(-1, 1)).numpy()
         out[:, start : start + values.shape[1]] = values
         start += values.shape[1]
 
 
-def _store_signals(table: pa.Table) -> PromptSignals:
+def store_signals(table: pa.Table) -> PromptSignals:
     """The signals of a table's rows, from the store's signal columns (a vector per token, a scalar per prompt)."""
     import pyarrow as pa
 

@@ -19,7 +19,7 @@ import torch
 from usam.entropy import mask_entropy
 from usam.errors import UsamError
 from usam.head_table import Pairing
-from usam.heads import UncertaintyHeads
+from usam.heads import UncertaintyHeads, refuse_signal_heads
 from usam.predictor import head_features, head_token_indices
 from usam.transformers_adapter.capture import TransformersTokenCapture
 
@@ -66,6 +66,7 @@ class UncertainVideo:
     """
 
     def __init__(self, model: Any, heads: UncertaintyHeads | None = None) -> None:
+        refuse_signal_heads(heads, "video tracking")
         self.model = model
         device = next(model.parameters()).device
         self.heads = heads.to(device).eval() if heads is not None else None
