@@ -78,6 +78,36 @@ class UncertainPrediction:
     alpha: float | None = None
     bound: str | None = None
 
+    def with_prompt_axis(self) -> UncertainPrediction:
+        """This prediction with a leading prompt axis: itself when batched, else a copy with the axis of size 1.
+
+        SAM2 drops the prompt axis when a call has a single prompt (its point arrays had no batch axis, or one of
+        size 1); code that indexes prompts calls this first.
+        """
+        if self.sam_scores.ndim >= 2:
+            return self
+
+        def add(values: np.ndarray) -> np.ndarray:
+            return values[None]
+
+        def add_each(mapping: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+            return None if mapping is None else {name: add(value) for name, value in mapping.items()}
+
+        return dataclasses.replace(
+            self,
+            masks=add(self.masks),
+            sam_scores=add(self.sam_scores),
+            low_res_logits=add(self.low_res_logits),
+            uncertainty=add_each(self.uncertainty),
+            iou_token=add(self.iou_token),
+            mask_tokens=add(self.mask_tokens),
+            mask_token_index=add(self.mask_token_index),
+            head_token_index=add(self.head_token_index),
+            signals=add_each(self.signals),
+            calibrated_iou=add_each(self.calibrated_iou),
+            iou_lower=add_each(self.iou_lower),
+        )
+
     @functools.cached_property
     def entropy(self) -> np.ndarray:
         """(…, M) mask entropy H_Std in bits of each returned mask (see :func:`usam.entropy.mask_entropy`)."""

@@ -115,3 +115,17 @@ def test_options_are_checked():
         SimulationOptions(strategies=("everywhere",))
     with pytest.raises(InvalidInputError, match="distinct"):
         SimulationOptions(strategies=("random", "random"))
+
+
+def test_an_image_with_a_single_object_runs_every_round(model):
+    """One object is one prompt per call, whose axis SAM2 drops; the loop must still index its prompts."""
+    from usam.datasets.base import Sample
+
+    rng = np.random.default_rng(7)
+    image = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+    truth = np.zeros((48, 64), dtype=bool)
+    truth[10:30, 15:45] = True
+    sample = Sample(image_key="single", image=image, masks={"only": truth}, dataset="folder", split="all")
+    runs = run_click_simulation(model, [sample], SimulationOptions(max_clicks=3, seed=0), progress=False)
+    assert len(runs) == len(SimulationOptions().strategies)
+    assert all(len(run.ious) == 3 and run.clicks[0][2] == 1 for run in runs)

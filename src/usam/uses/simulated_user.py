@@ -178,7 +178,7 @@ def simulate_image(model: UncertainSAM, sample: Sample, options: SimulationOptio
     centres = np.stack([center_point(truth) for truth in truths]).astype(np.float32)
     first = model.predict(
         point_coords=centres[:, None], point_labels=np.ones((len(object_ids), 1)), multimask_output=True
-    )
+    ).with_prompt_axis()  # an image with one object gives a single prompt, whose axis SAM2 drops
     chosen = chosen_outputs(first, head)
     tracks: list[_Track] = []
     for strategy in options.strategies:
@@ -238,11 +238,14 @@ def _next_round(model: UncertainSAM, tracks: list[_Track]) -> None:
     # Every clicking track has made the same number of clicks, so they batch into one call.
     clicks = np.asarray([track.run.clicks for track in clicking], dtype=np.float32)
     coords, labels = clicks[..., :2], clicks[..., 2]
-    result = model.predict(point_coords=coords, point_labels=labels, multimask_output=False)
+    # One clicking track is a single prompt, whose axis SAM2 drops.
+    result = model.predict(point_coords=coords, point_labels=labels, multimask_output=False).with_prompt_axis()
     needs_three = [index for index, track in enumerate(clicking) if track.run.strategy.needs_three_masks]
     three = None
     if needs_three:
-        three = model.predict(point_coords=coords[needs_three], point_labels=labels[needs_three]).masks
+        three = (
+            model.predict(point_coords=coords[needs_three], point_labels=labels[needs_three]).with_prompt_axis().masks
+        )
     for index, track in enumerate(clicking):
         track.mask = result.masks[index, 0]
         track.run.ious.append(float(mask_ious(track.mask[None], track.truth)[0]))
