@@ -152,9 +152,9 @@ def test_missing_large_model_is_a_one_line_error(tmp_path, heads, capsys):
 
 def test_heads_that_read_signals_see_each_masks_own_signals_as_the_predictor_does(two_size_sam2, tmp_path):
     """The uses score every mask with its own signal vector: the per-mask values equal the predictor's own."""
-    from conftest import wrap_models, write_folder_dataset
     from test_evaluate import FAST_TRAINING
 
+    from conftest import wrap_models, write_folder_dataset
     from usam.datasets import open_dataset
     from usam.evaluation.uses import read_use_rows
     from usam.extraction import ExtractionOptions, run_extraction

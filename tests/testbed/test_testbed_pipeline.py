@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from usam.heads import INPUTS_OF_VARIANT, InputsVariant
 from usam.metrics import CORRECTION_SCENARIOS, bootstrap_statistics, percentile_interval
 from usam.testbed import TestbedSettings
-from usam.heads import INPUTS_OF_VARIANT, InputsVariant
 from usam.testbed.pipeline import EXTRACTION_SHARDS, HEAD_VARIANTS, MODEL_KEYS, MODEL_NAMES, TestbedPaths
 
 

@@ -216,7 +216,7 @@ def test_bad_frames_and_predictors_are_refused(video_predictor, video_folder, tm
     with pytest.raises(InvalidInputError, match="SAM2VideoPredictor"):
         UncertainVideoSAM(sam2_adapter.make_image_predictor(small_sam2))
     signal_heads = random_heads(["iou_tiny"], sam2_version="sam2.1", inputs=HEAD_INPUTS)
-    with pytest.raises(InvalidInputError, match="video tracking gives the heads tokens only.*--inputs tokens"):
+    with pytest.raises(InvalidInputError, match=r"video tracking gives the heads tokens only.*--inputs tokens"):
         UncertainVideoSAM(video_predictor, signal_heads)
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -479,8 +479,9 @@ def calibrate_and_check(paths: TestbedPaths, seed: int, inputs: str) -> dict[str
     from usam.evaluation.reliability import calibrate_heads_file, check_calibration
     from usam.heads import load_heads
 
-    out, _ = calibrate_heads_file(paths.store("calibration"), paths.heads(seed, inputs), paths.heads(
-        seed, inputs, calibrated=True))
+    out, _ = calibrate_heads_file(
+        paths.store("calibration"), paths.heads(seed, inputs), paths.heads(seed, inputs, calibrated=True)
+    )
     check = check_calibration(paths.store("test"), load_heads(out))
     return None if check is None else check.to_json()
 
