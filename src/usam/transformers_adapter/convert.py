@@ -339,7 +339,10 @@ def video_setting_differences(sam_model: torch.nn.Module) -> list[str]:
         fixed += _FIXED_WITH_TEMPORAL_POINTERS
     differences = []
     for path, name, expected in fixed:
-        owner = sam_model.get_submodule(path) if path else sam_model
+        try:
+            owner = sam_model.get_submodule(path) if path else sam_model
+        except AttributeError:  # a model without that module has nothing to differ
+            continue
         value = getattr(owner, name, expected)
         if value != expected:
             differences.append(f"{f'{path}.' if path else ''}{name}={value!r} (transformers: {expected!r})")
