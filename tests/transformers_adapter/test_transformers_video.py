@@ -89,6 +89,9 @@ def test_every_frame_gets_tokens_and_estimates_for_every_object(video_model):
             scores = decoder.iou_prediction_head(torch.from_numpy(frame.iou_token)).numpy()
         assert (frame.mask_token_index >= 1).all()
         np.testing.assert_array_equal(frame.mask_token_index, scores[:, 1:].argmax(axis=1) + 1)
+        # Its IoU prediction is that token's score; the object score is the model's own output for the object.
+        np.testing.assert_allclose(frame.sam_iou, scores[[0, 1], frame.mask_token_index], atol=1e-6)
+        assert frame.object_score_logits.shape == (2,)
     assert _hook_count(video_model) == 0
 
 

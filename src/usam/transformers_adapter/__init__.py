@@ -10,11 +10,18 @@ Modules:
     image_predictor: ``TransformersImagePredictor``, a transformers model behind ``SAM2ImagePredictor``'s API.
     backend: what ``UncertainSAM`` asks of a transformers predictor (the SAM2 adapter's functions).
     video: ``UncertainVideo``, per-frame tokens and estimates of ``Sam2VideoModel``'s propagation.
-    convert: Meta's SAM2 weights and config as a transformers ``Sam2Model``.
+    convert: Meta's SAM2 weights and config as a transformers ``Sam2Model`` or ``Sam2VideoModel``.
 """
 
 from usam.transformers_adapter.capture import TransformersTokenCapture, mask_decoder_of
-from usam.transformers_adapter.convert import convert_sam2_state_dict, sam2_config_from_model, sam2_to_transformers
+from usam.transformers_adapter.convert import (
+    convert_sam2_state_dict,
+    sam2_config_from_model,
+    sam2_to_transformers,
+    sam2_video_config_from_model,
+    sam2_video_to_transformers,
+    video_setting_differences,
+)
 from usam.transformers_adapter.image_predictor import TransformersImagePredictor, default_processor
 from usam.transformers_adapter.imports import INSTALL_HINT, import_transformers
 from usam.transformers_adapter.video import UncertainVideo, VideoFramePrediction
@@ -31,4 +38,7 @@ __all__ = [
     "mask_decoder_of",
     "sam2_config_from_model",
     "sam2_to_transformers",
+    "sam2_video_config_from_model",
+    "sam2_video_to_transformers",
+    "video_setting_differences",
 ]

@@ -32,6 +32,8 @@ class VideoFramePrediction:
         frame_idx: The frame.
         object_ids: The tracked objects.
         low_res_logits: (objects, h, w) the model's mask logits at its resolution (``pred_masks``).
+        sam_iou: (objects,) the decoder's IoU prediction for the tracked mask.
+        object_score_logits: (objects,) the model's object score logit (> 0: it deems the object visible).
         uncertainty: Head name -> (objects,) estimates for the tracked masks.
         entropy: (objects,) mask entropy H_Std in bits of ``low_res_logits``.
         iou_token: (objects, D) IoU tokens.
@@ -43,6 +45,8 @@ class VideoFramePrediction:
     frame_idx: int
     object_ids: list[int]
     low_res_logits: np.ndarray
+    sam_iou: np.ndarray
+    object_score_logits: np.ndarray
     uncertainty: dict[str, np.ndarray]
     entropy: np.ndarray
     iou_token: np.ndarray
@@ -70,8 +74,8 @@ class UncertainVideo:
         self.model = model
         device = next(model.parameters()).device
         self.heads = heads.to(device).eval() if heads is not None else None
-        # (frame, object id) -> (iou token, mask tokens, token index) of outputs the model may reuse later.
-        self._recorded: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, int]] = {}
+        # (frame, object id) -> (iou token, mask tokens, token index, IoU prediction) of outputs the model may reuse.
+        self._recorded: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, int, float]] = {}
         self._frame_objects: list[list[int]] = []
 
     def forward(self, session: Any, frame_idx: int) -> VideoFramePrediction:
@@ -112,7 +116,8 @@ class UncertainVideo:
             # The tracked mask: the best-scored of three, or the single one.
             best = int(call_scores[0].argmax()) if call.mask_token_index.shape[1] > 1 else 0
             token = int(call.mask_token_index[0, best])
-            self._recorded[(frame_idx, object_id)] = (call.iou_token[0], call.mask_tokens[0], token)
+            sam_iou = float(call_scores[0, best])
+            self._recorded[(frame_idx, object_id)] = (call.iou_token[0], call.mask_tokens[0], token, sam_iou)
         missing = [object_id for object_id in object_ids if (frame_idx, object_id) not in self._recorded]
         if missing:
             raise UsamError(
@@ -136,6 +141,8 @@ class UncertainVideo:
             frame_idx=frame_idx,
             object_ids=object_ids,
             low_res_logits=low_res.numpy(),
+            sam_iou=np.array([entry[3] for entry in recorded], np.float32),
+            object_score_logits=output.object_score_logits.detach().float().cpu().numpy().reshape(len(object_ids)),
             uncertainty=uncertainty,
             entropy=mask_entropy(low_res).numpy(),
             iou_token=iou_token.float().cpu().numpy(),
