@@ -319,18 +319,21 @@ def threshold_for_fraction(rule: EscalationRule, estimates: np.ndarray, fraction
     return Escalation(rule, float(np.clip(value, 0.0, 1.0)))
 
 
+def cascade_label(escalation: Escalation) -> str:
+    """The table's name of the cascade at one rule and threshold, as ``--escalate`` writes it."""
+    return f"cascade {escalation.rule}:{escalation.threshold:.4g}"
+
+
 def configurations_for(
     probed: Probe, fractions: Sequence[float], thresholds: Sequence[Escalation] = ()
 ) -> list[Configuration]:
     """Small only, large only, the cascade at the given thresholds (else at each rule's fractions), the oracle."""
-    cascades = [Configuration(f"cascade {rule}", rule) for rule in thresholds]
+    cascades = [Configuration(cascade_label(escalation), escalation) for escalation in thresholds]
     if not thresholds:
         for rule, estimates in probed.estimates.items():
             for fraction in fractions:
                 escalation = threshold_for_fraction(rule, estimates, fraction)
-                cascades.append(
-                    Configuration(f"cascade {escalation.rule}:{escalation.threshold:.4g}", escalation, fraction)
-                )
+                cascades.append(Configuration(cascade_label(escalation), escalation, fraction))
     return [Configuration(SMALL_ONLY), Configuration(LARGE_ONLY), *cascades, Configuration(ORACLE)]
 
 

@@ -81,6 +81,7 @@ def test_explicit_thresholds_escalate_monotonically(cascade_speed, models, scene
     assert shares == sorted(shares)
     assert shares[0] == 0.0
     assert all(row["rule"] == "iou" for row in cascade)
+    assert [row["configuration"] for row in cascade] == ["cascade iou:0", "cascade iou:0.5", "cascade iou:1"]
 
 
 def test_threshold_for_fraction_escalates_that_share(cascade_speed):
