@@ -73,6 +73,20 @@ def test_cascade_escalates_exactly_the_objects_past_the_threshold(models, rgb_im
     assert result.large.sam_scores.shape[0] == expected.sum()
 
 
+@pytest.mark.parametrize(("rule", "head"), [("model-gap", "model_gap"), ("iou", "iou_tiny")])
+def test_decision_estimate_of_a_prediction_is_what_predict_decides_on(models, rgb_image, rule, head):
+    tiny, large = models
+    alone, estimates = small_estimates(tiny, rgb_image, head)
+    cascade = CascadeSAM(tiny, large, f"{rule}:0.0")
+    decision_mask, estimate = cascade.decision_estimate(alone)
+    np.testing.assert_array_equal(decision_mask, pick_by_predicted_iou(alone.uncertainty["iou_tiny"]))
+    np.testing.assert_allclose(estimate, estimates)
+    single = tiny.predict(point_coords=[[50, 40]], point_labels=[1])
+    single_mask, single_estimate = cascade.decision_estimate(single)
+    assert single_mask.shape == single_estimate.shape == (1,)
+    assert single_estimate[0] == pytest.approx(single.uncertainty[head][single_mask[0]])
+
+
 def test_large_model_encodes_lazily_and_once_per_image(models, rgb_image):
     tiny, large = models
     never = CascadeSAM(tiny, large, Escalation(EscalationRule.MODEL_GAP, 0.5))

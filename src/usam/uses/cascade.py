@@ -257,6 +257,29 @@ class CascadeSAM:
         self._image = image
         self._large_has_image = False
 
+    def decision_estimate(self, small_prediction: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The mask the decision is read on and the small model's estimate there, per object.
+
+        Args:
+            small_prediction: The small model's :class:`usam.UncertainSAM` prediction (one or B batched prompts).
+
+        Returns:
+            ``(decision_mask, estimate)``, each ``(B,)`` (``(1,)`` for an unbatched prediction): usam's pick (SAM's
+            pick without the small model's IoU head) and the rule's head read on it; :meth:`Escalation.escalates`
+            of the estimate is the decision.
+        """
+        batched = small_prediction.sam_scores.ndim == 2
+        scores = small_prediction.sam_scores if batched else small_prediction.sam_scores[None]
+        if self._pick_head is not None:
+            values = small_prediction.uncertainty[self._pick_head]
+            decision_mask = pick_by_predicted_iou(values if batched else values[None])
+        else:
+            decision_mask = np.argmax(scores, axis=-1)
+        decision_values = small_prediction.uncertainty[self.decision_head]
+        decision_values = decision_values if batched else decision_values[None]
+        estimate = np.take_along_axis(decision_values, decision_mask[:, None], axis=-1)[:, 0]
+        return decision_mask, estimate
+
     def predict(
         self,
         point_coords: np.ndarray | None = None,
@@ -283,15 +306,7 @@ class CascadeSAM:
         }
         small = self.small.predict(point_coords, point_labels, box, mask_input, **options)
         batched = small.sam_scores.ndim == 2
-        scores = small.sam_scores if batched else small.sam_scores[None]
-        if self._pick_head is not None:
-            values = small.uncertainty[self._pick_head]
-            decision_mask = pick_by_predicted_iou(values if batched else values[None])
-        else:
-            decision_mask = np.argmax(scores, axis=-1)
-        decision_values = small.uncertainty[self.decision_head]
-        decision_values = decision_values if batched else decision_values[None]
-        estimate = np.take_along_axis(decision_values, decision_mask[:, None], axis=-1)[:, 0]
+        decision_mask, estimate = self.decision_estimate(small)
         escalated = self.escalation.escalates(estimate)
         large = None
         if escalated.any():
