@@ -508,6 +508,17 @@ def load_heads(
     return heads.to(device) if device is not None else heads
 
 
+def heads_fingerprint(heads: UncertaintyHeads) -> str:
+    """SHA-256 of the heads' metadata and weights: equal for the same heads, whatever file they came from."""
+    import hashlib
+
+    digest = hashlib.sha256(heads.metadata.to_json().encode())
+    for name, tensor in sorted(heads.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def refuse_signal_heads(heads: UncertaintyHeads | None, where: str) -> None:
     """Raise if ``heads`` read SAM2's scalar signals, which ``where`` cannot give them.
 

@@ -95,6 +95,10 @@ def test_summary_and_resume(model, dataset, tmp_path):
         run_click_simulation(
             model, open_dataset("folder", dataset, "all"), SimulationOptions(max_clicks=2), records_path=records
         )
+    # Other heads (or another model) give other runs: resuming their records is refused, not mixed in.
+    other_heads = UncertainSAM(model.predictor, random_heads(seed=2, sam2_version="sam2.1"))
+    with pytest.raises(UsamError, match="another model or other heads"):
+        run_click_simulation(other_heads, open_dataset("folder", dataset, "all"), options, records_path=records)
     summary = summarize_runs(runs, gate_clicks=2, resamples=50)
     assert set(summary) == {"error-region", "uncertain-region"}
     for result in summary.values():

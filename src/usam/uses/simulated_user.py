@@ -38,6 +38,7 @@ from usam.errors import DatasetError, InvalidInputError, UsamError, UsamWarning
 from usam.extraction.prompts import center_point, prompt_rng
 from usam.extraction.targets import mask_ious
 from usam.files import write_json_atomically
+from usam.heads import heads_fingerprint
 from usam.metrics import DEFAULT_BOOTSTRAP_RESAMPLES, bootstrap_statistics, percentile_interval
 from usam.uses.next_click import (
     PROMPT_GAP_HEAD,
@@ -285,7 +286,9 @@ def run_click_simulation(
     from tqdm.auto import tqdm
 
     options = options or SimulationOptions()
-    done: dict[str, list[ObjectRun]] = _load_records(Path(records_path), options) if records_path else {}
+    # What the runs depend on besides the options: resuming with another model or other heads is refused.
+    identity = {"model": model.model_name, "heads": heads_fingerprint(model.heads) if model.heads else None}
+    done: dict[str, list[ObjectRun]] = _load_records(Path(records_path), options, identity) if records_path else {}
     keys = samples.keys() if hasattr(samples, "keys") else None
     last_save = time.monotonic()
     by_image: dict[str, list[ObjectRun]] = {}
@@ -298,11 +301,11 @@ def run_click_simulation(
             else:
                 by_image[sample.image_key] = simulate_image(model, sample, options)
                 if records_path and time.monotonic() - last_save >= save_every_s:
-                    _save_records(Path(records_path), options, {**done, **by_image})
+                    _save_records(Path(records_path), options, identity, {**done, **by_image})
                     last_save = time.monotonic()
             bar.update(1)
     if records_path:
-        _save_records(Path(records_path), options, {**done, **by_image})
+        _save_records(Path(records_path), options, identity, {**done, **by_image})
     return [run for runs in by_image.values() for run in runs]
 
 
@@ -327,7 +330,7 @@ def _pending(samples: Any, keys: list[str] | None, done: dict[str, list[ObjectRu
             warnings.warn(f"skipped image {key!r}: {error}", UsamWarning, stacklevel=2)
 
 
-def _load_records(path: Path, options: SimulationOptions) -> dict[str, list[ObjectRun]]:
+def _load_records(path: Path, options: SimulationOptions, identity: dict[str, Any]) -> dict[str, list[ObjectRun]]:
     if not path.exists():
         return {}
     try:
@@ -341,14 +344,20 @@ def _load_records(path: Path, options: SimulationOptions) -> dict[str, list[Obje
         raise UsamError(
             f"{path} holds a run with other options ({record.get('options')}); use the same options or another --out"
         )
+    if record.get("identity") != identity:
+        raise UsamError(
+            f"{path} holds a run of another model or other heads ({record.get('identity')}, now {identity}); delete "
+            "it or choose another --out"
+        )
     return runs
 
 
-def _save_records(path: Path, options: SimulationOptions, runs: dict[str, list[ObjectRun]]) -> None:
+def _save_records(
+    path: Path, options: SimulationOptions, identity: dict[str, Any], runs: dict[str, list[ObjectRun]]
+) -> None:
     images = {key: [run.as_record() for run in image] for key, image in runs.items()}
-    write_json_atomically(
-        {"format": RECORDS_FORMAT, "options": options.as_record(), "images": images}, path, indent=None
-    )
+    content = {"format": RECORDS_FORMAT, "options": options.as_record(), "identity": identity, "images": images}
+    write_json_atomically(content, path, indent=None)
 
 
 # --- Measures -------------------------------------------------------------------------------------------------------
