@@ -74,6 +74,8 @@ MIOU_COLUMNS: dict[str, str] = {
 }
 """Store column of each mIoU the results page reports per model."""
 HEAD_VARIANTS: tuple[str, ...] = ("tokens", "tokens+signals")
+HEAD_MEASURE_KINDS = ("usam_head", "usam_head_difference")
+"""Measure kinds (:class:`usam.evaluation.measures.MeasureKind`) that depend on the heads, so on their inputs."""
 USES_HEAD_INPUTS = "tokens+signals"
 """The uses run on seed 0's calibrated heads of these inputs."""
 """Inputs of the heads trained per seed (:class:`usam.heads.InputsVariant`): the paper's tokens, and the tokens with
@@ -549,13 +551,14 @@ def combine_results(
         merged: dict[str, Any] | None = None
         for inputs in variants:
             per_seed = [seed_results[inputs][SCENARIO_SOURCE[scenario.name]] for seed_results in evaluations]
-            summary = _scenario_summary(scenario, per_seed, settings)
+            # The baselines do not depend on the heads: bootstrap them once, with the first variant.
+            summary = _scenario_summary(scenario, per_seed, settings, heads_only=merged is not None)
             if merged is None:
                 merged = {**summary, "measures": {}} if summary["status"] == "done" else summary
             if summary["status"] != "done":
                 continue
             for key, measure in summary["measures"].items():
-                if measure["kind"] == "usam_head":
+                if measure["kind"] in HEAD_MEASURE_KINDS:
                     label = measure["label"] if f"[{inputs}]" in measure["label"] else f"{measure['label']} [{inputs}]"
                     merged["measures"][f"{key} [{inputs}]"] = {**measure, "label": label, "inputs": inputs}
                 else:
@@ -587,13 +590,20 @@ def combine_results(
     }
 
 
-def _scenario_summary(scenario: Any, per_seed: list[Any], settings: TestbedSettings) -> dict[str, Any]:
-    """One scenario: each measure's mean relative AUC over seeds and its pooled bootstrap interval."""
+def _scenario_summary(
+    scenario: Any, per_seed: list[Any], settings: TestbedSettings, *, heads_only: bool = False
+) -> dict[str, Any]:
+    """One scenario: each measure's mean relative AUC over seeds and its pooled bootstrap interval.
+
+    With ``heads_only`` only the usam head measures are summarised.
+    """
     results = [evaluation.scenarios[scenario.name] for evaluation in per_seed]
     if any(str(result.status) != "done" for result in results):
         reasons = sorted({str(result.reason) for result in results if str(result.status) != "done"})
         return {"status": "skipped", "title": results[0].title, "reason": "; ".join(reasons)}
     keys = [key for key in results[0].measures if all(key in result.measures for result in results)]
+    if heads_only:
+        keys = [key for key in keys if str(results[0].measures[key].kind) in HEAD_MEASURE_KINDS]
     samples: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     for evaluation, result in zip(per_seed, results, strict=True):
         for key, statistic, num_objects in _statistics(scenario, evaluation, result, keys, settings):
