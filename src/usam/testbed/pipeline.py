@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from usam.errors import InvalidInputError
+from usam.evaluation.measures import MeasureKind
 from usam.evaluation.scenarios import RANGE_LABELS
 from usam.files import write_json_atomically, write_text_atomically
 from usam.metrics import (
@@ -74,8 +75,8 @@ MIOU_COLUMNS: dict[str, str] = {
 }
 """Store column of each mIoU the results page reports per model."""
 HEAD_VARIANTS: tuple[str, ...] = ("tokens", "tokens+signals")
-HEAD_MEASURE_KINDS = ("usam_head", "usam_head_difference")
-"""Measure kinds (:class:`usam.evaluation.measures.MeasureKind`) that depend on the heads, so on their inputs."""
+HEAD_MEASURE_KINDS: tuple[str, ...] = (str(MeasureKind.USAM_HEAD), str(MeasureKind.USAM_HEAD_DIFFERENCE))
+"""Measure kinds that depend on the heads, so on their inputs."""
 USES_HEAD_INPUTS = "tokens+signals"
 """The uses run on seed 0's calibrated heads of these inputs."""
 """Inputs of the heads trained per seed (:class:`usam.heads.InputsVariant`): the paper's tokens, and the tokens with
