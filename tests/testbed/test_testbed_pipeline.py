@@ -62,6 +62,11 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
         assert "iou_tiny" in heads.names
         assert heads.metadata.inputs == list(INPUTS_OF_VARIANT[InputsVariant(inputs)])
         assert heads.metadata.calibration is None
+        # usam's recipe on the settings' schedule, not the paper's SGD.
+        training = heads.metadata.training
+        assert training["hyper_parameter_source"]["method"] == "given"
+        schedule = training["hyper_parameter_source"]["values"]
+        assert (schedule["optimizer"], schedule["epochs"], schedule["lr"]) == ("adamw", 2, 3e-3)
         # The calibrated copy holds the same weights plus a calibration fitted on the calibration split.
         calibrated = load_heads(paths.heads(0, inputs, calibrated=True))
         assert calibrated.metadata.calibration is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -240,6 +242,30 @@ def test_train_from_store_writes_heads_that_load_with_their_metadata(token_store
         assert entry["hyper_parameters"]["epochs"] == 9
         assert entry["best_epoch"] in range(1, 10)
         assert set(entry["validation"]) == {"mse", "mae", "r2", "pearson", "num_rows"}
+
+
+def test_given_hyper_parameters_replace_the_recipe_for_every_head(token_store, tmp_path):
+    from usam.training import USAM_HYPER_PARAMETERS
+
+    schedule = dataclasses.replace(USAM_HYPER_PARAMETERS, epochs=3, lr=3e-3, batch_size=16)
+    out = train_from_store(
+        token_store, tmp_path / "heads.safetensors", heads=["iou_tiny", "task_gap"], hyper_parameters=schedule,
+        progress=False,
+    )  # fmt: skip
+    training = load_heads(out).metadata.training
+    assert training["recipe"] == "given"
+    assert training["hyper_parameter_source"] == {"method": "given", "values": schedule.to_dict()}
+    for name in ("iou_tiny", "task_gap"):
+        entry = training["heads"][name]
+        assert entry["hyper_parameters"] == schedule.to_dict()
+        assert len(entry["validation_mse_per_epoch"]) <= 3
+    with pytest.raises(InvalidInputError, match="either them or dataset_defaults"):
+        train_from_store(token_store, tmp_path / "b.safetensors", hyper_parameters=schedule, dataset_defaults="coco")
+    with pytest.raises(InvalidInputError, match="either them or a recipe"):
+        train_from_store(token_store, tmp_path / "b.safetensors", hyper_parameters=schedule, recipe="usam")
+    with pytest.raises(InvalidInputError, match="must be a usam.training.HyperParameters"):
+        train_from_store(token_store, tmp_path / "b.safetensors", hyper_parameters={"lr": 1e-3})
+    assert not (tmp_path / "b.safetensors").exists()
 
 
 def test_memory_mapped_features_equal_in_memory_ones(token_store, tmp_path):

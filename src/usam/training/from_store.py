@@ -25,6 +25,7 @@ from usam.presets import PRESETS, Preset, TieRule
 from usam.training.data import DEFAULT_VALIDATION_FRACTION, check_validation_fraction
 from usam.training.hyper_parameters import (
     HPO_SEARCH_SPACE,
+    HyperParameters,
     check_paper_dataset,
     defaults_for_datasets,
     paper_hyper_parameters,
@@ -60,6 +61,7 @@ def train_from_store(
     precision: Precision | str = Precision.FLOAT32,
     log: Callable[[str], None] | None = None,
     recipe: Recipe | str | None = None,
+    hyper_parameters: HyperParameters | None = None,
 ) -> Path:
     """Train heads on a token store and write them to a heads file (:func:`usam.load_heads` reads it).
 
@@ -90,6 +92,8 @@ def train_from_store(
         precision: ``"float32"``, or ``"bfloat16"`` for mixed precision (see :class:`usam.devices.Precision`).
         log: Called with one line per hyper-parameter trial (see :func:`tune_hyper_parameters`).
         recipe: ``"usam"`` (AdamW, warm-up, cosine, early stopping) or ``"paper"`` (the paper's SGD values).
+        hyper_parameters: Train every head with these instead of a recipe's (e.g. usam's recipe on a shorter
+            schedule); recorded as given. Not with ``hpo_trials``, ``dataset_defaults`` or ``recipe``.
             Default: ``"usam"``, or ``"paper"`` with ``hpo_trials`` or ``dataset_defaults`` (both are the paper's).
 
     Returns:
@@ -107,6 +111,13 @@ def train_from_store(
     precision = check_choice(Precision, precision, "precision")
     preset = check_choice(Preset, preset, "preset")
     paper_only = "hpo trials" if hpo_trials else "dataset_defaults" if dataset_defaults is not None else None
+    if hyper_parameters is not None and (paper_only or recipe is not None):
+        chosen = paper_only or "a recipe"
+        raise InvalidInputError(f"hyper_parameters replace the recipe's; pass either them or {chosen}, not both")
+    if hyper_parameters is not None and not isinstance(hyper_parameters, HyperParameters):
+        raise InvalidInputError(
+            f"hyper_parameters must be a usam.training.HyperParameters, got {type(hyper_parameters).__name__}"
+        )
     if recipe is None:
         recipe = Recipe.PAPER if paper_only else Recipe.USAM
     recipe = check_choice(Recipe, recipe, "recipe")
@@ -115,7 +126,7 @@ def train_from_store(
     if tie_rule is not None:
         tie_rule = check_choice(TieRule, tie_rule, "tie_rule")
     choices: dict[str, Any] = {
-        "recipe": str(recipe),
+        "recipe": "given" if hyper_parameters is not None else str(recipe),
         "preset": str(preset),
         "pool_sizes": POOL_SIZES[preset] if pool_sizes is None else bool(pool_sizes),
     }
@@ -138,8 +149,11 @@ def train_from_store(
         cache_dir=cache_dir,
         tie_rule=choices["tie_rule"],
     )
-    if recipe == Recipe.USAM:
-        source: dict[str, Any] = {"method": "usam recipe", "values": USAM_HYPER_PARAMETERS.to_dict()}
+    if hyper_parameters is not None:
+        source: dict[str, Any] = {"method": "given", "values": hyper_parameters.to_dict()}
+        hyper = dict.fromkeys(data.head_names, hyper_parameters)
+    elif recipe == Recipe.USAM:
+        source = {"method": "usam recipe", "values": USAM_HYPER_PARAMETERS.to_dict()}
         hyper = recipe_hyper_parameters(recipe, "coco", data.head_names)
     else:
         source = _hyper_parameter_source(dataset_defaults, data.source.get("datasets", []), warn=not hpo_trials)
