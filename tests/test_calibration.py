@@ -130,24 +130,55 @@ def test_head_bounds_hold_on_held_out_rows_marginally_and_per_bin():
     head = HeadCalibration.fit(*miscalibrated(rng, 5000), *miscalibrated(rng, 5000), min_bin_rows=400)
     assert len(head.bins) > 1
     predictions, targets = miscalibrated(rng, 40000)
-    calibrated = head.calibrate(predictions)
+    # The Mondrian bins are bins of the bound's own map.
+    bound_calibrated = head.bound_mapping(predictions)
     for alpha in (0.05, 0.1, 0.2):
         for bound in BoundKind:
-            lower = head.lower_bound(calibrated, alpha, bound)
+            lower = head.lower_bound(predictions, alpha, bound)
             assert lower.min() >= 0.0
             assert lower.max() <= 1.0
             # 5000 residuals: the coverage of one calibration set varies by about 0.004 (alpha = 0.1).
             assert empirical_coverage(lower, targets) == pytest.approx(1 - alpha, abs=0.02), (alpha, bound)
         # Per bin the Mondrian bound covers each bin, not just all rows together.
-        bins = np.searchsorted(head.bin_edges, calibrated, side="right")
-        lower = head.lower_bound(calibrated, alpha, BoundKind.MONDRIAN)
+        bins = np.searchsorted(head.bin_edges, bound_calibrated, side="right")
+        lower = head.lower_bound(predictions, alpha, BoundKind.MONDRIAN)
         for index, group in enumerate(head.bins):
             in_bin = bins == index
             # A bin's coverage varies with its few calibration residuals: allow 4 standard deviations.
             slack = 4 * math.sqrt(alpha * (1 - alpha) / group.rows)
             assert empirical_coverage(lower[in_bin], targets[in_bin]) >= 1 - alpha - slack, (alpha, index)
     # A smaller α gives a lower (or equal) bound.
-    assert (head.lower_bound(calibrated, 0.05) <= head.lower_bound(calibrated, 0.2)).all()
+    assert (head.lower_bound(predictions, 0.05) <= head.lower_bound(predictions, 0.2)).all()
+
+
+def test_the_calibration_map_uses_every_row_and_the_bound_map_only_the_fit_part():
+    rng = np.random.default_rng(7)
+    fit, conformal = miscalibrated(rng, 500), miscalibrated(rng, 300)
+    head = HeadCalibration.fit(*fit, *conformal, min_bin_rows=50)
+    both = IsotonicMap.fit(np.concatenate([fit[0], conformal[0]]), np.concatenate([fit[1], conformal[1]]))
+    grid = np.linspace(0, 1, 101)
+    np.testing.assert_array_equal(head.calibrate(grid), both(grid))
+    np.testing.assert_array_equal(head.bound_mapping(grid), IsotonicMap.fit(*fit)(grid))
+    # The bound is the bound map plus the conformal quantile of true - bound map on the conformal rows only.
+    residuals = conformal[1] - IsotonicMap.fit(*fit)(conformal[0])
+    expected = np.clip(head.bound_mapping(grid) + conformal_lower_quantile(residuals, 0.1), 0, 1)
+    np.testing.assert_array_equal(head.lower_bound(grid, 0.1, "marginal"), expected)
+    assert head.fit_rows == 500
+
+
+def test_a_format_1_calibration_reads_with_one_map_for_both():
+    rng = np.random.default_rng(8)
+    head = HeadCalibration.fit(*miscalibrated(rng, 300), *miscalibrated(rng, 300), min_bin_rows=50)
+    data = head.to_json()
+    assert "bound_map" in data
+    old = {key: value for key, value in data.items() if key != "bound_map"}
+    loaded = HeadCalibration.from_json(old, head.alphas)
+    assert loaded.bound_mapping is None
+    grid = np.linspace(0, 1, 11)
+    np.testing.assert_array_equal(
+        loaded.lower_bound(grid, 0.1, "marginal"), np.clip(head.calibrate(grid) + head.marginal.quantiles[
+            head.alphas.index(0.1)], 0, 1)
+    )  # fmt: skip
 
 
 def test_mondrian_edges_keep_the_minimum_count_even_with_ties():

@@ -88,7 +88,7 @@ def test_predictor_reports_calibrated_iou_and_lower_bound(predictor, rgb_image):
         np.testing.assert_array_equal(result.calibrated_iou[name], expected)
         assert result.iou_lower[name].shape == result.sam_scores.shape
         np.testing.assert_array_equal(
-            result.iou_lower[name], calibration.heads[name].lower_bound(expected, 0.2, "mondrian")
+            result.iou_lower[name], calibration.heads[name].lower_bound(result.uncertainty[name], 0.2, "mondrian")
         )
     # A smaller alpha gives a bound that is lower or equal everywhere; the raw estimates do not change.
     model.alpha = 0.05

@@ -108,7 +108,7 @@ def iou_lower_bounds(
         )
     head = calibration.heads[iou_head]
     values = predicted.detach().float().cpu().numpy()
-    lower = head.lower_bound(head.calibrate(values), alpha, bound)
+    lower = head.lower_bound(values, alpha, bound)
     return torch.as_tensor(lower, dtype=torch.float32).to(predicted.device)
 
 

@@ -3,17 +3,19 @@
 A reader of "predicted IoU 0.8" should be right about it, and a pipeline that filters masks needs a bound it can
 rely on. Per IoU head, on rows of a calibration store (another split than the heads' training data):
 
-* **Calibration map**: isotonic regression of the true IoU on the head's prediction (pool-adjacent-violators),
-  evaluated by piecewise-linear interpolation between its knots, constant beyond them, clipped to [0, 1]. It is
-  monotone non-decreasing, so it never reorders masks that the head ranks apart.
-* **Split-conformal lower bound**: the calibration rows are split by image; one part fits the map, the other gives
-  the residuals ``r = true - calibrated``. With n residuals and miscoverage α the bound is
-  ``iou_lower = calibrated + r_(k)``, the k-th smallest residual with ``k = floor((n + 1) α)``
-  (equivalently the ``ceil((n + 1)(1 - α))``-th smallest of ``calibrated - true``); for k = 0 there is no finite
-  quantile and the bound is 0. Clipped to [0, 1]. For a new row exchangeable with the calibration rows,
-  **P(true IoU ≥ iou_lower) ≥ 1 − α, marginally** (over rows and calibration sets, not for each mask), and at
-  most ``1 − α + 1 / (n + 1)`` for continuous residuals.
-* **Mondrian (per-bin) bound**: the same, separately within bins of the calibrated prediction (equal-mass bins of
+* **Calibration map**: isotonic regression of the true IoU on the head's prediction (pool-adjacent-violators) over
+  every calibration row, evaluated by piecewise-linear interpolation between its knots, constant beyond them,
+  clipped to [0, 1]. It is monotone non-decreasing, so it never reorders masks that the head ranks apart.
+* **Split-conformal lower bound**: the calibration rows are split by image; one part fits the bound's own isotonic
+  map ``g`` (the same regression on that part only), the other gives the residuals ``r = true - g(prediction)``.
+  With n residuals and miscoverage α the bound is ``iou_lower = g(prediction) + r_(k)``, the k-th smallest
+  residual with ``k = floor((n + 1) α)`` (equivalently the ``ceil((n + 1)(1 - α))``-th smallest of
+  ``g - true``); for k = 0 there is no finite quantile and the bound is 0. Clipped to [0, 1]. For a new row
+  exchangeable with the calibration rows, **P(true IoU ≥ iou_lower) ≥ 1 − α, marginally** (over rows and
+  calibration sets, not for each mask), and at most ``1 − α + 1 / (n + 1)`` for continuous residuals. ``g`` must
+  not see the residuals' rows, the calibration map may: so the calibrated IoU uses twice the rows (format 2;
+  format 1 used ``g`` for both).
+* **Mondrian (per-bin) bound**: the same, separately within bins of ``g(prediction)`` (equal-mass bins of
   the conformal rows, at most :data:`DEFAULT_MAX_BINS`, each with at least ``min_bin_rows`` rows; bins that would
   hold fewer are merged with a neighbour). A bin's bound holds with probability ≥ 1 − α for the rows of that bin,
   hence also marginally, and it is not loosened for easy masks by the residuals of hard ones. A bin with fewer than
@@ -42,7 +44,7 @@ import numpy as np
 from usam.errors import HeadsFileError, InvalidInputError
 from usam.validation import StrEnum, check_choice, check_float, check_int
 
-CALIBRATION_FORMAT_VERSION = 1
+CALIBRATION_FORMAT_VERSION = 2
 """Version of the ``"calibration"`` entry of a heads file's metadata."""
 
 ALPHA_GRID: tuple[float, ...] = (0.001, 0.002, 0.005, *(round(step / 100, 2) for step in range(1, 51)))
@@ -289,15 +291,18 @@ def mondrian_edges(calibrated: np.ndarray, *, min_bin_rows: int, max_bins: int) 
 
 @dataclasses.dataclass(frozen=True)
 class HeadCalibration:
-    """The calibration of one IoU head: its isotonic map and its conformal quantiles.
+    """The calibration of one IoU head: its isotonic maps and its conformal quantiles.
 
     Attributes:
-        mapping: Prediction -> calibrated IoU.
+        mapping: Prediction -> calibrated IoU, fitted on every calibration row.
         alphas: The stored miscoverage levels.
-        marginal: Quantiles of all conformal residuals.
-        bin_edges: Inner edges of the Mondrian bins of the calibrated prediction (empty: one bin).
+        marginal: Quantiles of all conformal residuals ``true - bound_mapping(prediction)``.
+        bin_edges: Inner edges of the Mondrian bins of ``bound_mapping(prediction)`` (empty: one bin).
         bins: Quantiles of each Mondrian bin.
-        fit_rows: Rows that fitted the map.
+        fit_rows: Rows that fitted ``bound_mapping``.
+        bound_mapping: The map of the bound, fitted on the fit part only, so that its residuals on the conformal
+            part are those of unseen rows (the split-conformal guarantee needs that); None: ``mapping`` itself
+            (calibrations of format 1, where one map fitted on the fit part served both).
     """
 
     mapping: IsotonicMap
@@ -306,6 +311,7 @@ class HeadCalibration:
     bin_edges: np.ndarray
     bins: tuple[ConformalQuantiles, ...]
     fit_rows: int
+    bound_mapping: IsotonicMap | None = None
 
     @classmethod
     def fit(
@@ -319,10 +325,14 @@ class HeadCalibration:
         min_bin_rows: int = DEFAULT_MIN_BIN_ROWS,
         max_bins: int = DEFAULT_MAX_BINS,
     ) -> HeadCalibration:
-        """Fit the map on one part of the rows and the conformal quantiles on the other (split conformal).
+        """Fit the bound's map on one part of the rows, its conformal quantiles on the other (split conformal), and
+        the calibration map on both parts.
+
+        The calibrated IoU owes no guarantee to held-out rows, so its map uses every row: on the test-bed this
+        lowered the held-out expected calibration error below that of the half-data map in 11 of 12 heads.
 
         Args:
-            fit_predictions: The head's predictions on the rows that fit the map.
+            fit_predictions: The head's predictions on the rows that fit the bound's map.
             fit_targets: The true IoUs of those rows.
             conformal_predictions: The head's predictions on the rows that give the residuals.
             conformal_targets: The true IoUs of those rows.
@@ -343,58 +353,69 @@ class HeadCalibration:
                 f"calibration needs at least {MIN_ROWS} rows to fit the map and {MIN_ROWS} for the bound, got "
                 f"{fit_predictions.size} and {conformal_predictions.size}; use a larger calibration store"
             )
-        mapping = IsotonicMap.fit(fit_predictions, fit_targets)
-        calibrated = mapping(conformal_predictions)
-        residuals = conformal_targets - calibrated
-        edges = mondrian_edges(calibrated, min_bin_rows=min_bin_rows, max_bins=max_bins)
-        bin_of_row = np.searchsorted(edges, calibrated, side="right")
+        bound_mapping = IsotonicMap.fit(fit_predictions, fit_targets)
+        mapping = IsotonicMap.fit(
+            np.concatenate([fit_predictions, conformal_predictions]), np.concatenate([fit_targets, conformal_targets])
+        )
+        bound_calibrated = bound_mapping(conformal_predictions)
+        residuals = conformal_targets - bound_calibrated
+        edges = mondrian_edges(bound_calibrated, min_bin_rows=min_bin_rows, max_bins=max_bins)
+        bin_of_row = np.searchsorted(edges, bound_calibrated, side="right")
         bins = tuple(ConformalQuantiles.fit(residuals[bin_of_row == index], alphas) for index in range(edges.size + 1))
-        return cls(mapping, alphas, ConformalQuantiles.fit(residuals, alphas), edges, bins, int(fit_predictions.size))
+        marginal = ConformalQuantiles.fit(residuals, alphas)
+        return cls(mapping, alphas, marginal, edges, bins, int(fit_predictions.size), bound_mapping)
 
     def calibrate(self, predictions: Any) -> np.ndarray:
-        """Calibrated IoU of some predictions (any shape)."""
+        """Calibrated IoU of some predictions of the head (any shape)."""
         return self.mapping(predictions)
 
     def lower_bound(
-        self, calibrated: Any, alpha: float = DEFAULT_ALPHA, bound: BoundKind | str = BoundKind.MONDRIAN
+        self, predictions: Any, alpha: float = DEFAULT_ALPHA, bound: BoundKind | str = BoundKind.MONDRIAN
     ) -> np.ndarray:
-        """The conformal lower bound on the true IoU for calibrated predictions (any shape), in [0, 1].
+        """The conformal lower bound on the true IoU for some predictions of the head (any shape), in [0, 1].
 
         Args:
-            calibrated: Calibrated IoUs (:meth:`calibrate`).
+            predictions: The head's (uncalibrated) predictions.
             alpha: Miscoverage; the largest stored α not above it is used.
             bound: ``"mondrian"`` (per bin) or ``"marginal"``.
         """
         bound = check_choice(BoundKind, bound, "bound")
         index = alpha_index(alpha, self.alphas)
-        calibrated = np.asarray(calibrated, dtype=np.float64)
+        bound_calibrated = (self.bound_mapping or self.mapping)(predictions)
         if bound is BoundKind.MARGINAL:
             quantile: Any = self.marginal.quantiles[index]
         else:
             per_bin = np.array([group.quantiles[index] for group in self.bins])
-            quantile = per_bin[np.searchsorted(self.bin_edges, calibrated, side="right")]
+            quantile = per_bin[np.searchsorted(self.bin_edges, bound_calibrated, side="right")]
         # -inf + calibrated clips to 0: no finite quantile, no bound above the trivial one.
-        return np.clip(calibrated + quantile, 0.0, 1.0)
+        return np.clip(bound_calibrated + quantile, 0.0, 1.0)
 
     def to_json(self) -> dict[str, Any]:
         """JSON data of this head's calibration."""
-        return {
+        data = {
             "map": self.mapping.to_json(),
             "fit_rows": self.fit_rows,
             "marginal": self.marginal.to_json(),
             "mondrian": {"edges": self.bin_edges.tolist(), "bins": [group.to_json() for group in self.bins]},
         }
+        if self.bound_mapping is not None:
+            data["bound_map"] = self.bound_mapping.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], alphas: tuple[float, ...]) -> HeadCalibration:
-        """Inverse of :meth:`to_json`, with the α grid stored next to it."""
+        """Inverse of :meth:`to_json`, with the α grid stored next to it (format 1 has no ``bound_map``)."""
         mondrian = data["mondrian"]
         edges = np.asarray(mondrian["edges"], dtype=np.float64).reshape(-1)
         bins = tuple(ConformalQuantiles.from_json(group) for group in mondrian["bins"])
         groups = (ConformalQuantiles.from_json(data["marginal"]), *bins)
         if len(bins) != edges.size + 1 or any(group.quantiles.size != len(alphas) for group in groups):
             raise HeadsFileError("calibration bins do not match their edges or the stored alphas")
-        return cls(IsotonicMap.from_json(data["map"]), alphas, groups[0], edges, bins, int(data.get("fit_rows", 0)))
+        bound_mapping = IsotonicMap.from_json(data["bound_map"]) if "bound_map" in data else None
+        return cls(
+            IsotonicMap.from_json(data["map"]), alphas, groups[0], edges, bins, int(data.get("fit_rows", 0)),
+            bound_mapping,
+        )  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -426,15 +447,16 @@ class HeadsCalibration:
         for name, head in self.heads.items():
             if name in values:
                 calibrated[name] = head.calibrate(values[name])
-                lower[name] = head.lower_bound(calibrated[name], alpha, bound)
+                lower[name] = head.lower_bound(values[name], alpha, bound)
         return calibrated, lower
 
     def to_json(self) -> dict[str, Any]:
         """Strict-JSON data for the heads file's metadata."""
         return {
             "format_version": CALIBRATION_FORMAT_VERSION,
-            "method": "isotonic regression (piecewise linear, clipped to [0, 1]) + split-conformal lower bound "
-            "on true - calibrated, marginal and Mondrian (bins of the calibrated IoU)",
+            "method": "isotonic regression (piecewise linear, clipped to [0, 1]) on every calibration row; "
+            "split-conformal lower bound: an isotonic map on the fit part plus quantiles of true - that map on "
+            "the conformal part, marginal and Mondrian (bins of that map's value)",
             "guarantee": "marginal: P(true IoU >= iou_lower) >= 1 - alpha for rows exchangeable with the "
             "calibration rows; not per mask",
             "alphas": list(self.alphas),

@@ -225,7 +225,7 @@ def test_min_iou_lower_keeps_exactly_the_masks_whose_conformal_bound_passes(smal
     truth = np.clip((fit - fit.min()) / np.ptp(fit) + rng.normal(0, 0.05, fit.size), 0, 1)
     head = HeadCalibration.fit(fit[:400], truth[:400], fit[400:], truth[400:], min_bin_rows=80)
     heads.metadata.calibration = HeadsCalibration({generator_head: head}).to_json()
-    bounds = head.lower_bound(head.calibrate(predicted), 0.2, "marginal")
+    bounds = head.lower_bound(predicted, 0.2, "marginal")
     threshold = float(np.sort(bounds)[len(bounds) // 2])
     kept = UncertainMaskGenerator(
         small_sam2, heads, min_iou_lower=threshold, alpha=0.2, bound="marginal", **options

@@ -68,8 +68,9 @@ def _run_calibrate(args: argparse.Namespace) -> int:
             f"alpha {alpha:g}: {head.marginal.quantiles[position]:+.3f}" for alpha, position in index.items()
         )
         print(
-            f"{name}: map fitted on {rows['fit']} rows, {head.mapping.knots_x.size} knots; bound on "
-            f"{rows['conformal']} rows, {len(head.bins)} bin(s); marginal quantile of true - calibrated: {quantiles}"
+            f"{name}: map fitted on {rows['fit'] + rows['conformal']} rows, {head.mapping.knots_x.size} knots; "
+            f"bound: map on {rows['fit']} rows, quantiles on {rows['conformal']} rows, {len(head.bins)} bin(s); "
+            f"marginal quantile of true - bound map: {quantiles}"
         )
     print(f"wrote {path}")
     return 0

@@ -310,7 +310,7 @@ def check_calibration(store: str | os.PathLike[str] | StoreReader, heads: Uncert
             after = _curve(calibrated, targets)
             ece_after = expected_calibration_error(calibrated, targets)
             for bound in BoundKind:
-                lowers = {alpha: head.lower_bound(calibrated, alpha, bound) for alpha in EVALUATION_ALPHAS}
+                lowers = {alpha: head.lower_bound(predictions, alpha, bound) for alpha in EVALUATION_ALPHAS}
                 coverage[str(bound)] = {str(a): empirical_coverage(low, targets) for a, low in lowers.items()}
                 margin[str(bound)] = {str(a): float(np.mean(calibrated - low)) for a, low in lowers.items()}
         checks[name] = HeadCheck(
