@@ -139,7 +139,8 @@ def fit_calibration(
         store: The calibration store (rows of another split than the heads' training data).
         heads: The heads to calibrate.
         names: IoU heads to calibrate (default: all of them; each must have rows in the store).
-        fit_fraction: Share of the store's images whose rows fit the maps; the others give the residuals.
+        fit_fraction: Share of the store's images whose rows fit the bound's map; the others give the residuals
+            (the calibration map fits all rows).
         seed: Seed of the split of the images.
         min_bin_rows: Fewest residuals of a Mondrian bin.
         max_bins: Most Mondrian bins.
