@@ -138,6 +138,18 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
         assert heading in page, heading
     assert all(value >= 0 for value in results["seconds"].values())
 
+    # A later run retrains the heads: click records of other heads are stale and replaced, not resumed (nor refused).
+    from usam.testbed.uses import run_testbed_uses
+
+    records = out / "uses" / "clicks" / "clicks.records.json"
+    content = json.loads(records.read_text())
+    current = dict(content["identity"])
+    content["identity"]["heads"] = "0" * 64
+    records.write_text(json.dumps(content))
+    heads_file = paths.heads(0, "tokens+signals", calibrated=True)
+    run_testbed_uses(paths, quick, heads_file, progress=False)
+    assert json.loads(records.read_text())["identity"] == current
+
     # Built with --quick: running without it is refused with one line.
     status, _, err = run_cli(["testbed", "run", "--out", out, "--no-progress"], capsys)
     assert status == 2

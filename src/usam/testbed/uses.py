@@ -51,6 +51,7 @@ def run_testbed_uses(
     from usam.predictor import UncertainSAM
     from usam.testbed.pipeline import MODEL_NAMES
     from usam.uses import SimulationOptions, run_click_simulation, summarize_runs, write_click_report
+    from usam.uses.simulated_user import recorded_identity, simulation_identity
 
     out = paths.root / USES_FOLDER
     loaded = load_heads(heads)
@@ -64,9 +65,14 @@ def run_testbed_uses(
     scenes = paths.scenes("test")
     model = UncertainSAM.from_pretrained(paths.card("tiny"), loaded, device=device)
     options = SimulationOptions(seed=settings.extraction_seed)
+    records = out / "clicks" / "clicks.records.json"
+    recorded = recorded_identity(records)
+    if recorded is not None and recorded != simulation_identity(model):
+        # Every run retrains the heads: an earlier run's records are of other heads, so they are stale, not resumable.
+        records.unlink()
     runs = run_click_simulation(
-        model, open_dataset("folder", scenes, "test", limit=settings.use_scenes), options,
-        records_path=out / "clicks" / "clicks.records.json", progress=progress,
+        model, open_dataset("folder", scenes, "test", limit=settings.use_scenes), options, records_path=records,
+        progress=progress,
     )  # fmt: skip
     clicks = summarize_runs(runs, seed=settings.extraction_seed)
     context = {"model": MODEL_NAMES["tiny"], "heads": str(heads), "scenes": settings.use_scenes}

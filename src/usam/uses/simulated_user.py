@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -287,7 +288,7 @@ def run_click_simulation(
 
     options = options or SimulationOptions()
     # What the runs depend on besides the options: resuming with another model or other heads is refused.
-    identity = {"model": model.model_name, "heads": heads_fingerprint(model.heads) if model.heads else None}
+    identity = simulation_identity(model)
     done: dict[str, list[ObjectRun]] = _load_records(Path(records_path), options, identity) if records_path else {}
     keys = samples.keys() if hasattr(samples, "keys") else None
     last_save = time.monotonic()
@@ -307,6 +308,27 @@ def run_click_simulation(
     if records_path:
         _save_records(Path(records_path), options, identity, {**done, **by_image})
     return [run for runs in by_image.values() for run in runs]
+
+
+def simulation_identity(model: Any) -> dict[str, Any]:
+    """What a click-simulation records file must have been written with to be resumed: the model and the heads.
+
+    Args:
+        model: The wrapped model (:class:`usam.UncertainSAM`).
+
+    Returns:
+        ``{"model": model name, "heads": fingerprint of the heads (None without heads)}``.
+    """
+    return {"model": model.model_name, "heads": heads_fingerprint(model.heads) if model.heads else None}
+
+
+def recorded_identity(records_path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The identity a click-simulation records file was written with (None if it is missing or unreadable)."""
+    try:
+        identity = json.loads(Path(records_path).read_text()).get("identity")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return identity if isinstance(identity, dict) else None
 
 
 class _Done:
