@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from usam.evaluation.measures import MeasureKind
 from usam.heads import INPUTS_OF_VARIANT, InputsVariant
 from usam.metrics import CORRECTION_SCENARIOS, bootstrap_statistics, percentile_interval
 from usam.testbed import TestbedSettings
@@ -188,3 +189,46 @@ def test_percentile_interval_of_a_constant_and_of_undefined_values():
     assert low[0] == high[0] == 3.0
     assert np.isnan(low[1])
     assert np.isnan(high[1])
+
+
+def test_baselines_equal_in_every_seed_are_bootstrapped_once(monkeypatch):
+    """Heads change per seed, the store's baselines do not: only seed 0 resamples a baseline that all seeds share."""
+    import types
+
+    from usam.testbed import pipeline
+
+    head, sam, moved = str(MeasureKind.USAM_HEAD), "sam_score", "baseline that differs"
+    point = {"sam": 60.0, "moved": [50.0, 51.0, 52.0], "head": [70.0, 72.0, 74.0]}
+
+    def evaluation(seed):
+        measures = {
+            "head": types.SimpleNamespace(label="head", kind=head, relative_auc_percent={"0-1": point["head"][seed]}),
+            "sam": types.SimpleNamespace(label="sam", kind=sam, relative_auc_percent={"0-1": point["sam"]}),
+            "moved": types.SimpleNamespace(label=moved, kind=sam, relative_auc_percent={"0-1": point["moved"][seed]}),
+        }
+        result = types.SimpleNamespace(
+            status="done", title="t", base_model="a", corrected_model="b", num_objects=40, measures=measures
+        )
+        return types.SimpleNamespace(seed=seed, scenarios={"s": result})
+
+    asked: list[tuple[int, list[str]]] = []
+
+    def statistics(scenario, evaluation, result, keys, settings):
+        asked.append((evaluation.seed, list(keys)))
+        # A statistic that depends on the resample and on the seed, so that copies are not trivially equal.
+        return [(key, lambda index, s=evaluation.seed: np.array([index.mean() + s]), 40) for key in keys]
+
+    monkeypatch.setattr(pipeline, "_statistics", statistics)
+    settings = TestbedSettings.quick()
+    summary = pipeline._scenario_summary(types.SimpleNamespace(name="s"), [evaluation(k) for k in range(3)], settings)
+    assert asked == [(0, ["head", "sam", "moved"]), (1, ["head", "moved"]), (2, ["head", "moved"])]
+    one_seed = bootstrap_statistics(
+        lambda index: np.array([index.mean()]), 40, resamples=settings.bootstrap_resamples, seed=0
+    )
+    low, high = percentile_interval(one_seed)
+    shared = summary["measures"]["sam"]["relative_auc_percent"]["0-1"]
+    assert (shared["lower"], shared["upper"]) == pytest.approx((low[0], high[0]))
+    # Measures that differ between seeds pool every seed's samples: their interval is wider than one seed's.
+    pooled = summary["measures"]["moved"]["relative_auc_percent"]["0-1"]
+    assert pooled["upper"] - pooled["lower"] > high[0] - low[0]
+    assert summary["measures"]["head"]["relative_auc_percent"]["0-1"]["value"] == pytest.approx(72.0)
