@@ -30,8 +30,10 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def has_fast_bfloat16(device: str | torch.device) -> bool:
-    """Whether bfloat16 matrix products are native on ``device``: a CUDA GPU that supports them, or a CPU with
-    AVX-512 BF16 or AMX BF16 instructions (read from ``/proc/cpuinfo``; False where it cannot be read).
+    """Whether bfloat16 matrix products are native on ``device``.
+
+    True for a CUDA GPU that supports them, or a CPU with AVX-512 BF16 or AMX BF16 instructions (read from
+    ``/proc/cpuinfo``; False where it cannot be read).
 
     Where bfloat16 is emulated, mixed precision gains little or nothing over float32, so callers that choose the
     precision for speed ask this first.

@@ -263,7 +263,7 @@ def test_given_hyper_parameters_replace_the_recipe_for_every_head(token_store, t
         train_from_store(token_store, tmp_path / "b.safetensors", hyper_parameters=schedule, dataset_defaults="coco")
     with pytest.raises(InvalidInputError, match="either them or a recipe"):
         train_from_store(token_store, tmp_path / "b.safetensors", hyper_parameters=schedule, recipe="usam")
-    with pytest.raises(InvalidInputError, match="must be a usam.training.HyperParameters"):
+    with pytest.raises(InvalidInputError, match=r"must be a usam\.training\.HyperParameters"):
         train_from_store(token_store, tmp_path / "b.safetensors", hyper_parameters={"lr": 1e-3})
     assert not (tmp_path / "b.safetensors").exists()
 

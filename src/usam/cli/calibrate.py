@@ -15,8 +15,9 @@ def add_calibrate(subparsers: Any) -> None:
         "calibrate",
         help="calibrate the IoU heads (isotonic) and fit conformal lower bounds on a calibration store",
         description="Fit, on a token store of another split than the heads' training data, a monotone (isotonic) "
-        "calibration of every IoU head (on all its rows) and split-conformal lower bounds (an isotonic map on one part "
-        "of the images, quantiles of true minus that map on the rest; marginal and per bin), and write a copy of the heads file with them in its metadata (weights unchanged). "
+        "calibration of every IoU head (on all its rows) and split-conformal lower bounds (an isotonic map on one "
+        "part of the images, quantiles of true minus that map on the rest; marginal and per bin), and write a copy "
+        "of the heads file with them in its metadata (weights unchanged). "
         "The predictor then reports per mask the calibrated IoU and a lower bound iou_lower with "
         "P(true IoU >= iou_lower) >= 1 - alpha; the guarantee is marginal (over masks), not per mask.",
     )
