@@ -228,11 +228,15 @@ def correction_curve(
     grid = _fraction_grid(fractions, num_points)
 
     gain = corrected - base
-    # Ties are replaced by their expected contribution: every member of a tie carries the tie's mean gain.
-    _, tie_index = np.unique(ranking_values, return_inverse=True)
-    tie_mean_gain = np.bincount(tie_index, weights=gain) / np.bincount(tie_index)
     # Ascending sort puts tied objects next to each other; reversed, the most uncertain come first.
     order = np.argsort(ranking_values, kind="stable")
+    # Ties are replaced by their expected contribution: every member of a tie carries the tie's mean gain. Ties
+    # are numbered in ascending order of their value (as np.unique's inverse would, from the one sort).
+    sorted_values = ranking_values[order]
+    tie_of_sorted = np.concatenate([[0], np.cumsum(sorted_values[1:] != sorted_values[:-1])])
+    tie_index = np.empty_like(tie_of_sorted)
+    tie_index[order] = tie_of_sorted
+    tie_mean_gain = np.bincount(tie_index, weights=gain) / np.bincount(tie_index)
     if higher_is_uncertain:
         order = order[::-1]
     ranked_gain = tie_mean_gain[tie_index[order]]
@@ -369,10 +373,36 @@ def area_under_curve(fractions: np.ndarray, values: np.ndarray, *, max_fraction:
         >>> area_under_curve(np.array([0.0, 1.0]), np.array([1.0, 1.0]), max_fraction=0.5)
         0.5
     """
-    grid = _as_vector(fractions, "fractions")
     curve_values = _as_vector(values, "values")
-    if grid.shape != curve_values.shape:
-        raise InvalidInputError(f"fractions and values must have equal length, got {grid.size} and {curve_values.size}")
+    weights = area_weights(fractions, max_fraction=max_fraction)
+    if weights.shape != curve_values.shape:
+        raise InvalidInputError(
+            f"fractions and values must have equal length, got {weights.size} and {curve_values.size}"
+        )
+    return float(weights @ curve_values)
+
+
+def area_weights(fractions: np.ndarray, *, max_fraction: float = 1.0) -> np.ndarray:
+    """Weights ``w`` with ``area_under_curve(fractions, values, max_fraction=m) == w @ values`` for any values.
+
+    The trapezoidal area is linear in the curve's values, so many curves on one grid (bootstrap resamples, many
+    measures) integrate with one matrix product against these weights.
+
+    Args:
+        fractions: Array of shape (P,), strictly increasing, starting at 0 and reaching ``max_fraction``.
+        max_fraction: Upper end of the integration, greater than 0.
+
+    Returns:
+        Array of shape (P,).
+
+    Raises:
+        InvalidInputError: As :func:`area_under_curve`, for the fractions.
+
+    Example:
+        >>> area_weights(np.array([0.0, 0.5, 1.0])).tolist()
+        [0.25, 0.5, 0.25]
+    """
+    grid = _as_vector(fractions, "fractions")
     if grid.size < 2:
         raise InvalidInputError(f"a curve needs at least two points to have an area, got {grid.size}")
     if np.any(np.diff(grid) <= 0):
@@ -381,10 +411,23 @@ def area_under_curve(fractions: np.ndarray, values: np.ndarray, *, max_fraction:
         raise InvalidInputError(f"max_fraction must be a positive number, got {max_fraction!r}")
     if grid[0] != 0.0 or grid[-1] < max_fraction:
         raise InvalidInputError(f"fractions must cover [0, {max_fraction}], got [{grid[0]}, {grid[-1]}]")
-    inside = grid < max_fraction
-    x = np.append(grid[inside], max_fraction)
-    y = np.append(curve_values[inside], np.interp(max_fraction, grid, curve_values))
-    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+    # The points below max_fraction, then the curve linearly interpolated at max_fraction (which shares its
+    # value between the two grid points around it).
+    inside = int(np.count_nonzero(grid < max_fraction))
+    x = np.append(grid[:inside], max_fraction)
+    interpolation = np.zeros((inside + 1, grid.size))
+    interpolation[np.arange(inside), np.arange(inside)] = 1.0
+    upper = min(inside, grid.size - 1)
+    if grid[upper] == max_fraction:
+        interpolation[inside, upper] = 1.0
+    else:
+        share = (max_fraction - grid[inside - 1]) / (grid[upper] - grid[inside - 1])
+        interpolation[inside, inside - 1], interpolation[inside, upper] = 1.0 - share, share
+    widths = np.diff(x) / 2.0
+    trapezoid = np.zeros(inside + 1)
+    trapezoid[:-1] += widths
+    trapezoid[1:] += widths
+    return trapezoid @ interpolation
 
 
 def relative_auc(
@@ -424,10 +467,28 @@ def relative_auc(
     curve_area = area_under_curve(*curve, max_fraction=max_fraction)
     none_area = area_under_curve(*no_correction, max_fraction=max_fraction)
     oracle_area = area_under_curve(*oracle, max_fraction=max_fraction)
+    return float(relative_area(curve_area, none_area, oracle_area))
+
+
+def relative_area(
+    curve_area: float | np.ndarray, none_area: float | np.ndarray, oracle_area: float | np.ndarray
+) -> np.ndarray:
+    """``100 · (area - none) / (oracle - none)`` elementwise, NaN where the oracle gains nothing over no correction.
+
+    The arithmetic of :func:`relative_auc` on areas already computed (e.g. with :func:`area_weights`), for arrays.
+
+    Example:
+        >>> relative_area(np.array([0.5, 0.6]), 0.25, np.array([1.25, 0.25])).tolist()
+        [25.0, nan]
+    """
+    curve_area, none_area, oracle_area = np.broadcast_arrays(
+        np.asarray(curve_area, float), np.asarray(none_area, float), np.asarray(oracle_area, float)
+    )
     possible_gain = oracle_area - none_area
-    if not possible_gain > _NO_GAIN_TOLERANCE:
-        return float("nan")
-    return float(100.0 * (curve_area - none_area) / possible_gain)
+    gains = possible_gain > _NO_GAIN_TOLERANCE
+    result = np.full(possible_gain.shape, np.nan)
+    np.divide(100.0 * (curve_area - none_area), possible_gain, out=result, where=gains)
+    return result
 
 
 def pearson_matrix(columns: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarray]:

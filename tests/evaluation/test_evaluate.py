@@ -569,3 +569,25 @@ def test_every_departure_from_the_paper_is_judged_for_a_run():
     from usam.presets import PAPER_DEPARTURES
 
     assert known_keys() == {departure.key for departure in PAPER_DEPARTURES}
+
+
+def test_relative_aucs_of_rankings_equal_ranking_scores_one_by_one():
+    """Sharing the references between rankings changes nothing, also for rankings with NaN values or ties."""
+    from usam.evaluation.scenarios import AUC_RANGES, ranking_scores, relative_aucs_of_rankings
+
+    rng = np.random.default_rng(5)
+    base, corrected = rng.random(80), rng.random(80)
+    partly_defined = rng.random(80)
+    partly_defined[::7] = np.nan
+    rankings = [
+        (rng.random(80), True),
+        (partly_defined, False),
+        (np.round(rng.random(80), 1), True),  # ties
+        (corrected - base, True),  # the oracle's own order
+    ]
+    fractions = np.linspace(0.0, 1.0, 21)
+    together = relative_aucs_of_rankings(base, corrected, rankings, fractions)
+    for row, (values, higher) in zip(together, rankings, strict=True):
+        _, aucs, _ = ranking_scores(base, corrected, values, higher, fractions)
+        np.testing.assert_allclose(row, [aucs[key] for key in AUC_RANGES], rtol=0, atol=1e-9)
+    assert together[3] == pytest.approx([100.0, 100.0])

@@ -386,3 +386,47 @@ def test_pearson_is_the_entry_of_the_matrix_and_nan_when_undefined():
     assert math.isnan(pearson(x, np.full(50, 0.1)))
     with pytest.raises(InvalidInputError):
         pearson(x, y[:10])
+
+
+def _reference_area(fractions, values, max_fraction):
+    """The trapezoidal area written out directly: points below max_fraction plus the interpolated end point."""
+    inside = fractions < max_fraction
+    x = np.append(fractions[inside], max_fraction)
+    y = np.append(values[inside], np.interp(max_fraction, fractions, values))
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+
+
+def test_area_weights_give_the_trapezoidal_area_on_any_grid_and_end():
+    from usam.metrics import area_weights
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        grid = np.unique(np.concatenate([[0.0], rng.random(rng.integers(1, 30))]))
+        # Ends between grid points, on an inner grid point, and on the last one.
+        for end in (rng.uniform(1e-6, grid[-1]), grid[rng.integers(1, grid.size)], grid[-1]):
+            values = rng.random(grid.size)
+            expected = _reference_area(grid, values, end)
+            assert float(area_weights(grid, max_fraction=end) @ values) == pytest.approx(expected, abs=1e-12)
+            assert area_under_curve(grid, values, max_fraction=end) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(InvalidInputError, match="cover"):
+        area_weights(np.array([0.0, 0.4]), max_fraction=0.5)
+
+
+def test_correction_curve_numbers_ties_like_np_unique():
+    """The one-sort tie grouping gives the curve of the tie-expectation rule computed with np.unique."""
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        size = int(rng.integers(1, 60))
+        base, corrected = rng.random(size), rng.random(size)
+        # Few distinct values, so that ties are common; infinities allowed.
+        values = rng.choice(np.array([-np.inf, 0.1, 0.2, 0.2, 0.7, np.inf]), size=size)
+        for higher in (True, False):
+            gain = corrected - base
+            _, tie_index = np.unique(values, return_inverse=True)
+            tie_gain = np.bincount(tie_index, weights=gain) / np.bincount(tie_index)
+            order = np.argsort(values, kind="stable")
+            order = order[::-1] if higher else order
+            cumulative = np.concatenate([[0.0], np.cumsum(tie_gain[tie_index[order]])])
+            expected = (base.sum() + cumulative[corrected_counts(QUARTERS, size)]) / size
+            curve = correction_curve(base, corrected, values, fractions=QUARTERS, higher_is_uncertain=higher)
+            np.testing.assert_allclose(curve.mean_iou, expected, rtol=0, atol=1e-12)

@@ -215,8 +215,9 @@ def test_baselines_equal_in_every_seed_are_bootstrapped_once(monkeypatch):
 
     def statistics(scenario, evaluation, result, keys, settings):
         asked.append((evaluation.seed, list(keys)))
-        # A statistic that depends on the resample and on the seed, so that copies are not trivially equal.
-        return [(key, lambda index, s=evaluation.seed: np.array([index.mean() + s]), 40) for key in keys]
+        # A statistic that depends on the resample and on the seed, so that copies are not trivially equal; one row
+        # per key, one column per range.
+        return (lambda index, s=evaluation.seed: np.full((len(keys), 1), index.mean() + s)), 40
 
     monkeypatch.setattr(pipeline, "_statistics", statistics)
     settings = TestbedSettings.quick()

@@ -18,7 +18,16 @@ import numpy as np
 
 from usam.evaluation.measures import Measure, MeasureKind, measure_values
 from usam.evaluation.rows import Rows
-from usam.metrics import CorrectionScenario, Curve, correction_curve, no_correction_curve, oracle_curve, random_curve
+from usam.metrics import (
+    CorrectionScenario,
+    Curve,
+    area_weights,
+    correction_curve,
+    no_correction_curve,
+    oracle_curve,
+    random_curve,
+    relative_area,
+)
 from usam.metrics import relative_auc as relative_auc_of
 from usam.validation import StrEnum
 
@@ -232,6 +241,61 @@ def scenario_objects(
 def relative_aucs(curve: Curve, none: Curve, oracle: Curve) -> dict[str, float]:
     """Relative AUC of ``curve`` over every range of :data:`AUC_RANGES`."""
     return {key: relative_auc_of(curve, none, oracle, max_fraction=limit) for key, limit in AUC_RANGES.items()}
+
+
+def range_weights(fractions: np.ndarray) -> np.ndarray:
+    """Area weights of every range of :data:`AUC_RANGES` on a grid: shape (ranges, points), see
+    :func:`usam.metrics.area_weights`."""
+    return np.stack([area_weights(fractions, max_fraction=limit) for limit in AUC_RANGES.values()])
+
+
+def relative_aucs_of_rankings(
+    base: np.ndarray,
+    corrected: np.ndarray,
+    rankings: list[tuple[np.ndarray, bool]],
+    fractions: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """Relative AUCs of several rankings of the same objects, as :func:`ranking_scores` gives them, sharing the work.
+
+    The no-correction and oracle areas are computed once for all rankings that are defined on every object; a
+    ranking with NaN values is scored on its defined objects against their own references, as in
+    :func:`ranking_scores`. Used where many measures are scored on many resamples (the test-bed's bootstrap).
+
+    Args:
+        base: (N,) base IoUs.
+        corrected: (N,) corrected IoUs.
+        rankings: ``(values, higher_is_uncertain)`` per ranking, values of shape (N,).
+        fractions: The curves' grid.
+        weights: :func:`range_weights` of ``fractions`` (computed here when not given).
+
+    Returns:
+        Array of shape (rankings, ranges) in the order of :data:`AUC_RANGES`.
+    """
+    weights = range_weights(fractions) if weights is None else weights
+    shared: tuple[np.ndarray, np.ndarray] | None = None
+    result = np.empty((len(rankings), weights.shape[0]))
+    for index, (values, higher) in enumerate(rankings):
+        defined = ~np.isnan(values)
+        if defined.all():
+            scored_base, scored_corrected, scored_values = base, corrected, values
+        else:
+            scored_base, scored_corrected, scored_values = base[defined], corrected[defined], values[defined]
+        if not scored_base.size:
+            result[index] = np.nan
+            continue
+        if defined.all() and shared is not None:
+            none_areas, oracle_areas = shared
+        else:
+            none_areas = weights @ no_correction_curve(scored_base, fractions=fractions).mean_iou
+            oracle_areas = weights @ oracle_curve(scored_base, scored_corrected, fractions=fractions).mean_iou
+            if defined.all():
+                shared = none_areas, oracle_areas
+        curve = correction_curve(
+            scored_base, scored_corrected, scored_values, fractions=fractions, higher_is_uncertain=higher
+        )
+        result[index] = relative_area(weights @ curve.mean_iou, none_areas, oracle_areas)
+    return result
 
 
 def ranking_scores(

@@ -645,10 +645,11 @@ def _scenario_summary(
         wanted = keys if index == 0 else [key for key in keys if key not in shared]
         if not wanted:
             continue
-        for key, statistic, num_objects in _statistics(scenario, evaluation, result, wanted, settings):
-            samples[key].append(
-                bootstrap_statistics(statistic, num_objects, resamples=settings.bootstrap_resamples, seed=0)
-            )
+        # One statistic gives every wanted measure on a resample, so the resample's references are shared.
+        statistic, num_objects = _statistics(scenario, evaluation, result, wanted, settings)
+        seed_samples = bootstrap_statistics(statistic, num_objects, resamples=settings.bootstrap_resamples, seed=0)
+        for position, key in enumerate(wanted):
+            samples[key].append(seed_samples[:, position])
     ranges = list(results[0].measures[keys[0]].relative_auc_percent) if keys else []
     measures: dict[str, Any] = {}
     for key in keys:
@@ -676,16 +677,24 @@ def _scenario_summary(
 
 def _statistics(
     scenario: Any, evaluation: Any, result: Any, keys: list[str], settings: TestbedSettings
-) -> list[tuple[str, Callable[[np.ndarray], np.ndarray], int]]:
-    """Per measure key, its relative AUCs (one per range) as a function of resampled object indices.
+) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """The relative AUCs of the measures ``keys`` as one function of resampled object indices, and the objects' number.
 
-    The objects, measures and scores are the evaluation's own (:mod:`usam.evaluation.scenarios`), recomputed on
-    the rows of the store the evaluation read.
+    The function returns an array of shape (keys, ranges). The objects, measures and scores are the evaluation's own
+    (:mod:`usam.evaluation.scenarios`), recomputed on the rows of the store the evaluation read; the no-correction
+    and oracle curves of a resample are computed once for all its measures.
     """
     from usam.evaluation.measures import scenario_measures
     from usam.evaluation.rows import read_rows, resolve_models, size_and_version
-    from usam.evaluation.scenarios import ranking_scores, relative_aucs, scenario_objects, values_of
+    from usam.evaluation.scenarios import (
+        AUC_RANGES,
+        range_weights,
+        relative_aucs_of_rankings,
+        scenario_objects,
+        values_of,
+    )
     from usam.heads import load_heads
+    from usam.metrics import relative_area
     from usam.store import StoreReader
 
     reader = StoreReader(evaluation.store)
@@ -695,41 +704,38 @@ def _statistics(
     objects = scenario_objects(rows, scenario, result.base_model, joined)
     base, corrected = objects.base_iou, objects.corrected_iou
     fractions = evaluation.fractions
+    weights = range_weights(fractions)
+    # The evaluation's ranges, in the order its results list them.
+    order = [list(AUC_RANGES).index(r) for r in result.measures[keys[0]].relative_auc_percent]
     measures = scenario_measures(
         scenario, size_and_version(result.base_model)[0], size_and_version(result.corrected_model)[0]
     )
-    ranges = list(result.measures[keys[0]].relative_auc_percent)
+    rankings = {
+        measure.key: (values_of(measure, rows, objects.base_rows), measure.higher_is_uncertain)
+        for measure in measures
+        if measure.key in keys
+    }
 
-    def as_vector(aucs: dict[str, float]) -> np.ndarray:
-        return np.array([aucs[r] for r in ranges])
+    def statistic(index: np.ndarray) -> np.ndarray:
+        resampled_base, resampled_corrected = base[index], corrected[index]
+        values: dict[str, np.ndarray] = {}
+        ranked = relative_aucs_of_rankings(
+            resampled_base, resampled_corrected, [(v[index], higher) for v, higher in rankings.values()], fractions,
+            weights,
+        )  # fmt: skip
+        values.update(zip(rankings, ranked, strict=True))
+        if "random" in keys or "oracle" in keys:
+            none = weights @ no_correction_curve(resampled_base, fractions=fractions).mean_iou
+            best = weights @ oracle_curve(resampled_base, resampled_corrected, fractions=fractions).mean_iou
+            if "random" in keys:
+                curve = random_curve(
+                    resampled_base, resampled_corrected, num_seeds=settings.random_orders, fractions=fractions
+                )
+                values["random"] = relative_area(weights @ curve.mean_iou, none, best)
+            values["oracle"] = relative_area(best, none, best)
+        return np.stack([values[key][order] for key in keys])
 
-    def references(index: np.ndarray) -> tuple[Any, Any]:
-        return (
-            no_correction_curve(base[index], fractions=fractions),
-            oracle_curve(base[index], corrected[index], fractions=fractions),
-        )
-
-    statistics: list[tuple[str, Callable[[np.ndarray], np.ndarray], int]] = []
-    for measure in measures:
-        if measure.key not in keys:
-            continue
-        values = values_of(measure, rows, objects.base_rows)
-
-        def ranked(index: np.ndarray, values: np.ndarray = values, higher: bool = measure.higher_is_uncertain):
-            return as_vector(ranking_scores(base[index], corrected[index], values[index], higher, fractions)[1])
-
-        statistics.append((measure.key, ranked, base.size))
-
-    def random(index: np.ndarray) -> np.ndarray:
-        curve = random_curve(base[index], corrected[index], num_seeds=settings.random_orders, fractions=fractions)
-        return as_vector(relative_aucs(curve, *references(index)))
-
-    def oracle(index: np.ndarray) -> np.ndarray:
-        none, best = references(index)
-        return as_vector(relative_aucs(best, none, best))
-
-    statistics += [("random", random, base.size), ("oracle", oracle, base.size)]
-    return [entry for entry in statistics if entry[0] in keys]
+    return statistic, base.size
 
 
 def store_miou(store: Path) -> dict[str, dict[str, float | None]]:
