@@ -244,8 +244,11 @@ def relative_aucs(curve: Curve, none: Curve, oracle: Curve) -> dict[str, float]:
 
 
 def range_weights(fractions: np.ndarray) -> np.ndarray:
-    """Area weights of every range of :data:`AUC_RANGES` on a grid: shape (ranges, points), see
-    :func:`usam.metrics.area_weights`."""
+    """Area weights of every range of :data:`AUC_RANGES` on a grid (:func:`usam.metrics.area_weights`).
+
+    Returns:
+        Array of shape (ranges, points).
+    """
     return np.stack([area_weights(fractions, max_fraction=limit) for limit in AUC_RANGES.values()])
 
 
