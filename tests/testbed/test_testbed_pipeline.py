@@ -113,8 +113,10 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
     assert all(value is None or 0.0 <= value <= 1.0 for value in results["prompt_dependence"].values())
     assert "prompt dependence" in (paths.results / "results.md").read_text()
     assert set(results["seconds"]) == {
-        "extraction", "click_check", "heads", "calibration", "evaluation", "uses", "results"
+        "extraction", "extraction_train", "extraction_test", "extraction_calibration", "click_check", "heads",
+        "calibration", "evaluation", "uses", "uses_store", "uses_clicks", "uses_automatic", "results",
     }  # fmt: skip
+    assert "Time of this run" in (paths.results / "results.md").read_text()
     # Calibration: per variant and IoU head, ECE before and after and coverage for every alpha, on test rows.
     assert set(results["calibration"]) == set(HEAD_VARIANTS)
     for summary in results["calibration"].values():

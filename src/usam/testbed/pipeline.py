@@ -325,7 +325,9 @@ def run_testbed(
     started = time.perf_counter()
     workers = extraction_workers(device)
     for split, monte_carlo in (("train", False), ("test", True), ("calibration", False)):
+        split_started = time.perf_counter()
         extract_split(paths, split, monte_carlo, settings, device=device, workers=workers, progress=progress)
+        seconds[f"extraction_{split}"] = time.perf_counter() - split_started
     seconds["extraction"] = time.perf_counter() - started
     started = time.perf_counter()
     models = build_models([paths.card(key) for key in MODEL_KEYS], device=device)
@@ -368,6 +370,7 @@ def run_testbed(
     uses_heads = paths.heads(0, USES_HEAD_INPUTS, calibrated=True)
     uses, pages = run_testbed_uses(paths, settings, uses_heads, device=device, progress=progress)
     seconds["uses"] = time.perf_counter() - started
+    seconds.update({f"uses_{name}": value for name, value in uses.pop("seconds").items()})
     started = time.perf_counter()
     results = combine_results(
         paths, evaluations, settings, prompt_dependence=dependence, calibration=summarize_calibration(calibrations)
@@ -805,7 +808,25 @@ def results_markdown(results: dict[str, Any], *, uses_pages: dict[str, str] | No
     lines += _calibration_lines(results.get("calibration", {}))
     if uses_pages:
         lines += _uses_lines(uses_pages)
+    lines += _time_lines(results.get("seconds", {}))
     return "\n".join(lines) + "\n"
+
+
+def _time_lines(seconds: dict[str, float]) -> list[str]:
+    """Minutes of each phase of the run (``seconds`` of the results' JSON), parts indented under their phase."""
+    if not seconds:
+        return []
+    phases = [key for key in seconds if not any(key.startswith(f"{other}_") for other in seconds)]
+    total = sum(seconds[key] for key in phases)
+    lines = ["", f"## Time of this run: {total / 60:.1f} minutes", ""]
+    for phase in phases:
+        lines.append(f"- {phase.replace('_', ' ')}: {seconds[phase] / 60:.1f} min")
+        lines += [
+            f"  - {key[len(phase) + 1 :].replace('_', ' ')}: {value / 60:.1f} min"
+            for key, value in seconds.items()
+            if key.startswith(f"{phase}_")
+        ]
+    return lines
 
 
 def _uses_lines(pages: dict[str, str]) -> list[str]:

@@ -14,6 +14,7 @@ own report under ``DIR/uses/`` with the same code as its command (``usam evaluat
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,9 @@ def run_testbed_uses(
         progress: Show progress bars.
 
     Returns:
-        ``({"store": uses.json's content, "clicks": the click summary, "automatic": the three APs}, pages)``, where
-        ``pages`` holds the Markdown of the three reports (keys ``store``, ``clicks``, ``automatic``).
+        ``({"store": uses.json's content, "clicks": the click summary, "automatic": the three APs, "seconds": each
+        use's seconds}, pages)``, where ``pages`` holds the Markdown of the three reports (keys ``store``,
+        ``clicks``, ``automatic``).
     """
     from usam.automatic import UncertainMaskGenerator
     from usam.datasets import open_dataset
@@ -54,6 +56,8 @@ def run_testbed_uses(
     from usam.uses.simulated_user import recorded_identity, simulation_identity
 
     out = paths.root / USES_FOLDER
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
     loaded = load_heads(heads)
     store_result = evaluate_uses(
         paths.store("test"), loaded, small=MODEL_NAMES["tiny-early"], large=MODEL_NAMES["large"],
@@ -61,6 +65,7 @@ def run_testbed_uses(
     )  # fmt: skip
     write_uses_report(store_result, out / "store")
     pages = {"store": uses_markdown(store_result)}
+    seconds["store"], started = time.perf_counter() - started, time.perf_counter()
 
     scenes = paths.scenes("test")
     model = UncertainSAM.from_pretrained(paths.card("tiny"), loaded, device=device)
@@ -78,6 +83,7 @@ def run_testbed_uses(
     context = {"model": MODEL_NAMES["tiny"], "heads": str(heads), "scenes": settings.use_scenes}
     written = write_click_report(clicks, options.as_record(), out / "clicks", context)
     pages["clicks"] = written["markdown"].read_text(encoding="utf-8")
+    seconds["clicks"], started = time.perf_counter() - started, time.perf_counter()
 
     generator = UncertainMaskGenerator(
         model, loaded, device=device, points_per_side=AUTOMATIC_POINTS_PER_SIDE, **AUTOMATIC_THRESHOLDS
@@ -87,4 +93,5 @@ def run_testbed_uses(
         progress=progress, context={**context, "points_per_side": AUTOMATIC_POINTS_PER_SIDE, **AUTOMATIC_THRESHOLDS},
     )  # fmt: skip
     pages["automatic"] = ap_table(automatic)
-    return {"store": store_result.to_json(), "clicks": clicks, "automatic": automatic}, pages
+    seconds["automatic"] = time.perf_counter() - started
+    return {"store": store_result.to_json(), "clicks": clicks, "automatic": automatic, "seconds": seconds}, pages
