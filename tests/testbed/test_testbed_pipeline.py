@@ -235,3 +235,34 @@ def test_baselines_equal_in_every_seed_are_bootstrapped_once(monkeypatch):
     pooled = summary["measures"]["moved"]["relative_auc_percent"]["0-1"]
     assert pooled["upper"] - pooled["lower"] > high[0] - low[0]
     assert summary["measures"]["head"]["relative_auc_percent"]["0-1"]["value"] == pytest.approx(72.0)
+
+
+def test_uses_beside_heads_leave_a_core_while_running_and_give_it_back(tmp_path):
+    """While the uses' process runs, the heads keep all cores but one; once it is done, and after, all again."""
+    import torch
+
+    from usam.testbed.pipeline import TestbedPaths, _UsesBesideHeads
+
+    class Job:
+        done = False
+
+        def ready(self):
+            return self.done
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with _UsesBesideHeads(TestbedPaths(tmp_path), TestbedSettings.quick(), tmp_path / "h", "cpu") as uses:
+            uses.share_cores()
+            assert torch.get_num_threads() == 2  # nothing started yet
+            uses.future = job = Job()
+            uses.share_cores()
+            assert torch.get_num_threads() == 1
+            job.done = True
+            uses.share_cores()
+            assert torch.get_num_threads() == 2
+            job.done = False
+            uses.share_cores()
+        assert torch.get_num_threads() == 2  # leaving the block gives every thread back
+    finally:
+        torch.set_num_threads(threads)

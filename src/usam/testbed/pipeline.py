@@ -306,7 +306,6 @@ def run_testbed(
     from usam.devices import Precision, has_fast_bfloat16, select_device
     from usam.extraction import build_models
     from usam.heads import INPUTS_OF_VARIANT, InputsVariant
-    from usam.testbed.uses import run_testbed_uses
     from usam.training import USAM_HYPER_PARAMETERS, train_from_store
 
     settings = settings or TestbedSettings()
@@ -343,33 +342,39 @@ def run_testbed(
     seconds["heads"] = seconds["calibration"] = seconds["evaluation"] = 0.0
     evaluations: list[dict[str, dict[str, Any]]] = []
     calibrations: list[dict[str, Any]] = []
-    for seed in range(seeds):
-        evaluations.append({})
-        calibrations.append({})
-        for inputs in HEAD_VARIANTS:
-            started = time.perf_counter()
-            heads = train_from_store(
-                paths.store("train"), paths.heads(seed, inputs), seed=seed, hyper_parameters=head_schedule,
-                inputs=INPUTS_OF_VARIANT[InputsVariant(inputs)], progress=progress, device=device,
-                precision=head_precision,
-            )  # fmt: skip
-            seconds["heads"] += time.perf_counter() - started
-            started = time.perf_counter()
-            calibrations[seed][inputs] = calibrate_and_check(paths, seed, inputs)
-            seconds["calibration"] += time.perf_counter() - started
-            started = time.perf_counter()
-            evaluations[seed][inputs] = {
-                which: _evaluate(paths, heads, seed, which, model, settings, progress, inputs)
-                for which, model in (
-                    (MAIN_EVALUATION, MODEL_NAMES["tiny"]),
-                    (GAP_EVALUATION, MODEL_NAMES["tiny-early"]),
-                )
-            }
-            seconds["evaluation"] += time.perf_counter() - started
-    started = time.perf_counter()
     uses_heads = paths.heads(0, USES_HEAD_INPUTS, calibrated=True)
-    uses, pages = run_testbed_uses(paths, settings, uses_heads, device=device, progress=progress)
-    seconds["uses"] = time.perf_counter() - started
+    with _UsesBesideHeads(paths, settings, uses_heads, device) as uses_job:
+        for seed in range(seeds):
+            evaluations.append({})
+            calibrations.append({})
+            for inputs in HEAD_VARIANTS:
+                uses_job.share_cores()
+                started = time.perf_counter()
+                heads = train_from_store(
+                    paths.store("train"), paths.heads(seed, inputs), seed=seed, hyper_parameters=head_schedule,
+                    inputs=INPUTS_OF_VARIANT[InputsVariant(inputs)], progress=progress, device=device,
+                    precision=head_precision,
+                )  # fmt: skip
+                seconds["heads"] += time.perf_counter() - started
+                started = time.perf_counter()
+                calibrations[seed][inputs] = calibrate_and_check(paths, seed, inputs)
+                seconds["calibration"] += time.perf_counter() - started
+                if seed == 0 and inputs == USES_HEAD_INPUTS:
+                    uses_job.start()
+                uses_job.share_cores()
+                started = time.perf_counter()
+                evaluations[seed][inputs] = {
+                    which: _evaluate(paths, heads, seed, which, model, settings, progress, inputs)
+                    for which, model in (
+                        (MAIN_EVALUATION, MODEL_NAMES["tiny"]),
+                        (GAP_EVALUATION, MODEL_NAMES["tiny-early"]),
+                    )
+                }
+                seconds["evaluation"] += time.perf_counter() - started
+        # What the heads did not hide of the uses (all of them where they run here, after the heads).
+        started = time.perf_counter()
+        uses, pages = uses_job.result(progress=progress)
+        seconds["uses"] = time.perf_counter() - started
     seconds.update({f"uses_{name}": value for name, value in uses.pop("seconds").items()})
     started = time.perf_counter()
     results = combine_results(
@@ -382,6 +387,76 @@ def run_testbed(
     write_json_atomically(results, paths.results / "results.json", indent=1)
     write_text_atomically(paths.results / "results.md", results_markdown(results, uses_pages=pages))
     return results
+
+
+class _UsesBesideHeads:
+    """The uses (:func:`usam.testbed.uses.run_testbed_uses`) in a process of their own, beside the later heads.
+
+    The uses run SAM2 on single prompts, which a second thread barely speeds up, while the heads' matrix products
+    use every core. So on a CPU with at least two cores the uses start as soon as their heads file exists (seed 0's
+    calibrated tokens+signals heads), on one core with one thread, and the heads of the later seeds keep the other
+    cores (:meth:`share_cores`, called between steps) until the uses are done. Elsewhere they run after the heads,
+    here. Leaving the ``with`` block restores the thread count and shuts the process down.
+    """
+
+    def __init__(self, paths: TestbedPaths, settings: TestbedSettings, heads: Path, device: str | None) -> None:
+        import os
+
+        import torch
+
+        from usam.devices import select_device
+
+        self.arguments = (paths, settings, heads)
+        self.device = device
+        self.threads = torch.get_num_threads()
+        self.beside = select_device(device).type == "cpu" and (os.cpu_count() or 1) >= 2 and self.threads >= 2
+        self.pool: Any = None
+        self.future: Any = None
+
+    def __enter__(self) -> _UsesBesideHeads:
+        return self
+
+    def start(self) -> None:
+        """Start the uses in their process (only where they run beside the heads)."""
+        if not self.beside or self.future is not None:
+            return
+        import multiprocessing
+
+        from usam.testbed.uses import run_testbed_uses
+
+        # spawn, not fork: the parent's torch thread pools do not survive a fork.
+        self.pool = multiprocessing.get_context("spawn").Pool(1, initializer=_limit_threads, initargs=(1,))
+        # No progress bars there: they would garble the heads' bars.
+        self.future = self.pool.apply_async(
+            run_testbed_uses, self.arguments, {"device": self.device, "progress": False}
+        )
+
+    def share_cores(self) -> None:
+        """Leave one core to the uses while they run, and give it back once they are done."""
+        import torch
+
+        running = self.future is not None and not self.future.ready()
+        torch.set_num_threads(max(1, self.threads - 1) if running else self.threads)
+
+    def result(self, *, progress: bool) -> tuple[dict[str, Any], dict[str, str]]:
+        """The uses' results: waited for where they run beside the heads, else run here now."""
+        if self.future is None:
+            from usam.testbed.uses import run_testbed_uses
+
+            return run_testbed_uses(*self.arguments, device=self.device, progress=progress)
+        return self.future.get()
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        if self.pool is None:
+            return
+        if exc_type is None:
+            self.pool.close()
+        else:
+            self.pool.terminate()  # the run failed: do not wait minutes for uses nobody will read
+        self.pool.join()
 
 
 def extraction_workers(device: str | None = None) -> int:
@@ -820,12 +895,14 @@ def _time_lines(seconds: dict[str, float]) -> list[str]:
     total = sum(seconds[key] for key in phases)
     lines = ["", f"## Time of this run: {total / 60:.1f} minutes", ""]
     for phase in phases:
-        lines.append(f"- {phase.replace('_', ' ')}: {seconds[phase] / 60:.1f} min")
-        lines += [
-            f"  - {key[len(phase) + 1 :].replace('_', ' ')}: {value / 60:.1f} min"
-            for key, value in seconds.items()
-            if key.startswith(f"{phase}_")
-        ]
+        parts = {key[len(phase) + 1 :]: value for key, value in seconds.items() if key.startswith(f"{phase}_")}
+        # Parts longer than their phase ran beside other phases (the uses beside the heads): the phase's own
+        # figure is the time the run waited for them.
+        beside = " waited for after the phases before (its parts ran beside them)" * (
+            sum(parts.values()) > seconds[phase] + 1.0
+        )
+        lines.append(f"- {phase.replace('_', ' ')}: {seconds[phase] / 60:.1f} min{beside}")
+        lines += [f"  - {name.replace('_', ' ')}: {value / 60:.1f} min" for name, value in parts.items()]
     return lines
 
 
