@@ -228,8 +228,9 @@ def correction_curve(
     grid = _fraction_grid(fractions, num_points)
 
     gain = corrected - base
-    # Ascending sort puts tied objects next to each other; reversed, the most uncertain come first.
-    order = np.argsort(ranking_values, kind="stable")
+    # Ascending sort puts tied objects next to each other; reversed, the most uncertain come first. The order
+    # within a tie does not matter (its members all carry the tie's mean gain), so the sort need not be stable.
+    order = np.argsort(ranking_values)
     # Ties are replaced by their expected contribution: every member of a tie carries the tie's mean gain. Ties
     # are numbered in ascending order of their value (as np.unique's inverse would, from the one sort).
     sorted_values = ranking_values[order]

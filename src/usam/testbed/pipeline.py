@@ -35,6 +35,7 @@ bootstrapped once, see :func:`_scenario_summary`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -763,7 +764,7 @@ def _statistics(
     and oracle curves of a resample are computed once for all its measures.
     """
     from usam.evaluation.measures import scenario_measures
-    from usam.evaluation.rows import read_rows, resolve_models, size_and_version
+    from usam.evaluation.rows import size_and_version
     from usam.evaluation.scenarios import (
         AUC_RANGES,
         range_weights,
@@ -771,13 +772,11 @@ def _statistics(
         scenario_objects,
         values_of,
     )
-    from usam.heads import load_heads
     from usam.metrics import relative_area
-    from usam.store import StoreReader
 
-    reader = StoreReader(evaluation.store)
-    models = resolve_models(evaluation.model, reader.models(), Path(evaluation.store))
-    rows = read_rows(reader, models, load_heads(evaluation.heads), keep_features=False, progress=False)
+    heads = Path(evaluation.heads)
+    stamp = heads.stat()
+    rows = _evaluation_rows(str(evaluation.store), evaluation.model, str(heads), (stamp.st_mtime_ns, stamp.st_size))
     joined = result.corrected_model if scenario.corrected_model is not None else None
     objects = scenario_objects(rows, scenario, result.base_model, joined)
     base, corrected = objects.base_iou, objects.corrected_iou
@@ -814,6 +813,22 @@ def _statistics(
         return np.stack([values[key][order] for key in keys])
 
     return statistic, base.size
+
+
+@functools.lru_cache(maxsize=16)
+def _evaluation_rows(store: str, model: str, heads: str, heads_stamp: tuple[int, int]) -> Any:
+    """The rows an evaluation read (without features), read once for all scenarios that take them.
+
+    ``heads_stamp`` (the heads file's modification time and size) keeps a rewritten heads file from being served
+    the rows of the old one.
+    """
+    from usam.evaluation.rows import read_rows, resolve_models
+    from usam.heads import load_heads
+    from usam.store import StoreReader
+
+    reader = StoreReader(store)
+    models = resolve_models(model, reader.models(), Path(store))
+    return read_rows(reader, models, load_heads(heads), keep_features=False, progress=False)
 
 
 def store_miou(store: Path) -> dict[str, dict[str, float | None]]:
