@@ -84,8 +84,28 @@ def test_cascade_oracle_dominates_and_random_is_the_straight_line(result):
     assert result.cascade_relative_auc[ORACLE].value == pytest.approx(100.0)
     auc = result.cascade_relative_auc["usam model_gap"]
     assert auc.low <= auc.value <= auc.high
-    assert "entropy H_std" in result.cascade_curves
     assert result.num_objects == NUM_OBJECTS
+
+
+def test_cascade_entropy_is_that_of_sams_pick_not_of_the_best_mask(result, store):
+    """A cascade cannot know which mask is best: its entropy baseline ranks by the entropy of SAM's pick."""
+    import pyarrow.compute as pc
+
+    from usam.metrics import correction_curve
+    from usam.store import StoreReader
+
+    large = StoreReader(store[0]).read(["image_key", "object_id", "iou"], pc.field("model") == LARGE).to_pylist()
+    large_iou = {(row["image_key"], row["object_id"]): row["iou"] for row in large}
+    keys = sorted(store[1])
+    base = np.array([store[1][key]["iou"] for key in keys])
+    corrected = np.array([large_iou[key] for key in keys])
+
+    def curve(column):
+        values = np.array([store[1][key][column] for key in keys])
+        return correction_curve(base, corrected, values, fractions=FRACTIONS).mean_iou
+
+    np.testing.assert_allclose(result.cascade_curves["entropy H_std"], curve("h_std_sam_pick"), atol=1e-9)
+    assert not np.allclose(curve("h_std_sam_pick"), curve("h_std"))  # the fixture tells the two columns apart
 
 
 def test_mask_choice_matches_a_recomputation(result, store, heads):

@@ -9,7 +9,8 @@ inference, so usam's pick is the mask with the highest predicted IoU of the smal
   mean IoU (``iou``, best of three, as the paper's model selection) over the fraction escalated (the cost).
   Measures: the ``model_gap`` head (highest first) and the small size head's predicted IoU (lowest first), both
   read on usam's pick as :class:`usam.uses.CascadeSAM` reads them, SAM's score of its pick (lowest first),
-  ``h_std`` (highest first), random (mean over orders) and the oracle (largest true gain first). The relative area
+  ``h_std_sam_pick``, the entropy of SAM's pick (highest first; the store's ``h_std`` is of the best mask, which
+  only the truth can choose), random (mean over orders) and the oracle (largest true gain first). The relative area
   is :func:`usam.metrics.relative_auc`: 0 % no escalation, 100 % the oracle.
 - **Mask choice** (use 3): mean IoU of usam's pick, SAM's pick and the best of three; precision and recall of the
   flag "predicted task gap (on usam's pick) > 0.1" for the true ``task_gap > 0.1``.
@@ -271,10 +272,13 @@ def _cascade_measures(rows: UseRows) -> tuple[dict[str, tuple[np.ndarray, bool]]
     else:
         skipped["usam predicted IoU"] = "the heads have no IoU head of the small model's size"
     measures["SAM score"] = (rows.sam_scores.max(axis=1), False)
-    if "h_std" in rows.columns and np.isfinite(rows.columns["h_std"]).all():
-        measures["entropy H_std"] = (rows.columns["h_std"], True)
+    # The entropy of SAM's pick, the mask a user without usam gets: the store's h_std is that of the best of the
+    # three masks, which only the truth can choose, so it would rank with knowledge no cascade has.
+    entropy = rows.columns.get("h_std_sam_pick")
+    if entropy is not None and np.isfinite(entropy).all():
+        measures["entropy H_std"] = (entropy, True)
     else:
-        skipped["entropy H_std"] = "the store has no h_std for some objects"
+        skipped["entropy H_std"] = "the store has no h_std_sam_pick for some objects"
     return measures, skipped
 
 
