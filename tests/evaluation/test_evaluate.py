@@ -573,7 +573,7 @@ def test_every_departure_from_the_paper_is_judged_for_a_run():
 
 def test_relative_aucs_of_rankings_equal_ranking_scores_one_by_one():
     """Sharing the references between rankings changes nothing, also for rankings with NaN values or ties."""
-    from usam.evaluation.scenarios import AUC_RANGES, ranking_scores, relative_aucs_of_rankings
+    from usam.evaluation.scenarios import ranking_scores, relative_aucs_of_rankings
 
     rng = np.random.default_rng(5)
     base, corrected = rng.random(80), rng.random(80)
@@ -588,6 +588,13 @@ def test_relative_aucs_of_rankings_equal_ranking_scores_one_by_one():
     fractions = np.linspace(0.0, 1.0, 21)
     together = relative_aucs_of_rankings(base, corrected, rankings, fractions)
     for row, (values, higher) in zip(together, rankings, strict=True):
+        # The reference, one ranking at a time with usam.metrics' own curves and relative AUC.
+        defined = ~np.isnan(values)
+        b, c, v = base[defined], corrected[defined], values[defined]
+        curve = correction_curve(b, c, v, fractions=fractions, higher_is_uncertain=higher)
+        none, oracle = no_correction_curve(b, fractions=fractions), oracle_curve(b, c, fractions=fractions)
+        expected = [relative_auc(curve, none, oracle, max_fraction=limit) for limit in AUC_RANGES.values()]
+        np.testing.assert_allclose(row, expected, rtol=0, atol=1e-9)
         _, aucs, _ = ranking_scores(base, corrected, values, higher, fractions)
-        np.testing.assert_allclose(row, [aucs[key] for key in AUC_RANGES], rtol=0, atol=1e-9)
+        np.testing.assert_allclose([aucs[key] for key in AUC_RANGES], expected, rtol=0, atol=1e-9)
     assert together[3] == pytest.approx([100.0, 100.0])

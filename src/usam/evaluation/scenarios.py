@@ -305,12 +305,12 @@ def ranking_scores(
     base: np.ndarray, corrected: np.ndarray, values: np.ndarray, higher: bool, fractions: np.ndarray
 ) -> tuple[int, dict[str, float], np.ndarray]:
     """Objects scored, relative AUCs and curve of ranking by ``values``; objects where they are NaN are left out."""
+    aucs = relative_aucs_of_rankings(base, corrected, [(values, higher)], fractions)[0]
     defined = ~np.isnan(values)
-    base, corrected, values = base[defined], corrected[defined], values[defined]
-    curve = correction_curve(base, corrected, values, fractions=fractions, higher_is_uncertain=higher)
-    none = no_correction_curve(base, fractions=fractions)
-    oracle = oracle_curve(base, corrected, fractions=fractions)
-    return int(defined.sum()), relative_aucs(curve, none, oracle), curve.mean_iou
+    curve = correction_curve(
+        base[defined], corrected[defined], values[defined], fractions=fractions, higher_is_uncertain=higher
+    )
+    return int(defined.sum()), {key: float(value) for key, value in zip(AUC_RANGES, aucs, strict=True)}, curve.mean_iou
 
 
 def ranks_first(measure: Measure) -> str:
