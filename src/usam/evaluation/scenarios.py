@@ -258,12 +258,13 @@ def relative_aucs_of_rankings(
     rankings: list[tuple[np.ndarray, bool]],
     fractions: np.ndarray,
     weights: np.ndarray | None = None,
+    references: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Relative AUCs of several rankings of the same objects, as :func:`ranking_scores` gives them, sharing the work.
+    """Relative AUCs of several rankings of the same objects, sharing the work (:func:`ranking_scores` scores one).
 
     The no-correction and oracle areas are computed once for all rankings that are defined on every object; a
-    ranking with NaN values is scored on its defined objects against their own references, as in
-    :func:`ranking_scores`. Used where many measures are scored on many resamples (the test-bed's bootstrap).
+    ranking with NaN values is scored on its defined objects against their own references. Used where many
+    measures are scored on many resamples (the test-bed's bootstrap).
 
     Args:
         base: (N,) base IoUs.
@@ -271,12 +272,14 @@ def relative_aucs_of_rankings(
         rankings: ``(values, higher_is_uncertain)`` per ranking, values of shape (N,).
         fractions: The curves' grid.
         weights: :func:`range_weights` of ``fractions`` (computed here when not given).
+        references: The no-correction and oracle areas of all N objects (``weights @ curve``), when the caller
+            has them already; computed here otherwise.
 
     Returns:
         Array of shape (rankings, ranges) in the order of :data:`AUC_RANGES`.
     """
     weights = range_weights(fractions) if weights is None else weights
-    shared: tuple[np.ndarray, np.ndarray] | None = None
+    shared = references
     result = np.empty((len(rankings), weights.shape[0]))
     for index, (values, higher) in enumerate(rankings):
         defined = ~np.isnan(values)

@@ -795,21 +795,21 @@ def _statistics(
 
     def statistic(index: np.ndarray) -> np.ndarray:
         resampled_base, resampled_corrected = base[index], corrected[index]
+        # The resample's references, computed once for every measure, random and the oracle.
+        none = weights @ no_correction_curve(resampled_base, fractions=fractions).mean_iou
+        best = weights @ oracle_curve(resampled_base, resampled_corrected, fractions=fractions).mean_iou
         values: dict[str, np.ndarray] = {}
         ranked = relative_aucs_of_rankings(
             resampled_base, resampled_corrected, [(v[index], higher) for v, higher in rankings.values()], fractions,
-            weights,
+            weights, references=(none, best),
         )  # fmt: skip
         values.update(zip(rankings, ranked, strict=True))
-        if "random" in keys or "oracle" in keys:
-            none = weights @ no_correction_curve(resampled_base, fractions=fractions).mean_iou
-            best = weights @ oracle_curve(resampled_base, resampled_corrected, fractions=fractions).mean_iou
-            if "random" in keys:
-                curve = random_curve(
-                    resampled_base, resampled_corrected, num_seeds=settings.random_orders, fractions=fractions
-                )
-                values["random"] = relative_area(weights @ curve.mean_iou, none, best)
-            values["oracle"] = relative_area(best, none, best)
+        if "random" in keys:
+            curve = random_curve(
+                resampled_base, resampled_corrected, num_seeds=settings.random_orders, fractions=fractions
+            )
+            values["random"] = relative_area(weights @ curve.mean_iou, none, best)
+        values["oracle"] = relative_area(best, none, best)
         return np.stack([values[key][order] for key in keys])
 
     return statistic, base.size
