@@ -125,6 +125,19 @@ def test_resume_continues_from_the_saved_step_exactly(trained):
         assert torch.equal(a, b), name
 
 
+def test_the_card_records_the_arithmetic_of_each_stretch_of_training(tmp_path):
+    config = dataclasses.replace(TrainingConfig(**FAST), steps=3)
+    checkpoint = tmp_path / "m.pt"
+    steps_seen: list[int] = []
+    options = {"make_scene": stand_in_scene, "progress": False, "on_step": steps_seen.append}
+    train_testbed_model(checkpoint, config, stop_after=1, arithmetic={"threads": 1}, **options)
+    train_testbed_model(checkpoint, config, stop_after=2, arithmetic={"threads": 1}, **options)  # same: no entry
+    train_testbed_model(checkpoint, config, stop_after=3, arithmetic={"threads": 4}, **options)
+    record = json.loads(model_card_path(checkpoint).read_text())["training"]["arithmetic"]
+    assert record == [{"from_step": 0, "threads": 1}, {"from_step": 2, "threads": 4}]
+    assert steps_seen == [1, 2, 3]
+
+
 def test_resuming_with_other_settings_is_refused(trained):
     folder, config, *_ = trained
     other = dataclasses.replace(config, peak_lr=1e-4)

@@ -12,6 +12,7 @@ from usam.evaluation.measures import MeasureKind
 from usam.heads import INPUTS_OF_VARIANT, InputsVariant
 from usam.metrics import CORRECTION_SCENARIOS, bootstrap_statistics, percentile_interval
 from usam.testbed import TestbedSettings
+from usam.testbed.numerics import cpu_has_avx2
 from usam.testbed.pipeline import EXTRACTION_SHARDS, HEAD_VARIANTS, MODEL_KEYS, MODEL_NAMES, TestbedPaths
 
 
@@ -43,6 +44,11 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
         card = json.loads(paths.card(key).read_text())
         assert card["name"] == MODEL_NAMES[key]
         assert card["training"]["steps_done"] == TestbedSettings.quick().steps_of(key)
+        # Trained in its own process, on one thread, with the arithmetic pinned where the CPU allows.
+        (arithmetic,) = card["training"]["arithmetic"]
+        assert arithmetic["from_step"] == 0
+        assert arithmetic["threads"] == 1
+        assert arithmetic["pinned"] is cpu_has_avx2()
     written = {key: paths.checkpoint(key).stat().st_mtime_ns for key in MODEL_KEYS}
     _run(["testbed", "build", "--out", out, "--quick", "--no-progress"], capsys)
     assert {key: paths.checkpoint(key).stat().st_mtime_ns for key in MODEL_KEYS} == written  # reused, not retrained

@@ -341,12 +341,22 @@ def default_model_name(config: TrainingConfig) -> str:
 
 
 def model_card(
-    config: TrainingConfig, checkpoint: Path, steps_done: int, log: list[dict[str, Any]], name: str | None = None
+    config: TrainingConfig,
+    checkpoint: Path,
+    steps_done: int,
+    log: list[dict[str, Any]],
+    name: str | None = None,
+    arithmetic: list[dict[str, Any]] | None = None,
 ) -> ModelCard:
     """The model card of a test-bed checkpoint: how to build and prompt it like any card's SAM2.
 
-    Its ``training`` records how it was trained: ``settings`` (the config), ``steps_done`` and the ``log``.
+    Its ``training`` records how it was trained: ``settings`` (the config), ``steps_done``, the ``log`` and, if
+    given, the ``arithmetic`` of the processes that trained it (from which step, see
+    :func:`usam.testbed.numerics.arithmetic_record`).
     """
+    training: dict[str, Any] = {"settings": dataclasses.asdict(config), "steps_done": steps_done, "log": log}
+    if arithmetic:
+        training["arithmetic"] = arithmetic
     return ModelCard(
         name=name or default_model_name(config),
         config=sam2_testbed.testbed_config_name(),
@@ -354,7 +364,7 @@ def model_card(
         size=config.size,
         hydra_overrides=tuple(sam2_testbed.testbed_model_overrides(config.size, config.image_size)),
         prompting=click_map_prompting(config),
-        training={"settings": dataclasses.asdict(config), "steps_done": steps_done, "log": log},
+        training=training,
     )
 
 
@@ -366,17 +376,18 @@ def save_checkpoint(
     steps_done: int,
     log: list[dict[str, Any]],
     name: str | None = None,
+    arithmetic: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write the checkpoint, its resume state and its model card, each atomically (card last: it marks completion)."""
     with atomic_path(checkpoint) as temporary:
         torch.save({"model": model.state_dict()}, temporary)
     with atomic_path(resume_state_path(checkpoint)) as temporary:
         torch.save({"optimizer": optimizer.state_dict(), "steps_done": steps_done}, temporary)
-    save_model_card(model_card(config, checkpoint, steps_done, log, name), model_card_path(checkpoint))
+    save_model_card(model_card(config, checkpoint, steps_done, log, name, arithmetic), model_card_path(checkpoint))
 
 
-def _load_resume(checkpoint: Path, config: TrainingConfig) -> tuple[dict, dict, int, list[dict]] | None:
-    """The saved model state, optimizer state, steps done and log of an earlier run of the same config, if any."""
+def _load_resume(checkpoint: Path, config: TrainingConfig) -> tuple[dict, dict, int, list[dict], list[dict]] | None:
+    """The saved model state, optimizer state, steps done, log and arithmetic of an earlier run of the same config."""
     card_file, resume_file = model_card_path(checkpoint), resume_state_path(checkpoint)
     if not (checkpoint.exists() and card_file.exists() and resume_file.exists()):
         return None
@@ -393,7 +404,8 @@ def _load_resume(checkpoint: Path, config: TrainingConfig) -> tuple[dict, dict, 
         raise CheckpointError(f"cannot resume from {checkpoint}: {error}; delete it to start over") from None
     if int(resume["steps_done"]) != int(training.get("steps_done", -1)):
         raise CheckpointError(f"{checkpoint} and its resume state disagree; delete them to start over")
-    return model_state, resume["optimizer"], int(training["steps_done"]), list(training.get("log", []))
+    steps_done = int(training["steps_done"])
+    return model_state, resume["optimizer"], steps_done, list(training.get("log", [])), training.get("arithmetic", [])
 
 
 def _default_scene_maker() -> SceneMaker:
@@ -418,6 +430,8 @@ def train_testbed_model(
     log_every: int = 50,
     progress: bool = True,
     name: str | None = None,
+    on_step: Callable[[int], None] | None = None,
+    arithmetic: dict[str, Any] | None = None,
 ) -> torch.nn.Module:
     """Train a test-bed model from scratch (or resume an interrupted run of the same settings) and save it.
 
@@ -430,6 +444,9 @@ def train_testbed_model(
         log_every: Steps per entry of the training log (averages over the entry's steps).
         progress: Show a progress bar.
         name: The model's name in its card (ending with ``-<size>``); default :func:`default_model_name`.
+        on_step: Called with the number of steps done after each step (progress of a worker process).
+        arithmetic: What this process computes with (:func:`usam.testbed.numerics.arithmetic_record`), recorded in
+            the card from the first step it trains on; a resumed run that computes otherwise adds an entry.
 
     Returns:
         The trained model, in eval mode.
@@ -442,12 +459,17 @@ def train_testbed_model(
     end = config.steps if stop_after is None else min(config.steps, check_int(stop_after, "stop_after", minimum=0))
     model = sam2_testbed.build_testbed_model(config.size, image_size=config.image_size, seed=config.seed)
     optimizer = make_optimizer(model, config)
-    start, log = 0, []
+    start, log, arithmetic_log = 0, [], []
     resumed = _load_resume(checkpoint, config)
     if resumed is not None:
-        model_state, optimizer_state, start, log = resumed
+        model_state, optimizer_state, start, log, arithmetic_log = resumed
         model.load_state_dict(model_state, strict=True)
         optimizer.load_state_dict(optimizer_state)
+    if arithmetic is not None and start < end:
+        last = dict(arithmetic_log[-1]) if arithmetic_log else {}
+        last.pop("from_step", None)
+        if last != arithmetic:
+            arithmetic_log = [*arithmetic_log, {"from_step": start, **arithmetic}]
     window: list[StepStats] = []
     window_start = time.perf_counter()
     with tqdm(
@@ -457,6 +479,8 @@ def train_testbed_model(
             window.append(training_step(model, optimizer, step, config, make_scene))
             bar.update(1)
             steps_done = step + 1
+            if on_step is not None:
+                on_step(steps_done)
             if steps_done % log_every == 0 or steps_done == end:
                 log.append(
                     {
@@ -473,7 +497,7 @@ def train_testbed_model(
                 bar.set_postfix(loss=f"{log[-1]['loss']:.3f}", best3=log[-1]["best3"])
                 window, window_start = [], time.perf_counter()
             if steps_done % config.checkpoint_every == 0 or steps_done == end:
-                save_checkpoint(model, optimizer, checkpoint, config, steps_done, log, name)
+                save_checkpoint(model, optimizer, checkpoint, config, steps_done, log, name, arithmetic_log)
     if start >= end and not checkpoint.exists():
-        save_checkpoint(model, optimizer, checkpoint, config, end, log, name)
+        save_checkpoint(model, optimizer, checkpoint, config, end, log, name, arithmetic_log)
     return model.eval()

@@ -34,6 +34,7 @@ bootstrapped once, see :func:`_scenario_summary`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -253,7 +254,6 @@ def build_testbed(out: str | Path, settings: TestbedSettings | None = None, *, p
         InvalidInputError: ``out`` was built with other settings.
         UsamError: A model or scene folder there holds something else.
     """
-    from usam.testbed.model_training import train_testbed_model
     from usam.testbed.scenes import write_scene_dataset
 
     settings = settings or TestbedSettings()
@@ -268,15 +268,94 @@ def build_testbed(out: str | Path, settings: TestbedSettings | None = None, *, p
     write_json_atomically({"settings": dataclasses.asdict(settings)}, paths.settings)
     for split, count, seed in settings.splits():
         write_scene_dataset(paths.scenes(split), count, seed, settings.image_size, progress=progress)
-    for key in MODEL_KEYS:
-        train_testbed_model(
-            paths.checkpoint(key),
-            settings.training_config(key),
-            progress=progress,
-            name=MODEL_NAMES[key],
-            log_every=max(1, min(50, settings.steps_of(key))),
-        )
+    train_models(paths, settings, progress=progress)
     return paths
+
+
+def train_models(paths: TestbedPaths, settings: TestbedSettings, *, progress: bool = True) -> None:
+    """Train (or reuse, or resume) the three models, each in a spawned process with pinned arithmetic.
+
+    Each model trains on one thread with the arithmetic of :mod:`usam.testbed.numerics`, so it ends with the same
+    bits on any x86-64 CPU with AVX2 and any number of cores; up to one process per core run side by side, the
+    longest run first (on two cores: ``large`` beside ``tiny`` then ``tiny-early``). Their progress comes back
+    through a queue to one bar per model here.
+
+    Raises:
+        UsamError: What a model's training raised (the others finish their run or their last checkpoint stays).
+    """
+    import multiprocessing
+    import os
+    import queue as queue_module
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from tqdm.auto import tqdm
+
+    from usam.testbed.numerics import pinned_environment, spawn_environment
+
+    keys = sorted(MODEL_KEYS, key=settings.steps_of, reverse=True)
+    workers = max(1, min(len(keys), os.cpu_count() or 1))
+    context = multiprocessing.get_context("spawn")  # the pin is read when a process starts
+    steps_queue = context.Queue()
+    bars = {
+        key: tqdm(total=settings.steps_of(key), desc=f"training {key}", unit="step", position=index,
+                  disable=not progress)
+        for index, key in enumerate(keys)
+    }  # fmt: skip
+    try:
+        with (
+            spawn_environment(pinned_environment()),
+            ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_set_steps_queue, initargs=(steps_queue,)
+            ) as pool,
+        ):
+            pending = {pool.submit(_train_model, str(paths.root), key, settings) for key in keys}
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                with contextlib.suppress(queue_module.Empty):
+                    while True:
+                        key, steps_done = steps_queue.get_nowait()
+                        bars[key].update(steps_done - bars[key].n)
+                for future in finished:
+                    if future.exception() is not None:
+                        for other in pending:
+                            other.cancel()
+                        raise future.exception()
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+_STEPS_QUEUE: Any = None
+
+
+def _set_steps_queue(steps_queue: Any) -> None:
+    global _STEPS_QUEUE
+    _STEPS_QUEUE = steps_queue
+
+
+def _train_model(root: str, key: str, settings: TestbedSettings) -> None:
+    """Train one model (run in a spawned worker process with the pinned arithmetic)."""
+    import torch
+
+    from usam.testbed.model_training import train_testbed_model
+    from usam.testbed.numerics import arithmetic_record
+
+    torch.set_num_threads(1)
+
+    def report(steps_done: int) -> None:
+        if _STEPS_QUEUE is not None:
+            _STEPS_QUEUE.put((key, steps_done))
+
+    paths = TestbedPaths(Path(root))
+    train_testbed_model(
+        paths.checkpoint(key),
+        settings.training_config(key),
+        progress=False,
+        name=MODEL_NAMES[key],
+        log_every=max(1, min(50, settings.steps_of(key))),
+        on_step=report,
+        arithmetic=arithmetic_record(),
+    )
 
 
 def run_testbed(
