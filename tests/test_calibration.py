@@ -1,4 +1,4 @@
-"""Tests for usam.calibration: isotonic maps, split-conformal lower bounds, Mondrian bins, ECE."""
+"""Tests for usam.calibration: monotone maps and their choice, split-conformal lower bounds, Mondrian bins, ECE."""
 
 from __future__ import annotations
 
@@ -14,14 +14,19 @@ from usam.calibration import (
     HeadCalibration,
     HeadsCalibration,
     IsotonicMap,
+    MapKind,
+    MonotoneMap,
     alpha_index,
     conformal_lower_quantile,
     conformal_rank,
+    cross_validated_errors,
     empirical_coverage,
     expected_calibration_error,
+    image_folds,
     mondrian_edges,
     pool_adjacent_violators,
     reliability_curve,
+    select_map,
 )
 from usam.errors import HeadsFileError, InvalidInputError
 
@@ -68,6 +73,100 @@ def test_isotonic_map_is_monotone_clipped_and_piecewise_linear():
     # Ties in the predictions are pooled: equal inputs, one output.
     tied = IsotonicMap.fit([0.3, 0.3, 0.3, 0.6], [0.0, 1.0, 0.5, 0.9])
     np.testing.assert_allclose(tied([0.3, 0.6]), [0.5, 0.9])
+
+
+def test_affine_map_is_the_least_squares_line_clipped_with_knots_where_it_leaves_the_unit_interval():
+    rng = np.random.default_rng(11)
+    predictions = rng.uniform(0.0, 1.0, 2000)
+    targets = 1.5 * predictions - 0.2 + rng.normal(0.0, 0.01, 2000)
+    mapping = MonotoneMap.fit(predictions, targets, "affine")
+    slope, intercept = np.polyfit(predictions, targets, 1)
+    inside = np.linspace(0.2, 0.75, 50)
+    np.testing.assert_allclose(mapping(inside), slope * inside + intercept, atol=1e-12)
+    # Below 0 and above 1 the clipped line is exact too: knots sit where it crosses 0 and 1.
+    np.testing.assert_allclose(mapping([-intercept / slope, (1 - intercept) / slope]), [0.0, 1.0], atol=1e-12)
+    assert mapping(0.05) == 0.0
+    assert mapping(0.95) == 1.0
+    assert (np.diff(mapping(np.linspace(-1, 2, 1001))) >= 0).all()
+    # A head that ranks backwards gets no decreasing map: the slope stops at 0, the map is the mean.
+    backwards = MonotoneMap.fit(predictions, 1.0 - predictions, "affine")
+    np.testing.assert_allclose(backwards([0.0, 0.5, 1.0]), np.mean(1.0 - predictions))
+    identity = MonotoneMap.fit(predictions, targets, "identity")
+    np.testing.assert_array_equal(identity([-0.5, 0.0, 0.3, 1.0, 1.5]), [0.0, 0.0, 0.3, 1.0, 1.0])
+    with pytest.raises(InvalidInputError, match="select_map"):
+        MonotoneMap.fit(predictions, targets, "auto")
+    assert IsotonicMap is MonotoneMap  # the former name still works; its fit is still isotonic by default
+
+
+def test_image_folds_keep_each_images_rows_together_and_spread_images_evenly():
+    groups = np.repeat(np.arange(23), np.arange(23) % 4 + 1)
+    fold = image_folds(groups, 5, seed=3)
+    for image in range(23):
+        assert np.unique(fold[groups == image]).size == 1
+    images_per_fold = np.bincount([fold[groups == image][0] for image in range(23)], minlength=5)
+    assert images_per_fold.max() - images_per_fold.min() <= 1
+    assert not np.array_equal(fold, image_folds(groups, 5, seed=4))
+
+
+def test_cross_validation_chooses_no_correction_for_a_calibrated_head_and_the_shape_that_is_there():
+    def choices(truth, repeats=40, rows=600):
+        counts = {str(kind): 0 for kind in (MapKind.IDENTITY, MapKind.AFFINE, MapKind.ISOTONIC)}
+        for seed in range(repeats):
+            rng = np.random.default_rng(seed)
+            predictions = rng.uniform(0.25, 0.75, rows)
+            images = np.repeat(np.arange(rows // 3), 3)
+            counts[str(select_map(predictions, truth(predictions, rng), images, seed=seed)[1])] += 1
+        return counts
+
+    # Calibrated but noisy: a fitted map mostly predicts unseen images worse than the head itself.
+    calibrated = choices(lambda p, rng: p + rng.normal(0.0, 0.08, p.size))
+    assert calibrated["identity"] >= 20
+    assert calibrated["isotonic"] <= 4
+    # Over-confident by a shift and a stretch: the line.
+    assert choices(lambda p, rng: 0.6 * p + 0.2 + rng.normal(0.0, 0.08, p.size))["affine"] >= 35
+    # A curve: isotonic regression.
+    assert choices(lambda p, rng: 4 * (p - 0.25) ** 2 + rng.normal(0.0, 0.03, p.size))["isotonic"] == 40
+
+
+def test_cross_validated_errors_are_the_out_of_fold_squared_errors():
+    rng = np.random.default_rng(12)
+    predictions, targets = miscalibrated(rng, 90)
+    images = np.repeat(np.arange(30), 3)
+    errors = cross_validated_errors(predictions, targets, images, folds=3, seed=1)
+    fold = image_folds(images, 3, seed=1)
+    for kind in ("identity", "affine", "isotonic"):
+        squared = 0.0
+        for index in range(3):
+            mapping = MonotoneMap.fit(predictions[fold != index], targets[fold != index], kind)
+            squared += np.sum((mapping(predictions[fold == index]) - targets[fold == index]) ** 2)
+        assert errors[kind] == pytest.approx(squared / 90)
+    with pytest.raises(InvalidInputError, match="two images"):
+        cross_validated_errors(predictions, targets, np.zeros(90))
+    with pytest.raises(InvalidInputError, match="one per row"):
+        cross_validated_errors(predictions, targets, images[:10])
+
+
+def test_head_calibration_records_the_chosen_kinds_and_reads_old_files_as_isotonic():
+    rng = np.random.default_rng(13)
+    fit, conformal = miscalibrated(rng, 400), miscalibrated(rng, 400)
+    images = np.arange(800) // 4
+    head = HeadCalibration.fit(*fit, *conformal, fit_groups=images[:400], conformal_groups=images[400:])
+    assert head.map_kind is MapKind.ISOTONIC  # the square is a curve
+    assert set(head.map_errors) == {"identity", "affine", "isotonic"}
+    assert min(head.map_errors, key=head.map_errors.get) == "isotonic"
+    data = json.loads(json.dumps(head.to_json()))
+    again = HeadCalibration.from_json(data, head.alphas)
+    assert (again.map_kind, again.bound_map_kind, again.map_errors) == (head.map_kind, head.bound_map_kind,
+                                                                        head.map_errors)  # fmt: skip
+    for key in ("map_kind", "bound_map_kind", "map_errors"):
+        del data[key]
+    old = HeadCalibration.from_json(data, head.alphas)
+    assert old.map_kind is MapKind.ISOTONIC
+    assert old.map_errors is None
+    fixed = HeadCalibration.fit(*fit, *conformal, map_kind="affine")
+    assert (fixed.map_kind, fixed.bound_map_kind, fixed.map_errors) == (MapKind.AFFINE, MapKind.AFFINE, None)
+    with pytest.raises(InvalidInputError, match="both parts"):
+        HeadCalibration.fit(*fit, *conformal, fit_groups=images[:400])
 
 
 def test_calibration_lowers_the_ece_of_a_miscalibrated_head_on_held_out_rows():

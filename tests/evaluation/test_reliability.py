@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -65,10 +66,11 @@ def stores(tmp_path_factory):
 def test_calibrate_writes_a_calibrated_copy_that_lowers_the_ece_on_held_out_rows(stores, tmp_path, capsys):
     out = tmp_path / "calibrated.safetensors"
     argv = ["calibrate", "--data", stores["calibration"], "--heads", stores["heads"], "--out", out]
-    status, stdout, stderr = run_cli([*argv, "--min-bin-rows", "40"], capsys)
+    # Isotonic maps: the random heads' outputs spread the rows over several Mondrian bins.
+    status, stdout, stderr = run_cli([*argv, "--min-bin-rows", "40", "--map", "isotonic"], capsys)
     assert status == 0, stderr
     assert f"wrote {out}" in stdout
-    assert "iou_dense_prompt: map fitted on" in stdout
+    assert "iou_dense_prompt: isotonic map fitted on 240 rows" in stdout
     original, calibrated = load_heads(stores["heads"]), load_heads(out)
     assert set(calibrated.calibration.heads) == set(IOU_HEADS)
     assert calibrated.calibration.source["store"] == str(stores["calibration"])
@@ -93,8 +95,31 @@ def test_calibrate_writes_a_calibrated_copy_that_lowers_the_ece_on_held_out_rows
                 assert 0.6 <= value <= 1.0  # 240 held-out rows: a loose check; tests/test_calibration.py is exact
 
     # The same calibration from Python, with the same seed, is the same.
-    again = fit_calibration(stores["calibration"], original, min_bin_rows=40)
+    again = fit_calibration(stores["calibration"], original, min_bin_rows=40, map_kind="isotonic")
     assert again.to_json() == calibrated.metadata.calibration
+
+
+def test_calibrate_chooses_each_heads_map_by_cross_validation_over_images(stores, tmp_path, capsys):
+    out = tmp_path / "auto.safetensors"
+    argv = ["calibrate", "--data", stores["calibration"], "--heads", stores["heads"], "--out", out, "--folds", "4"]
+    status, stdout, stderr = run_cli(argv, capsys)
+    assert status == 0, stderr
+    calibrated = load_heads(out)
+    assert calibrated.calibration.source["map"] == "auto"
+    assert calibrated.calibration.source["map_folds"] == 4
+    for name in IOU_HEADS:
+        chosen = re.search(rf"{name}: (\w+) map \(out-of-fold squared error: identity ([0-9.]+), affine "
+                           r"([0-9.]+), isotonic ([0-9.]+)\) fitted on 240 rows", stdout)  # fmt: skip
+        assert chosen is not None, stdout
+        errors = dict(zip(("identity", "affine", "isotonic"), map(float, chosen.groups()[1:]), strict=True))
+        assert chosen.group(1) == min(errors, key=errors.get)  # the kind with the least out-of-fold error
+        assert chosen.group(1) != "identity"  # random heads are far off: a correction predicts unseen images better
+        head = calibrated.calibration.heads[name]
+        assert str(head.map_kind) == chosen.group(1)
+        assert head.map_errors == pytest.approx(errors, abs=5e-6)
+    check = check_calibration(stores["held_out"], calibrated)
+    for name, entry in check.heads.items():
+        assert entry.ece_after < entry.ece_before / 2, name
 
 
 def test_evaluate_reports_ece_coverage_and_a_reliability_diagram(stores, tmp_path):

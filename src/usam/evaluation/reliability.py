@@ -7,8 +7,9 @@ row with that size's IoU of the object when pooled), ``iou_unsupervised`` on eve
 ``iou_dense_prompt`` on every row with ``iou_dense_prompt``. The mask is the best of SAM2's three outputs, as in
 training; the guarantee of the bound is for such rows.
 
-Fitting (:func:`fit_calibration`) splits the store's images at random (seeded) into a part that fits the isotonic
-maps and a part that gives the conformal residuals (see :mod:`usam.calibration`). Checking
+Fitting (:func:`fit_calibration`) splits the store's images at random (seeded) into a part that fits the bound's
+map and a part that gives the conformal residuals (see :mod:`usam.calibration`); each map's kind is chosen by
+cross-validation over the images of its rows. Checking
 (:func:`check_calibration`, part of ``usam evaluate``) measures on another store's rows the expected calibration
 error of every IoU head before and, if calibrated, after calibration, and the empirical coverage of both bounds.
 """
@@ -27,6 +28,7 @@ import numpy as np
 
 from usam.calibration import (
     DEFAULT_FIT_FRACTION,
+    DEFAULT_MAP_FOLDS,
     DEFAULT_MAX_BINS,
     DEFAULT_MIN_BIN_ROWS,
     ECE_BINS,
@@ -34,6 +36,7 @@ from usam.calibration import (
     BoundKind,
     HeadCalibration,
     HeadsCalibration,
+    MapKind,
     empirical_coverage,
     expected_calibration_error,
     reliability_curve,
@@ -44,7 +47,7 @@ from usam.head_table import HEADS, HeadKind, SizeTargets, size_targets_of
 from usam.heads import UncertaintyHeads, load_heads
 from usam.store import StoreReader
 from usam.training import TrainingWarning, check_output_path, load_training_data
-from usam.validation import check_float, check_int
+from usam.validation import check_choice, check_float, check_int
 
 
 @dataclasses.dataclass
@@ -132,6 +135,8 @@ def fit_calibration(
     seed: int = 0,
     min_bin_rows: int = DEFAULT_MIN_BIN_ROWS,
     max_bins: int = DEFAULT_MAX_BINS,
+    map_kind: MapKind | str = MapKind.AUTO,
+    folds: int = DEFAULT_MAP_FOLDS,
 ) -> HeadsCalibration:
     """Fit the calibration map and conformal quantiles of IoU heads on a calibration store.
 
@@ -141,9 +146,13 @@ def fit_calibration(
         names: IoU heads to calibrate (default: all of them; each must have rows in the store).
         fit_fraction: Share of the store's images whose rows fit the bound's map; the others give the residuals
             (the calibration map fits all rows).
-        seed: Seed of the split of the images.
+        seed: Seed of the split of the images and of the cross-validation's folds.
         min_bin_rows: Fewest residuals of a Mondrian bin.
         max_bins: Most Mondrian bins.
+        map_kind: Kind of the maps (``identity``, ``affine``, ``isotonic``), or ``auto``: per head and map the kind
+            with the least out-of-fold squared error over ``folds`` folds of images
+            (:func:`usam.calibration.select_map`).
+        folds: Folds of that cross-validation.
 
     Returns:
         The calibration; store it with :func:`calibrate_heads_file` or in ``heads.metadata.calibration``.
@@ -172,7 +181,9 @@ def fit_calibration(
             calibrated[name] = HeadCalibration.fit(
                 sample.predictions[in_fit], sample.targets[in_fit],
                 sample.predictions[~in_fit], sample.targets[~in_fit],
-                min_bin_rows=min_bin_rows, max_bins=max_bins,
+                min_bin_rows=min_bin_rows, max_bins=max_bins, map_kind=map_kind,
+                fit_groups=sample.image_ids[in_fit], conformal_groups=sample.image_ids[~in_fit], folds=folds,
+                seed=seed,
             )  # fmt: skip
         except InvalidInputError as error:
             raise InvalidInputError(f"head {name}: {error}") from None
@@ -185,6 +196,8 @@ def fit_calibration(
         "rows": rows,
         "min_bin_rows": min_bin_rows,
         "max_bins": max_bins,
+        "map": str(check_choice(MapKind, map_kind, "map kind")),
+        "map_folds": folds,
         "pool_sizes": size_targets_of(heads.metadata.training) is SizeTargets.POOLED,
         "rows_are": "each IoU head's training rows (best of the three outputs) with its own target",
     }
@@ -207,7 +220,8 @@ def calibrate_heads_file(
         heads_path: Heads file or the authors' heads folder.
         out_path: The heads file to write (not one of the inputs).
         names: IoU heads to calibrate (default: all).
-        **options: Passed to :func:`fit_calibration` (``fit_fraction``, ``seed``, ``min_bin_rows``, ``max_bins``).
+        **options: Passed to :func:`fit_calibration` (``fit_fraction``, ``seed``, ``min_bin_rows``, ``max_bins``,
+            ``map_kind``, ``folds``).
 
     Returns:
         The written path and the calibration.
