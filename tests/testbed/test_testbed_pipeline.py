@@ -145,6 +145,11 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
     page = (paths.results / "results.md").read_text()
     for heading in ("## Uses of the estimates", "Next click", "COCO mask AP"):
         assert heading in page, heading
+    # Each report's own title gives way to the page's heading for it: no heading twice in a row.
+    headings = [line for line in page.splitlines() if line.startswith("#")]
+    assert "### Uses of usam's estimates" not in headings
+    assert "### Next click: simulated user" not in headings
+    assert "#### Model cascade (accuracy against the fraction escalated)" in headings
     assert all(value >= 0 for value in results["seconds"].values())
 
     # A later run retrains the heads: click records of other heads are stale and replaced, not resumed (nor refused).

@@ -1001,10 +1001,18 @@ def _time_lines(seconds: dict[str, float]) -> list[str]:
 
 
 def _uses_lines(pages: dict[str, str]) -> list[str]:
-    """The uses' own tables (their reports under ``uses/``), one heading level down."""
+    """The uses' own tables (their reports under ``uses/``), two heading levels down, under a heading of ours.
+
+    A report's own title (its first line, if a level-1 heading) is left out: our heading names it.
+    """
 
     def demoted(text: str) -> list[str]:
-        return [f"##{line}" if line.startswith("#") else line for line in text.strip().splitlines()]
+        lines = text.strip().splitlines()
+        if lines and lines[0].startswith("# "):
+            lines = lines[1:]
+            while lines and not lines[0].strip():
+                lines = lines[1:]
+        return [f"##{line}" if line.startswith("#") else line for line in lines]
 
     lines = ["", "## Uses of the estimates (heads of seed 0)"]
     for title, key in (
