@@ -23,6 +23,7 @@ from usam.testbed.model_training import (
     prompting,
     train_testbed_model,
     training_step,
+    weights_digest,
 )
 
 
@@ -136,6 +137,12 @@ def test_the_card_records_the_arithmetic_of_each_stretch_of_training(tmp_path):
     record = json.loads(model_card_path(checkpoint).read_text())["training"]["arithmetic"]
     assert record == [{"from_step": 0, "threads": 1}, {"from_step": 2, "threads": 4}]
     assert steps_seen == [1, 2, 3]
+    # The card names the weights by a digest that does not depend on the file: the checkpoint's weights give it.
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    digest = json.loads(model_card_path(checkpoint).read_text())["training"]["weights_sha256"]
+    assert digest == weights_digest(saved)
+    saved[next(iter(saved))].view(-1)[0] += 1
+    assert weights_digest(saved) != digest
 
 
 def test_resuming_with_other_settings_is_refused(trained):

@@ -21,18 +21,15 @@ from usam.testbed.numerics import (
 
 # Two steps of the tiny test-bed model on real scenes; prints a digest of the weights and the process's arithmetic.
 _TRAIN_TWO_STEPS = """
-import hashlib, json, sys, tempfile
+import json, sys, tempfile
 import torch
-from usam.testbed.model_training import TrainingConfig, train_testbed_model
+from usam.testbed.model_training import TrainingConfig, train_testbed_model, weights_digest
 from usam.testbed.numerics import arithmetic_record
 torch.set_num_threads(int(sys.argv[1]))
 config = TrainingConfig(size="tiny", steps=2, scenes_per_step=2, prompts_per_scene=2, seed=5)
 with tempfile.TemporaryDirectory() as folder:
     model = train_testbed_model(folder + "/m.pt", config, progress=False)
-digest = hashlib.sha256()
-for name, value in model.state_dict().items():
-    digest.update(name.encode()); digest.update(value.detach().contiguous().numpy().tobytes())
-print(json.dumps({"digest": digest.hexdigest(), "arithmetic": arithmetic_record()}))
+print(json.dumps({"digest": weights_digest(model.state_dict()), "arithmetic": arithmetic_record()}))
 """
 
 # The digest of _TRAIN_TWO_STEPS with the pinned arithmetic, measured on an AMD EPYC with AVX-512, with torch 2.13.0

@@ -22,9 +22,10 @@ Checkpoints are ordinary SAM2 checkpoints (``{"model": state_dict}``) with a JSO
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -340,6 +341,19 @@ def default_model_name(config: TrainingConfig) -> str:
     return f"testbed-{config.size}"
 
 
+def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a model's weights: each entry's name and its tensor's bytes, in order (hex).
+
+    Unlike a checkpoint file's own hash it does not depend on the file's name (``torch.save`` puts that inside the
+    archive), so two builds of the same model can be compared by it.
+    """
+    digest = hashlib.sha256()
+    for name, value in state_dict.items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def model_card(
     config: TrainingConfig,
     checkpoint: Path,
@@ -347,16 +361,19 @@ def model_card(
     log: list[dict[str, Any]],
     name: str | None = None,
     arithmetic: list[dict[str, Any]] | None = None,
+    weights_sha256: str | None = None,
 ) -> ModelCard:
     """The model card of a test-bed checkpoint: how to build and prompt it like any card's SAM2.
 
-    Its ``training`` records how it was trained: ``settings`` (the config), ``steps_done``, the ``log`` and, if
-    given, the ``arithmetic`` of the processes that trained it (from which step, see
-    :func:`usam.testbed.numerics.arithmetic_record`).
+    Its ``training`` records how it was trained: ``settings`` (the config), ``steps_done``, the ``log``, if given
+    the ``arithmetic`` of the processes that trained it (from which step, see
+    :func:`usam.testbed.numerics.arithmetic_record`), and the weights' :func:`weights_digest`.
     """
     training: dict[str, Any] = {"settings": dataclasses.asdict(config), "steps_done": steps_done, "log": log}
     if arithmetic:
         training["arithmetic"] = arithmetic
+    if weights_sha256 is not None:
+        training["weights_sha256"] = weights_sha256
     return ModelCard(
         name=name or default_model_name(config),
         config=sam2_testbed.testbed_config_name(),
@@ -383,7 +400,8 @@ def save_checkpoint(
         torch.save({"model": model.state_dict()}, temporary)
     with atomic_path(resume_state_path(checkpoint)) as temporary:
         torch.save({"optimizer": optimizer.state_dict(), "steps_done": steps_done}, temporary)
-    save_model_card(model_card(config, checkpoint, steps_done, log, name, arithmetic), model_card_path(checkpoint))
+    card = model_card(config, checkpoint, steps_done, log, name, arithmetic, weights_digest(model.state_dict()))
+    save_model_card(card, model_card_path(checkpoint))
 
 
 def _load_resume(checkpoint: Path, config: TrainingConfig) -> tuple[dict, dict, int, list[dict], list[dict]] | None:
