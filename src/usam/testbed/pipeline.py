@@ -249,6 +249,7 @@ def build_testbed(out: str | Path, settings: TestbedSettings | None = None, *, p
 
     Scenes resume (:func:`usam.testbed.scenes.write_scene_dataset`); a model whose checkpoint and card exist with
     the same settings is reused, an interrupted one resumes (:func:`usam.testbed.model_training.train_testbed_model`).
+    The models train side by side in processes with pinned arithmetic (:func:`train_models`).
 
     Raises:
         InvalidInputError: ``out`` was built with other settings.
@@ -308,7 +309,8 @@ def train_models(paths: TestbedPaths, settings: TestbedSettings, *, progress: bo
                 workers, mp_context=context, initializer=_set_steps_queue, initargs=(steps_queue,)
             ) as pool,
         ):
-            pending = {pool.submit(_train_model, str(paths.root), key, settings) for key in keys}
+            key_of = {pool.submit(_train_model, str(paths.root), key, settings): key for key in keys}
+            pending = set(key_of)
             while pending:
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 with contextlib.suppress(queue_module.Empty):
@@ -316,10 +318,13 @@ def train_models(paths: TestbedPaths, settings: TestbedSettings, *, progress: bo
                         key, steps_done = steps_queue.get_nowait()
                         bars[key].update(steps_done - bars[key].n)
                 for future in finished:
-                    if future.exception() is not None:
+                    error = future.exception()
+                    if error is not None:
                         for other in pending:
                             other.cancel()
-                        raise future.exception()
+                        raise error
+                    bar = bars[key_of[future]]
+                    bar.update(bar.total - bar.n)  # a reused model reports no step
     finally:
         for bar in bars.values():
             bar.close()
