@@ -193,3 +193,43 @@ def build_small_video_predictor(model: str = "sam2.1-tiny", seed: int = 0, image
         seed=seed,
         hydra_overrides=sam2_adapter.small_model_overrides(image_size),
     )
+
+
+IOU_STORE_HEADS = ["iou_tiny", "iou_unsupervised", "iou_dense_prompt"]
+"""The IoU heads with targets in :func:`write_iou_store`'s rows."""
+
+
+def write_iou_store(root, seed, images=120, objects=2):
+    """Rows of sam2.1-tiny with random tokens and true IoUs around 0.8 (random heads predict far from it)."""
+    import pyarrow as pa
+
+    from usam.store import StoreWriter, row_schema
+    from usam.store.schema import SIGNAL_COLUMNS
+
+    rng = np.random.default_rng(seed)
+    # The signal columns (schema 2) draw from their own generator, so the other columns' draws stay as they were.
+    signal_rng = np.random.default_rng(seed + 1000)
+    with StoreWriter(root, rows_per_part=100) as writer:
+        for image in range(images):
+            rows = []
+            for obj in range(objects):
+                row = {}
+                for field in row_schema():
+                    if field.name in SIGNAL_COLUMNS:
+                        size = field.type.list_size if pa.types.is_fixed_size_list(field.type) else None
+                        row[field.name] = (
+                            signal_rng.random(size).astype(np.float32) if size else float(signal_rng.random())
+                        )
+                    elif pa.types.is_fixed_size_list(field.type):
+                        row[field.name] = rng.standard_normal(field.type.list_size).astype(np.float32)
+                    elif pa.types.is_integer(field.type):
+                        row[field.name] = 64
+                    elif pa.types.is_floating(field.type):
+                        row[field.name] = float(rng.random())
+                iou = float(np.clip(0.8 + rng.normal(0, 0.1), 0, 1))
+                row.update(image_key=f"img{image:04d}", object_id=f"o{obj}", model="sam2.1-tiny", dataset="coco",
+                           split="val", mask_ious=np.array([iou, iou / 2, iou / 3], np.float32), iou=iou,
+                           unsupervised_iou=iou * 0.9, iou_dense_prompt=min(iou + 0.05, 1.0))  # fmt: skip
+                rows.append(row)
+            writer.add_image(f"img{image:04d}", rows)
+    return root

@@ -6,49 +6,14 @@ import json
 import re
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import IOU_STORE_HEADS, run_cli, write_iou_store
 from usam.evaluation import check_calibration, fit_calibration, run_evaluation
 from usam.heads import load_heads, random_heads
-from usam.store import StoreWriter, row_schema
-from usam.store.schema import SIGNAL_COLUMNS
 
-TINY = "sam2.1-tiny"
-IOU_HEADS = ["iou_tiny", "iou_unsupervised", "iou_dense_prompt"]
-
-
-def write_store(root, seed, images=120, objects=2):
-    """Rows of the tiny model with random tokens and true IoUs around 0.8 (random heads predict far from it)."""
-    rng = np.random.default_rng(seed)
-    # The signal columns (schema 2) draw from their own generator, so the other columns' draws stay as they were.
-    signal_rng = np.random.default_rng(seed + 1000)
-    with StoreWriter(root, rows_per_part=100) as writer:
-        for image in range(images):
-            rows = []
-            for obj in range(objects):
-                row = {}
-                for field in row_schema():
-                    if field.name in SIGNAL_COLUMNS:
-                        size = field.type.list_size if pa.types.is_fixed_size_list(field.type) else None
-                        row[field.name] = (
-                            signal_rng.random(size).astype(np.float32) if size else float(signal_rng.random())
-                        )
-                    elif pa.types.is_fixed_size_list(field.type):
-                        row[field.name] = rng.standard_normal(field.type.list_size).astype(np.float32)
-                    elif pa.types.is_integer(field.type):
-                        row[field.name] = 64
-                    elif pa.types.is_floating(field.type):
-                        row[field.name] = float(rng.random())
-                iou = float(np.clip(0.8 + rng.normal(0, 0.1), 0, 1))
-                row.update(image_key=f"img{image:04d}", object_id=f"o{obj}", model=TINY, dataset="coco", split="val",
-                           mask_ious=np.array([iou, iou / 2, iou / 3], np.float32), iou=iou,
-                           unsupervised_iou=iou * 0.9, iou_dense_prompt=min(iou + 0.05, 1.0))  # fmt: skip
-                rows.append(row)
-            writer.add_image(f"img{image:04d}", rows)
-    return root
+IOU_HEADS = IOU_STORE_HEADS
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +22,8 @@ def stores(tmp_path_factory):
     random_heads([*IOU_HEADS, "task_gap"], seed=5).save(folder / "heads.safetensors")
     return {
         "folder": folder,
-        "calibration": write_store(folder / "calibration", seed=1),
-        "held_out": write_store(folder / "held_out", seed=2),
+        "calibration": write_iou_store(folder / "calibration", seed=1),
+        "held_out": write_iou_store(folder / "held_out", seed=2),
         "heads": folder / "heads.safetensors",
     }
 

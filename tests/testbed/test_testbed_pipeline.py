@@ -129,6 +129,8 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
         for head in summary["heads"].values():
             assert head["rows"] > 0
             assert head["ece_after"] is not None
+            assert len(head["maps"]) == 1  # one seed: the kind of its calibration map
+            assert head["maps"][0] in {"identity", "affine", "isotonic"}
             assert set(head["coverage"]) == {"marginal", "mondrian"}
             assert all(0.0 <= value <= 1.0 for bound in head["coverage"].values() for value in bound.values())
     assert "## Calibration" in page_text
@@ -277,3 +279,17 @@ def test_uses_beside_heads_leave_a_core_while_running_and_give_it_back(tmp_path)
         assert torch.get_num_threads() == 2  # leaving the block gives every thread back
     finally:
         torch.set_num_threads(threads)
+
+
+def test_build_stops_with_one_line_when_a_scene_folder_holds_another_dataset(tmp_path, capsys):
+    out = tmp_path / "bed"
+    other = out / "scenes" / "test"
+    other.mkdir(parents=True)
+    manifest = {"generator": "usam.testbed.scenes", "version": 1, "seed": 99, "size": 128, "num_scenes": 4}
+    (other / "scenes.json").write_text(json.dumps(manifest))
+    status, _, err = run_cli(["testbed", "build", "--out", out, "--quick", "--no-progress"], capsys)
+    assert status == 2
+    assert err.startswith("usam: error:")
+    assert len(err.strip().splitlines()) == 1
+    assert str(other) in err
+    assert json.loads((other / "scenes.json").read_text()) == manifest  # nothing of the other dataset is touched

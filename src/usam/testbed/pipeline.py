@@ -249,14 +249,12 @@ def build_testbed(out: str | Path, settings: TestbedSettings | None = None, *, p
 
     Scenes resume (:func:`usam.testbed.scenes.write_scene_dataset`); a model whose checkpoint and card exist with
     the same settings is reused, an interrupted one resumes (:func:`usam.testbed.model_training.train_testbed_model`).
-    The models train side by side in processes with pinned arithmetic (:func:`train_models`).
+    Both happen side by side in processes, the models with pinned arithmetic (:func:`make_models_and_scenes`).
 
     Raises:
         InvalidInputError: ``out`` was built with other settings.
         UsamError: A model or scene folder there holds something else.
     """
-    from usam.testbed.scenes import write_scene_dataset
-
     settings = settings or TestbedSettings()
     paths = TestbedPaths(Path(out).expanduser())
     recorded = _recorded_settings(paths)
@@ -267,91 +265,96 @@ def build_testbed(out: str | Path, settings: TestbedSettings | None = None, *, p
         )
     paths.root.mkdir(parents=True, exist_ok=True)
     write_json_atomically({"settings": dataclasses.asdict(settings)}, paths.settings)
-    for split, count, seed in settings.splits():
-        write_scene_dataset(paths.scenes(split), count, seed, settings.image_size, progress=progress)
-    train_models(paths, settings, progress=progress)
+    make_models_and_scenes(paths, settings, progress=progress)
     return paths
 
 
-def train_models(paths: TestbedPaths, settings: TestbedSettings, *, progress: bool = True) -> None:
-    """Train (or reuse, or resume) the three models, each in a spawned process with pinned arithmetic.
+def make_models_and_scenes(paths: TestbedPaths, settings: TestbedSettings, *, progress: bool = True) -> None:
+    """Train (or reuse, or resume) the three models and write the scene splits, in spawned worker processes.
 
     Each model trains on one thread with the arithmetic of :mod:`usam.testbed.numerics`, so it ends with the same
-    bits on any x86-64 CPU with AVX2 and any number of cores; up to one process per core run side by side, the
-    longest run first (on two cores: ``large`` beside ``tiny`` then ``tiny-early``). Their progress comes back
-    through a queue to one bar per model here.
+    bits on any x86-64 CPU with AVX2 and any number of cores. Up to one process per core runs at a time: the models
+    first, the longest run first, then the scenes (which need no pin), so on two cores ``large`` trains beside
+    ``tiny``, ``tiny-early`` and the scenes. Progress comes back through a queue to one bar per job here.
 
     Raises:
-        UsamError: What a model's training raised (the others finish their run or their last checkpoint stays).
+        UsamError: What a job raised; the other jobs are stopped then (models resume from their last checkpoint,
+            scenes from the last complete scene).
     """
     import multiprocessing
     import os
     import queue as queue_module
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from tqdm.auto import tqdm
 
     from usam.testbed.numerics import pinned_environment, spawn_environment
 
-    keys = sorted(MODEL_KEYS, key=settings.steps_of, reverse=True)
-    workers = max(1, min(len(keys), os.cpu_count() or 1))
+    jobs = [(f"training {key}", "model", key, settings.steps_of(key)) for key in
+            sorted(MODEL_KEYS, key=settings.steps_of, reverse=True)]  # fmt: skip
+    jobs += [(f"writing {split} scenes", "scenes", split, count) for split, count, _ in settings.splits()]
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
     context = multiprocessing.get_context("spawn")  # the pin is read when a process starts
-    steps_queue = context.Queue()
+    progress_queue = context.Queue()
     bars = {
-        key: tqdm(total=settings.steps_of(key), desc=f"training {key}", unit="step", position=index,
-                  disable=not progress)
-        for index, key in enumerate(keys)
+        name: tqdm(total=total, desc=name, unit="step" if kind == "model" else "scene", position=index,
+                   disable=not progress)
+        for index, (name, kind, _, total) in enumerate(jobs)
     }  # fmt: skip
     try:
+        # Pool, not ProcessPoolExecutor: leaving the block on an error terminates the other jobs at once.
         with (
             spawn_environment(pinned_environment()),
-            ProcessPoolExecutor(
-                workers, mp_context=context, initializer=_set_steps_queue, initargs=(steps_queue,)
-            ) as pool,
+            context.Pool(workers, initializer=_set_progress_queue, initargs=(progress_queue,)) as pool,
         ):
-            key_of = {pool.submit(_train_model, str(paths.root), key, settings): key for key in keys}
-            pending = set(key_of)
-            while pending:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            running = {
+                pool.apply_async(_build_job, (str(paths.root), name, kind, key, settings)): name
+                for name, kind, key, _ in jobs
+            }
+            while running:
+                news: list[tuple[str, int]] = []
                 with contextlib.suppress(queue_module.Empty):
+                    # Wait a little for news, then take what has come (the jobs send slower than this drains).
+                    news = [progress_queue.get(timeout=0.5)]
                     while True:
-                        key, steps_done = steps_queue.get_nowait()
-                        bars[key].update(steps_done - bars[key].n)
-                for future in finished:
-                    error = future.exception()
-                    if error is not None:
-                        for other in pending:
-                            other.cancel()
-                        raise error
-                    bar = bars[key_of[future]]
-                    bar.update(bar.total - bar.n)  # a reused model reports no step
+                        news.append(progress_queue.get_nowait())
+                for name, done in news:
+                    bars[name].update(max(done - bars[name].n, 0))  # news can come after the result
+                for result in [result for result in running if result.ready()]:
+                    result.get()  # raises what the job raised
+                    bar = bars[running.pop(result)]
+                    bar.update(bar.total - bar.n)  # a reused model or split reports nothing
     finally:
         for bar in bars.values():
             bar.close()
 
 
-_STEPS_QUEUE: Any = None
+_PROGRESS_QUEUE: Any = None
 
 
-def _set_steps_queue(steps_queue: Any) -> None:
-    global _STEPS_QUEUE
-    _STEPS_QUEUE = steps_queue
+def _set_progress_queue(progress_queue: Any) -> None:
+    global _PROGRESS_QUEUE
+    _PROGRESS_QUEUE = progress_queue
 
 
-def _train_model(root: str, key: str, settings: TestbedSettings) -> None:
-    """Train one model (run in a spawned worker process with the pinned arithmetic)."""
+def _build_job(root: str, name: str, kind: str, key: str, settings: TestbedSettings) -> None:
+    """Train one model or write one scene split (run in a spawned worker process with the pinned arithmetic)."""
     import torch
 
     from usam.testbed.model_training import train_testbed_model
     from usam.testbed.numerics import arithmetic_record
+    from usam.testbed.scenes import write_scene_dataset
 
     torch.set_num_threads(1)
 
-    def report(steps_done: int) -> None:
-        if _STEPS_QUEUE is not None:
-            _STEPS_QUEUE.put((key, steps_done))
+    def report(done: int) -> None:
+        if _PROGRESS_QUEUE is not None:
+            _PROGRESS_QUEUE.put((name, done))
 
     paths = TestbedPaths(Path(root))
+    if kind == "scenes":
+        count, seed = {split: (count, seed) for split, count, seed in settings.splits()}[key]
+        write_scene_dataset(paths.scenes(key), count, seed, settings.image_size, on_scene=report)
+        return
     train_testbed_model(
         paths.checkpoint(key),
         settings.training_config(key),
@@ -663,20 +666,23 @@ def calibrate_and_check(paths: TestbedPaths, seed: int, inputs: str) -> dict[str
 
     Returns:
         The check's JSON (:class:`usam.evaluation.reliability.CalibrationCheck`): per IoU head the ECE before and
-        after and the coverage of the bounds on the test rows; None without IoU heads.
+        after and the coverage of the bounds on the test rows, and under ``"maps"`` the kind of each head's
+        calibration map; None without IoU heads.
     """
     from usam.evaluation.reliability import calibrate_heads_file, check_calibration
     from usam.heads import load_heads
 
-    out, _ = calibrate_heads_file(
+    out, calibration = calibrate_heads_file(
         paths.store("calibration"), paths.heads(seed, inputs), paths.heads(seed, inputs, calibrated=True)
     )
     check = check_calibration(paths.store("test"), load_heads(out))
-    return None if check is None else check.to_json()
+    if check is None:
+        return None
+    return {**check.to_json(), "maps": {name: str(head.map_kind) for name, head in calibration.heads.items()}}
 
 
 def summarize_calibration(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per inputs variant and IoU head: test rows, ECE before and after, and bound coverage, each the mean over seeds.
+    """Per inputs variant and IoU head: rows, ECE before and after, coverage (means over seeds), each seed's map kind.
 
     Args:
         per_seed: Per seed, per inputs variant, the JSON of :func:`calibrate_and_check`.
@@ -701,6 +707,7 @@ def summarize_calibration(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
                 "ece_before": _mean([entry["ece_before"] for entry in entries]),
                 "ece_after": _mean([entry["ece_after"] for entry in entries]),
                 "coverage": coverage,
+                "maps": [check.get("maps", {}).get(name) for check in checks if name in check["heads"]],
             }
         summary[inputs] = {"alphas": checks[0]["alphas"], "guarantee": checks[0]["guarantee"], "heads": heads}
     return summary
@@ -1084,10 +1091,10 @@ def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
         lines += [
             f"Heads reading {inputs}; guarantee: {summary['guarantee']}.",
             "",
-            "| IoU head | test rows | ECE before | ECE after | "
+            "| IoU head | test rows | map per seed | ECE before | ECE after | "
             + " | ".join(f"coverage α={alpha} (target {1 - float(alpha):.2f}) marginal / Mondrian" for alpha in alphas)
             + " |",
-            "|---|---|---|---|" + "---|" * len(alphas),
+            "|---|---|---|---|---|" + "---|" * len(alphas),
         ]
         for name, head in summary["heads"].items():
             cells = [
@@ -1095,9 +1102,8 @@ def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
                 for alpha in alphas
             ]
             lines.append(
-                f"| {name} | {head['rows']} | {_format(head['ece_before'], 4)} | {_format(head['ece_after'], 4)} | "
-                + " | ".join(cells)
-                + " |"
+                f"| {name} | {head['rows']} | {', '.join(str(kind) for kind in head.get('maps', []))} | "
+                f"{_format(head['ece_before'], 4)} | {_format(head['ece_after'], 4)} | " + " | ".join(cells) + " |"
             )
         lines.append("")
     return lines

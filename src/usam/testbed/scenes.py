@@ -51,6 +51,7 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -495,6 +496,7 @@ def write_scene_dataset(
     size: int = REFERENCE_SIZE,
     *,
     progress: bool = False,
+    on_scene: Callable[[int], None] | None = None,
 ) -> Path:
     """Write ``num_scenes`` scenes as a ``folder`` dataset with a ``labels.json`` of target kinds.
 
@@ -509,6 +511,7 @@ def write_scene_dataset(
         seed: Dataset seed (non-negative); scene ``i`` is ``make_scene(scene_seed(seed, i), size)``.
         size: Side of the square images in pixels.
         progress: Show a progress bar.
+        on_scene: Called with the number of scenes done after each scene (progress of a worker process).
 
     Returns:
         ``out_dir`` as a path.
@@ -553,6 +556,8 @@ def write_scene_dataset(
                 write_bytes_atomically(mask_paths[target.name], _png_bytes(target.mask))
             write_bytes_atomically(image_path, _png_bytes(scene.image))
         labels.update({f"{key}/{target.name}": str(target.kind) for target in scene.targets})
+        if on_scene is not None:
+            on_scene(index + 1)
     write_json_atomically(labels, out / LABELS_FILE)
     return out
 

@@ -1,0 +1,134 @@
+"""Which calibration map helps trained heads: identity, affine, isotonic or the cross-validated choice, on the test-bed.
+
+For every heads file ``usam testbed run`` trained (``DIR/heads/seed-<k>-<inputs>.safetensors``, uncalibrated), each
+kind of map is fitted on the calibration split's store (``usam calibrate --map KIND``: the same code) and checked on
+the test split's store (``usam evaluate``'s check): the expected calibration error of every IoU head before and after,
+and the marginal bound's coverage at α = 0.1. The table counts, per kind, the heads whose ECE went down and up.
+
+With ``--noise SIGMA`` the same is done on shifted data, the situation calibration is for: copies of the first
+``--scenes`` calibration and test scenes with Gaussian pixel noise of that sigma added (the scenes' own noise is
+0.01–0.06), extracted with the test-bed's models into ``DIR/shift-<SIGMA>/`` (reused when there).
+
+    python benchmarks/calibration_maps.py --testbed DIR [--noise 0.12 --scenes 400] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from usam.calibration import MapKind
+from usam.evaluation import check_calibration, fit_calibration
+from usam.heads import load_heads
+from usam.testbed.pipeline import HEAD_VARIANTS, MODEL_KEYS, TestbedPaths
+
+KINDS = [MapKind.IDENTITY, MapKind.AFFINE, MapKind.ISOTONIC, MapKind.AUTO]
+
+
+def noisy_copy(source: Path, target: Path, scenes: int, sigma: float, seed: int) -> None:
+    """The first ``scenes`` scenes of a folder dataset with Gaussian noise added to the images (masks as they are)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (target / "images").mkdir(parents=True, exist_ok=True)
+    for name in sorted(path.stem for path in (source / "images").glob("*.png"))[:scenes]:
+        pixels = np.asarray(Image.open(source / "images" / f"{name}.png"), dtype=np.float32) / 255.0
+        noisy = np.clip(pixels + sigma * rng.standard_normal(pixels.shape, dtype=np.float32), 0.0, 1.0)
+        Image.fromarray((noisy * 255.0 + 0.5).astype(np.uint8)).save(target / "images" / f"{name}.png")
+        shutil.copytree(source / "masks" / name, target / "masks" / name, dirs_exist_ok=True)
+
+
+def shifted_stores(paths: TestbedPaths, sigma: float, scenes: int) -> dict[str, Path]:
+    """Extract (or reuse) the noisy copies of the calibration and test scenes; their store paths by split."""
+    from usam.datasets import open_dataset
+    from usam.extraction import ExtractionOptions, build_models, run_extraction
+
+    folder = paths.root / f"shift-{sigma:g}"
+    stores = {split: folder / "stores" / split for split in ("calibration", "test")}
+    if all((store / "_usam_store.json").exists() for store in stores.values()):
+        return stores
+    models = build_models([paths.card(key) for key in MODEL_KEYS])
+    for split, seed in (("calibration", 1), ("test", 2)):
+        scenes_folder = folder / "scenes" / split
+        noisy_copy(paths.scenes(split), scenes_folder, scenes, sigma, seed)
+        dataset = open_dataset("folder", scenes_folder, split)
+        run_extraction(dataset, models, stores[split], options=ExtractionOptions(monte_carlo=False), progress=True)
+    return stores
+
+
+def compare(calibration_store: Path, test_store: Path, heads_files: list[Path]) -> dict:
+    """Per heads file, IoU head and kind of map: ECE before and after and coverage at α = 0.1."""
+    rows = {}
+    for heads_file in heads_files:
+        heads = load_heads(heads_file)
+        for kind in KINDS:
+            calibration = fit_calibration(calibration_store, heads, map_kind=kind)
+            calibrated = load_heads(heads_file)
+            calibrated.metadata.calibration = calibration.to_json()
+            check = check_calibration(test_store, calibrated)
+            for name, entry in check.heads.items():
+                row = rows.setdefault(f"{heads_file.stem} {name}", {"rows": entry.rows, "before": entry.ece_before})
+                row[str(kind)] = entry.ece_after
+                row[f"{kind} coverage 0.1"] = entry.coverage["marginal"]["0.1"]
+                if kind is MapKind.AUTO:
+                    row["auto chose"] = str(calibration.heads[name].map_kind)
+    return rows
+
+
+def summary_lines(title: str, rows: dict) -> list[str]:
+    before = np.array([row["before"] for row in rows.values()])
+    lines = [f"### {title} ({len(rows)} IoU heads)", ""]
+    lines += ["| map | mean ECE | ECE lower than before | higher | mean coverage at α = 0.1 |", "|---|---|---|---|---|"]
+    lines.append(f"| none | {before.mean():.4f} | | | |")
+    for kind in KINDS:
+        after = np.array([row[str(kind)] for row in rows.values()])
+        coverage = np.mean([row[f"{kind} coverage 0.1"] for row in rows.values()])
+        lines.append(f"| {kind} | {after.mean():.4f} | {int(np.sum(after < before))} | {int(np.sum(after > before))} "
+                     f"| {coverage:.3f} |")  # fmt: skip
+    chosen = [row["auto chose"] for row in rows.values()]
+    lines += ["", "auto chose: " + ", ".join(f"{kind} {chosen.count(str(kind))}" for kind in KINDS[:3]), ""]
+    return lines
+
+
+def main() -> None:
+    """Compare the kinds of map on the test-bed's splits and, with ``--noise``, on shifted copies."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--testbed", type=Path, required=True, help="a folder after `usam testbed run`")
+    parser.add_argument("--noise", type=float, default=None, help="also on copies with this pixel noise sigma")
+    parser.add_argument("--scenes", type=int, default=400, help="scenes per shifted split (default %(default)s)")
+    parser.add_argument("--out", type=Path, help="write every row as JSON")
+    args = parser.parse_args()
+    paths = TestbedPaths(args.testbed)
+    heads_files = sorted(
+        path for path in paths.root.glob("heads/seed-*.safetensors") if not path.stem.endswith("-calibrated")
+    )
+    if not heads_files:
+        raise SystemExit(f"no heads files in {paths.root / 'heads'}; run `usam testbed run --out {args.testbed}`")
+    print(f"heads files: {len(heads_files)} ({', '.join(HEAD_VARIANTS)} variants)")
+    results = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rows with non-finite tokens are the evaluation's to report
+        started = time.perf_counter()
+        results["test-bed splits"] = compare(paths.store("calibration"), paths.store("test"), heads_files)
+        print(f"in distribution: {time.perf_counter() - started:.0f} s")
+        if args.noise is not None:
+            started = time.perf_counter()
+            stores = shifted_stores(paths, args.noise, args.scenes)
+            results[f"pixel noise sigma {args.noise:g}"] = compare(stores["calibration"], stores["test"], heads_files)
+            print(f"shifted (extraction included): {time.perf_counter() - started:.0f} s")
+    lines = []
+    for title, rows in results.items():
+        lines += summary_lines(title, rows)
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Tests for benchmarks/calibration_maps.py on small synthetic stores (the test-bed run itself is not repeated)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import IOU_STORE_HEADS, write_iou_store
+from usam.heads import random_heads
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "calibration_maps.py"
+
+
+@pytest.fixture(scope="module")
+def calibration_maps():
+    spec = importlib.util.spec_from_file_location("calibration_maps", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_every_kind_is_fitted_checked_and_counted(calibration_maps, tmp_path):
+    heads_file = tmp_path / "seed-0-tokens.safetensors"
+    random_heads([*IOU_STORE_HEADS, "task_gap"], seed=5).save(heads_file)
+    calibration, held_out = (
+        write_iou_store(tmp_path / "calibration", seed=1),
+        write_iou_store(tmp_path / "test", seed=2),
+    )
+    rows = calibration_maps.compare(calibration, held_out, [heads_file])
+    assert set(rows) == {f"seed-0-tokens {name}" for name in IOU_STORE_HEADS}
+    for row in rows.values():
+        assert row["rows"] == 240
+        assert row["before"] > 0.1  # random heads are far from IoUs around 0.8
+        assert row["identity"] == pytest.approx(row["before"], abs=0.02)  # no correction (only clipped to [0, 1])
+        for kind in ("affine", "isotonic", "auto"):
+            assert row[kind] < row["before"] / 2
+        assert row["auto chose"] in {"affine", "isotonic"}
+        assert row["auto"] == row[row["auto chose"]]
+    lines = calibration_maps.summary_lines("synthetic", rows)
+    auto = next(line for line in lines if line.startswith("| auto |"))
+    assert auto.split(" | ")[2:4] == ["3", "0"]  # lower for all three heads, higher for none
+
+
+def test_noisy_copy_adds_noise_to_images_and_keeps_masks(calibration_maps, tmp_path):
+    source = tmp_path / "scenes"
+    (source / "images").mkdir(parents=True)
+    for index in range(3):
+        name = f"scene_{index:06d}"
+        Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(source / "images" / f"{name}.png")
+        (source / "masks" / name).mkdir(parents=True)
+        Image.fromarray(np.eye(16, dtype=np.uint8) * 255).save(source / "masks" / name / "0.png")
+    calibration_maps.noisy_copy(source, tmp_path / "copy", scenes=2, sigma=0.1, seed=0)
+    copied = sorted(path.name for path in (tmp_path / "copy" / "images").iterdir())
+    assert copied == ["scene_000000.png", "scene_000001.png"]
+    pixels = np.asarray(Image.open(tmp_path / "copy" / "images" / copied[0]), dtype=np.float64) / 255
+    assert 0.07 < pixels.std() < 0.13
+    assert abs(pixels.mean() - 128 / 255) < 0.02
+    mask = tmp_path / "copy" / "masks" / "scene_000000" / "0.png"
+    assert (mask.read_bytes()) == (source / "masks" / "scene_000000" / "0.png").read_bytes()
