@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -199,12 +201,53 @@ IOU_STORE_HEADS = ["iou_tiny", "iou_unsupervised", "iou_dense_prompt"]
 """The IoU heads with targets in :func:`write_iou_store`'s rows."""
 
 
-def write_iou_store(root, seed, images=120, objects=2):
-    """Rows of sam2.1-tiny with random tokens and true IoUs around 0.8 (random heads predict far from it)."""
+@contextlib.contextmanager
+def benchmark_module(name):
+    """Import ``benchmarks/<name>.py`` as a module for the duration of the block."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    # Dataclasses look their module up in sys.modules while the script runs its definitions.
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def random_row(rng, signal_rng=None):
+    """Every column of a store row, random: vectors standard normal, integers 64, floats uniform in [0, 1).
+
+    With ``signal_rng`` the scalar-signal columns draw from it, so adding them left the other columns' draws as they
+    were.
+    """
     import pyarrow as pa
 
-    from usam.store import StoreWriter, row_schema
+    from usam.store import row_schema
     from usam.store.schema import SIGNAL_COLUMNS
+
+    row = {}
+    for field in row_schema():
+        size = field.type.list_size if pa.types.is_fixed_size_list(field.type) else None
+        if signal_rng is not None and field.name in SIGNAL_COLUMNS:
+            row[field.name] = signal_rng.random(size).astype(np.float32) if size else float(signal_rng.random())
+        elif size:
+            row[field.name] = rng.standard_normal(size).astype(np.float32)
+        elif pa.types.is_integer(field.type):
+            row[field.name] = 64
+        elif pa.types.is_floating(field.type):
+            row[field.name] = float(rng.random())
+    return row
+
+
+def write_iou_store(root, seed, images=120, objects=2):
+    """Rows of sam2.1-tiny with random tokens and true IoUs around 0.8 (random heads predict far from it)."""
+    from usam.store import StoreWriter
 
     rng = np.random.default_rng(seed)
     # The signal columns (schema 2) draw from their own generator, so the other columns' draws stay as they were.
@@ -213,19 +256,7 @@ def write_iou_store(root, seed, images=120, objects=2):
         for image in range(images):
             rows = []
             for obj in range(objects):
-                row = {}
-                for field in row_schema():
-                    if field.name in SIGNAL_COLUMNS:
-                        size = field.type.list_size if pa.types.is_fixed_size_list(field.type) else None
-                        row[field.name] = (
-                            signal_rng.random(size).astype(np.float32) if size else float(signal_rng.random())
-                        )
-                    elif pa.types.is_fixed_size_list(field.type):
-                        row[field.name] = rng.standard_normal(field.type.list_size).astype(np.float32)
-                    elif pa.types.is_integer(field.type):
-                        row[field.name] = 64
-                    elif pa.types.is_floating(field.type):
-                        row[field.name] = float(rng.random())
+                row = random_row(rng, signal_rng)
                 iou = float(np.clip(0.8 + rng.normal(0, 0.1), 0, 1))
                 row.update(image_key=f"img{image:04d}", object_id=f"o{obj}", model="sam2.1-tiny", dataset="coco",
                            split="val", mask_ious=np.array([iou, iou / 2, iou / 3], np.float32), iou=iou,

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IOU_STORE_HEADS, write_iou_store
+from conftest import IOU_STORE_HEADS, benchmark_module, write_iou_store
 from usam.heads import random_heads
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "calibration_maps.py"
 
 
 @pytest.fixture(scope="module")
 def calibration_maps():
-    spec = importlib.util.spec_from_file_location("calibration_maps", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("calibration_maps") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_every_kind_is_fitted_checked_and_counted(calibration_maps, tmp_path):

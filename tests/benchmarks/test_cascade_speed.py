@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from conftest import write_folder_dataset
+from conftest import benchmark_module, write_folder_dataset
 from usam import sam2_adapter
 from usam.datasets import open_dataset
 from usam.heads import random_heads
 from usam.predictor import UncertainSAM
 from usam.uses import Escalation
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cascade_speed.py"
-
 
 @pytest.fixture(scope="module")
 def cascade_speed():
-    spec = importlib.util.spec_from_file_location("cascade_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    # Dataclasses look their module up in sys.modules while the script runs its definitions.
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("cascade_speed") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture

@@ -6,17 +6,17 @@ import json
 import math
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
+from conftest import random_row
 from usam.cli import main
 from usam.errors import InvalidInputError
 from usam.evaluation import ABLATION_VARIANTS, AUC_RANGES, ENTROPY_MEASURES, run_evaluation
 from usam.head_table import HEAD_NAMES, SIZE_TARGETS_KEY, SizeTargets
 from usam.heads import random_heads
 from usam.metrics import CORRECTION_SCENARIOS, correction_curve, no_correction_curve, oracle_curve, relative_auc
-from usam.store import StoreWriter, row_schema
+from usam.store import StoreWriter
 from usam.training import HyperParameters
 
 NUM_IMAGES = 16
@@ -41,14 +41,7 @@ def synthetic_row(image_key, object_id, model, iou, rng, *, large_iou=None, h_pr
     sam_scores[best] = iou
     unsupervised_iou = float(mask_ious[np.argmax(sam_scores)])
     dense_iou = float(np.clip(iou + rng.uniform(-0.1, 0.4), 0.0, 1.0))
-    row = {}
-    for field in row_schema():
-        if pa.types.is_fixed_size_list(field.type):
-            row[field.name] = rng.standard_normal(field.type.list_size).astype(np.float32)
-        elif pa.types.is_integer(field.type):
-            row[field.name] = 64
-        elif pa.types.is_floating(field.type):
-            row[field.name] = float(rng.random())
+    row = random_row(rng)
     row.update(
         image_key=image_key,
         object_id=object_id,

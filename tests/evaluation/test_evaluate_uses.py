@@ -5,29 +5,21 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import random_row, run_cli
 from usam.errors import InvalidInputError
 from usam.evaluation.uses import FRACTIONS, ORACLE, RANDOM, evaluate_uses
 from usam.heads import random_heads
-from usam.store import StoreWriter, row_schema
+from usam.store import StoreWriter
 
 TINY, LARGE = "sam2.1-tiny", "sam2.1-large"
 NUM_OBJECTS = 60
 
 
 def make_row(image_key, object_id, model, rng):
-    row = {}
-    for field in row_schema():
-        if pa.types.is_fixed_size_list(field.type):
-            row[field.name] = rng.standard_normal(field.type.list_size).astype(np.float32)
-        elif pa.types.is_integer(field.type):
-            row[field.name] = 64
-        elif pa.types.is_floating(field.type):
-            row[field.name] = float(rng.random())
+    row = random_row(rng)
     mask_ious = rng.uniform(0.05, 0.95, 3)
     sam_scores = rng.uniform(0, 1, 3)
     row.update(
