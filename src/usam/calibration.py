@@ -12,9 +12,9 @@ rely on. Per IoU head, on rows of a calibration store (another split than the he
   often calibrated to within what a few thousand rows can tell, and isotonic regression, which follows every
   wiggle of its rows, then adds more error than it removes (on the test-bed its out-of-fold squared error was above
   the raw head's for every IoU head); a head used on other data needs the correction, and the data says which.
-* **Split-conformal lower bound**: the calibration rows are split by image; one part fits the bound's own isotonic
-  map ``g`` (the same regression on that part only), the other gives the residuals ``r = true - g(prediction)``.
-  ``g`` is chosen like the calibration map, by cross-validation within that part.
+* **Split-conformal lower bound**: the calibration rows are split by image; one part fits the bound's own map ``g``
+  (of a kind chosen like the calibration map's, by cross-validation within that part only), the other gives the
+  residuals ``r = true - g(prediction)``.
   With n residuals and miscoverage α the bound is ``iou_lower = g(prediction) + r_(k)``, the k-th smallest
   residual with ``k = floor((n + 1) α)`` (equivalently the ``ceil((n + 1)(1 - α))``-th smallest of
   ``g - true``); for k = 0 there is no finite quantile and the bound is 0. Clipped to [0, 1]. For a new row
@@ -73,7 +73,7 @@ DEFAULT_MAP_FOLDS = 5
 """Folds over the calibration images of the cross-validation that chooses a map's kind."""
 
 DEFAULT_FIT_FRACTION = 0.5
-"""Share of the calibration images whose rows fit the isotonic map; the others give the conformal residuals."""
+"""Share of the calibration images whose rows fit the bound's map; the others give the conformal residuals."""
 
 ECE_BINS = 15
 """Equal-mass bins of the expected calibration error and the reliability diagram."""
@@ -437,7 +437,7 @@ def mondrian_edges(calibrated: np.ndarray, *, min_bin_rows: int, max_bins: int) 
 
 @dataclasses.dataclass(frozen=True)
 class HeadCalibration:
-    """The calibration of one IoU head: its isotonic maps and its conformal quantiles.
+    """The calibration of one IoU head: its monotone maps and its conformal quantiles.
 
     Attributes:
         mapping: Prediction -> calibrated IoU, fitted on every calibration row.
