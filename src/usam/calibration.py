@@ -11,7 +11,7 @@ rely on. Per IoU head, on rows of a calibration store (another split than the he
   knots, constant beyond them, clipped to [0, 1]. Why choose: a head trained on data like the calibration rows is
   often calibrated to within what a few thousand rows can tell, and isotonic regression, which follows every
   wiggle of its rows, then adds more error than it removes (on the test-bed its out-of-fold squared error was above
-  the raw head's for every IoU head); a head used on other data needs the correction, and the data says which.
+  the raw head's for 19 of 24 IoU heads); a head used on other data needs the correction, and the data says which.
 * **Split-conformal lower bound**: the calibration rows are split by image; one part fits the bound's own map ``g``
   (of a kind chosen like the calibration map's, by cross-validation within that part only), the other gives the
   residuals ``r = true - g(prediction)``.
