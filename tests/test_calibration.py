@@ -20,6 +20,7 @@ from usam.calibration import (
     conformal_lower_quantile,
     conformal_rank,
     cross_validated_errors,
+    ece_change_samples,
     empirical_coverage,
     expected_calibration_error,
     image_folds,
@@ -192,6 +193,37 @@ def test_ece_and_reliability_curve_use_equal_mass_bins():
     assert expected_calibration_error(predictions, targets, bins=3) == pytest.approx((0.15 + 0.25 + 0.05) / 3)
     assert expected_calibration_error(targets, targets) == 0.0
     assert math.isnan(expected_calibration_error([], []))
+
+
+def test_ece_change_samples_are_paired_ece_differences_on_image_resamples():
+    rng = np.random.default_rng(5)
+    images = np.repeat(np.arange(60), rng.integers(1, 5, 60))
+    raw = rng.uniform(size=images.size)
+    truth = np.clip(raw + rng.normal(0.0, 0.1, images.size), 0.0, 1.0)
+    shifted = np.clip(raw + 0.15, 0.0, 1.0)
+    ties = np.round(raw, 1)  # an isotonic map's flat steps: many equal predictions
+    samples = ece_change_samples(shifted, ties, truth, images, resamples=50, seed=3, bins=7)
+
+    # Each sample is the difference of the two ECEs of the same resample, the rows of every drawn image repeated
+    # as often as it was drawn (the resamples of metrics.bootstrap_statistics over the images).
+    draws = np.random.default_rng(3)
+    for value in samples[:10]:
+        drawn = np.bincount(draws.integers(0, 60, 60), minlength=60)
+        by_order = {}
+        for name, values in (("shifted", shifted), ("ties", ties)):
+            # The resample's rows in the full sample's stable order of the prediction.
+            order = np.argsort(values, kind="stable")
+            repeated = np.repeat(order, drawn[images[order]])
+            by_order[name] = expected_calibration_error(values[repeated], truth[repeated], bins=7)
+        assert value == pytest.approx(by_order["ties"] - by_order["shifted"], abs=1e-12)
+
+    # The same seed and groups pair the samples; the change of a real correction is below 0 on every resample,
+    # a change of nothing is 0.
+    assert np.array_equal(samples, ece_change_samples(shifted, ties, truth, images, resamples=50, seed=3, bins=7))
+    assert np.all(ece_change_samples(shifted, raw, truth, images, resamples=200) < 0)
+    assert np.all(ece_change_samples(raw, raw, truth, images, resamples=20) == 0)
+    with pytest.raises(InvalidInputError, match="one entry per row"):
+        ece_change_samples(raw, raw, truth, images[:-1])
 
 
 def test_conformal_quantile_is_the_floor_n_plus_1_alpha_th_smallest_residual():

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from usam.errors import HeadsFileError, InvalidInputError
+from usam.metrics import DEFAULT_BOOTSTRAP_RESAMPLES, bootstrap_statistics
 from usam.validation import StrEnum, check_choice, check_float, check_int
 
 CALIBRATION_FORMAT_VERSION = 2
@@ -684,6 +685,94 @@ def expected_calibration_error(predictions: Any, targets: Any, bins: int = ECE_B
     if counts.sum() == 0:
         return math.nan
     return float(np.sum(counts * np.abs(mean_predicted - mean_true)) / counts.sum())
+
+
+def ece_change_samples(
+    before: Any,
+    after: Any,
+    targets: Any,
+    groups: Any,
+    *,
+    resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    bins: int = ECE_BINS,
+) -> np.ndarray:
+    """Bootstrap samples of ``ECE(after) - ECE(before)`` on the same rows, groups (images) resampled with replacement.
+
+    Each resample draws as many groups as there are, with replacement, and takes every row of each drawn group as
+    often as the group was drawn; both ECEs are computed on that same resample (paired), so the samples show
+    whether a change of the ECE is more than the noise of measuring it on these rows. Rows of one image are not
+    independent, hence groups rather than rows. A resample's ECE is :func:`expected_calibration_error` of the
+    resampled rows taken in the order of the full sample's predictions (the order a stable sort gives).
+
+    Args:
+        before: ``(n,)`` raw predictions.
+        after: ``(n,)`` calibrated predictions of the same rows.
+        targets: ``(n,)`` true values.
+        groups: ``(n,)`` group (image) of each row, any hashable values.
+        resamples: Number of resamples.
+        seed: Seed of the resamples; the same seed and groups give the same resamples (paired across heads files).
+        bins: Equal-mass bins of the ECE.
+
+    Returns:
+        ``(resamples,)`` differences; NaN for an empty input.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> raw = rng.uniform(size=400)
+        >>> truth = np.clip(raw + rng.normal(0, 0.1, 400), 0, 1)
+        >>> changes = ece_change_samples(raw + 0.1, raw, truth, np.arange(400) // 4, resamples=200)
+        >>> bool(np.all(changes < 0))
+        True
+    """
+    before, targets_before = _as_pairs(before, targets)
+    after, targets = _as_pairs(after, targets)
+    groups = np.asarray(groups)
+    if groups.shape != targets.shape:
+        raise InvalidInputError(f"groups must have one entry per row ({targets.size}), got shape {groups.shape}")
+    bins = check_int(bins, "bins", minimum=1)
+    if targets.size == 0:
+        return np.full(check_int(resamples, "bootstrap resamples", minimum=1), math.nan)
+    _, group_index = np.unique(groups, return_inverse=True)
+    num_groups = int(group_index.max()) + 1
+    sorted_before = _SortedResiduals(before, targets_before)
+    sorted_after = _SortedResiduals(after, targets)
+
+    def change(drawn: np.ndarray) -> float:
+        weights = np.bincount(drawn, minlength=num_groups)[group_index]
+        return sorted_after.ece(weights, bins) - sorted_before.ece(weights, bins)
+
+    return bootstrap_statistics(change, num_groups, resamples=resamples, seed=seed)
+
+
+class _SortedResiduals:
+    """Residuals ``prediction - target`` in the stable order of the prediction, for ECEs of repeated rows.
+
+    With each row repeated ``weights[i]`` times in that order, an equal-mass bin's ``n_b |mean prediction - mean
+    target|`` is the absolute sum of its residuals, so the ECE needs only cumulative sums of the residuals at the
+    bins' edges (a bin's edge may fall between two copies of one row).
+    """
+
+    def __init__(self, predictions: np.ndarray, targets: np.ndarray) -> None:
+        self.order = np.argsort(predictions, kind="stable")
+        self.residuals = (predictions - targets)[self.order]
+
+    def ece(self, weights: np.ndarray, bins: int) -> float:
+        counts = weights[self.order]
+        ends = np.cumsum(counts)
+        total = int(ends[-1])
+        if total == 0:
+            return math.nan
+        used = min(bins, total)
+        size, extra = divmod(total, used)
+        edges = np.arange(used + 1) * size + np.minimum(np.arange(used + 1), extra)
+        # Sum of the residuals of the first `edge` repeated rows: whole rows before the edge plus part of one row.
+        cumulative = np.concatenate([[0.0], np.cumsum(counts * self.residuals)])
+        starts = ends - counts
+        row = np.minimum(np.searchsorted(ends, edges, side="right"), ends.size - 1)
+        partial = np.clip(edges - starts[row], 0, counts[row]) * self.residuals[row]
+        sums = np.where(edges >= total, cumulative[-1], cumulative[row] + partial)
+        return float(np.abs(np.diff(sums)).sum() / total)
 
 
 def reliability_curve(

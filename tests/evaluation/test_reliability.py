@@ -54,6 +54,12 @@ def test_calibrate_writes_a_calibrated_copy_that_lowers_the_ece_on_held_out_rows
         assert entry.rows == 240
         assert entry.ece_before > 0.1, name  # random heads are far from IoUs around 0.8
         assert entry.ece_after < entry.ece_before / 2, name
+        # A large fall: its whole bootstrap interval is below 0, and the JSON carries the interval, not the samples.
+        low, high = entry.ece_change_interval
+        assert low <= entry.ece_after - entry.ece_before <= high < 0, name
+        assert entry.ece_change_samples.shape == (check.ece_resamples,)
+        assert entry.to_json()["ece_change_interval"] == [low, high]
+        assert "ece_change_samples" not in entry.to_json()
         for bound in ("marginal", "mondrian"):
             assert set(entry.coverage[bound]) == {"0.05", "0.1", "0.2"}
             for value in entry.coverage[bound].values():
@@ -109,6 +115,9 @@ def test_evaluate_reports_ece_coverage_and_a_reliability_diagram(stores, tmp_pat
     assert "## Calibration of the IoU heads" in report
     assert "(reliability.png)" in report
     assert "Coverage α = 0.1 (target 90%)" in report
+    low, high = entry["ece_change_interval"]
+    change = entry["ece_after"] - entry["ece_before"]
+    assert f"{change:+.4f} [{low:+.4f}, {high:+.4f}]" in report  # the ECE's change with its interval
 
     # Uncalibrated heads: the raw ECE only, no diagram; the earlier run's diagram is removed.
     again = run_evaluation(stores["held_out"], stores["heads"], tmp_path / "report", ablation=False, seeds=1,

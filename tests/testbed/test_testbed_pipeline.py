@@ -131,9 +131,13 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
             assert head["ece_after"] is not None
             assert len(head["maps"]) == 1  # one seed: the kind of its calibration map
             assert head["maps"][0] in {"identity", "affine", "isotonic"}
+            # One seed: the change is that seed's, with its bootstrap interval over the test images.
+            assert head["ece_change"] == pytest.approx(head["ece_after"] - head["ece_before"])
+            assert head["ece_change_interval"]["low"] <= head["ece_change_interval"]["high"]
             assert set(head["coverage"]) == {"marginal", "mondrian"}
             assert all(0.0 <= value <= 1.0 for bound in head["coverage"].values() for value in bound.values())
     assert "## Calibration" in page_text
+    assert "ECE change [95 %]" in page_text
     # Pearson with every target, for the baselines and both variants' heads.
     assert set(results["correlation"]) == set(HEAD_VARIANTS)
     assert "True task_gap" in page_text
@@ -293,3 +297,27 @@ def test_build_stops_with_one_line_when_a_scene_folder_holds_another_dataset(tmp
     assert len(err.strip().splitlines()) == 1
     assert str(other) in err
     assert json.loads((other / "scenes.json").read_text()) == manifest  # nothing of the other dataset is touched
+
+
+def test_calibration_summary_pools_the_seeds_bootstrap_samples_of_the_ece_change():
+    from usam.metrics import percentile_interval
+    from usam.testbed.pipeline import _calibration_lines, summarize_calibration
+
+    def seed_check(before, after, samples):
+        head = {"rows": 10, "ece_before": before, "ece_after": after,
+                "coverage": {"marginal": {"0.1": 0.9}, "mondrian": {"0.1": 0.9}}}  # fmt: skip
+        return {"tokens": {"alphas": [0.1], "guarantee": "marginal", "heads": {"iou_tiny": head},
+                           "maps": {"iou_tiny": "affine"}, "ece_change_samples": {"iou_tiny": samples}}}  # fmt: skip
+
+    rng = np.random.default_rng(0)
+    first, second = rng.normal(0.002, 0.001, 300), rng.normal(-0.004, 0.001, 300)
+    summary = summarize_calibration([seed_check(0.010, 0.012, first), seed_check(0.012, 0.008, second)])
+    head = summary["tokens"]["heads"]["iou_tiny"]
+    assert head["ece_change"] == pytest.approx(-0.001)  # mean over seeds of after - before
+    low, high = percentile_interval(np.concatenate([first, second]))
+    assert head["ece_change_interval"] == pytest.approx({"low": float(low), "high": float(high)})
+    # Pooled: wider than either seed's own interval.
+    assert low < -0.004
+    assert high > 0.002
+    assert head["maps"] == ["affine", "affine"]
+    assert f"-0.0010 [{low:+.4f}, {high:+.4f}]" in "\n".join(_calibration_lines(summary))

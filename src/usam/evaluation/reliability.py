@@ -37,6 +37,7 @@ from usam.calibration import (
     HeadCalibration,
     HeadsCalibration,
     MapKind,
+    ece_change_samples,
     empirical_coverage,
     expected_calibration_error,
     reliability_curve,
@@ -45,6 +46,7 @@ from usam.errors import InvalidInputError
 from usam.evaluation.rows import run_heads
 from usam.head_table import HEADS, HeadKind, SizeTargets, size_targets_of
 from usam.heads import UncertaintyHeads, load_heads
+from usam.metrics import DEFAULT_BOOTSTRAP_RESAMPLES, percentile_interval
 from usam.store import StoreReader
 from usam.training import TrainingWarning, check_output_path, load_training_data
 from usam.validation import check_choice, check_float, check_int
@@ -241,6 +243,9 @@ class HeadCheck:
         rows: Rows with a target.
         ece_before: ECE of the head's raw output.
         ece_after: ECE of the calibrated output, or None if the head is not calibrated.
+        ece_change_interval: 95 % bootstrap interval of ``ece_after - ece_before`` over the rows' images
+            (:func:`usam.calibration.ece_change_samples`): a change whose interval holds 0 is within the noise of
+            measuring the ECE on these rows. None if not calibrated.
         coverage: Per bound kind, per α, the share of rows with ``true ≥ iou_lower`` (calibrated heads only).
         mean_margin: Per bound kind, per α, the mean of ``calibrated - iou_lower``: how loose the bound is.
         reliability_before: Mean prediction, mean truth and rows per equal-mass bin, raw output.
@@ -254,10 +259,15 @@ class HeadCheck:
     mean_margin: dict[str, dict[str, float]]
     reliability_before: dict[str, list[float]]
     reliability_after: dict[str, list[float]] | None
+    ece_change_interval: list[float] | None = None
+    ece_change_samples: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    """The bootstrap samples behind the interval (kept in memory to pool runs; not in the JSON)."""
 
     def to_json(self) -> dict[str, Any]:
-        """JSON data (non-finite numbers as null)."""
-        return _finite_or_null(dataclasses.asdict(self))
+        """JSON data (non-finite numbers as null; without the bootstrap samples)."""
+        data = dataclasses.asdict(dataclasses.replace(self, ece_change_samples=None))
+        del data["ece_change_samples"]
+        return _finite_or_null(data)
 
 
 @dataclasses.dataclass
@@ -270,6 +280,7 @@ class CalibrationCheck:
         calibration_store: The store the calibration was fitted on, if recorded.
         alphas: The miscoverage levels of the coverage table.
         ece_bins: Equal-mass bins of the ECE.
+        ece_resamples: Bootstrap resamples (of images) behind each head's ``ece_change_interval``.
         left_out: IoU heads without rows in the store.
         plot: File name of the reliability diagram, once written.
     """
@@ -279,6 +290,7 @@ class CalibrationCheck:
     calibration_store: str | None
     alphas: tuple[float, ...] = EVALUATION_ALPHAS
     ece_bins: int = ECE_BINS
+    ece_resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES
     left_out: list[str] = dataclasses.field(default_factory=list)
     plot: str | None = None
 
@@ -289,6 +301,8 @@ class CalibrationCheck:
             "calibration_store": self.calibration_store,
             "alphas": list(self.alphas),
             "ece": f"expected calibration error over {self.ece_bins} equal-mass bins of the prediction",
+            "ece_change": f"after - before; 95 % percentile interval over {self.ece_resamples} bootstrap resamples "
+            "of the rows' images, both ECEs on each resample",
             "guarantee": "marginal: P(true IoU >= iou_lower) >= 1 - alpha over rows like the calibration rows",
             "heads": {name: entry.to_json() for name, entry in self.heads.items()},
             "left_out": list(self.left_out),
@@ -296,8 +310,20 @@ class CalibrationCheck:
         }
 
 
-def check_calibration(store: str | os.PathLike[str] | StoreReader, heads: UncertaintyHeads) -> CalibrationCheck | None:
+def check_calibration(
+    store: str | os.PathLike[str] | StoreReader,
+    heads: UncertaintyHeads,
+    *,
+    resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> CalibrationCheck | None:
     """ECE before and after calibration and coverage of the bounds of every IoU head on a store's rows.
+
+    Args:
+        store: A token store (or its reader) of rows the calibration did not see.
+        heads: The heads, calibrated or not.
+        resamples: Bootstrap resamples of the images behind the interval of the ECE's change.
+        seed: Seed of those resamples (one seed pairs the intervals of several heads files on one store).
 
     Returns:
         The measurements, or None if the heads have no IoU head or none has rows in the store.
@@ -319,11 +345,15 @@ def check_calibration(store: str | os.PathLike[str] | StoreReader, heads: Uncert
         head = calibration.heads.get(name) if calibration is not None else None
         coverage: dict[str, dict[str, float]] = {}
         margin: dict[str, dict[str, float]] = {}
-        after, ece_after = None, None
+        after, ece_after, changes, change_interval = None, None, None, None
         if head is not None:
             calibrated = head.calibrate(predictions)
             after = _curve(calibrated, targets)
             ece_after = expected_calibration_error(calibrated, targets)
+            changes = ece_change_samples(
+                predictions, calibrated, targets, sample.image_ids, resamples=resamples, seed=seed
+            )
+            change_interval = [float(bound) for bound in percentile_interval(changes)]
             for bound in BoundKind:
                 lowers = {alpha: head.lower_bound(predictions, alpha, bound) for alpha in EVALUATION_ALPHAS}
                 coverage[str(bound)] = {str(a): empirical_coverage(low, targets) for a, low in lowers.items()}
@@ -336,12 +366,15 @@ def check_calibration(store: str | os.PathLike[str] | StoreReader, heads: Uncert
             mean_margin=margin,
             reliability_before=_curve(predictions, targets),
             reliability_after=after,
+            ece_change_interval=change_interval,
+            ece_change_samples=changes,
         )
     source_store = calibration.source.get("store") if calibration is not None else None
     return CalibrationCheck(
         heads=checks,
         calibrated=calibration is not None,
         calibration_store=source_store if isinstance(source_store, str) else None,
+        ece_resamples=resamples,
         left_out=[name for name in names if name not in samples],
     )
 

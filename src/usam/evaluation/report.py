@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from usam.evaluation.plots import format_percent
@@ -11,7 +12,7 @@ from usam.evaluation.scenarios import ScenarioResult, Status
 if TYPE_CHECKING:
     from usam.evaluation.ablation import AblationResult
     from usam.evaluation.correlation import CorrelationResult
-    from usam.evaluation.reliability import CalibrationCheck
+    from usam.evaluation.reliability import CalibrationCheck, HeadCheck
     from usam.evaluation.run import EvaluationResult
 
 _ABLATION_COLUMNS = (
@@ -159,7 +160,9 @@ def _calibration_lines(check: CalibrationCheck | None) -> list[str]:
             f"The heads file is calibrated (`usam calibrate`{where}). **Coverage**: the share of rows whose true "
             "IoU is at least the lower bound `iou_lower`; the bound promises ≥ 1 − α *marginally* (over rows like "
             "the calibration rows, not per mask). Each cell: marginal / Mondrian (per bin of the calibrated IoU) "
-            "bound; in brackets the mean margin, calibrated − bound. These rows must not be the calibration rows.",
+            "bound; in brackets the mean margin, calibrated − bound. These rows must not be the calibration rows. "
+            "**ECE change**: calibrated − raw with its 95 % bootstrap interval over these rows' images "
+            f"({check.ece_resamples} resamples); an interval that holds 0 is a change within the noise of the ECE.",
             "",
         ]
     else:
@@ -167,12 +170,15 @@ def _calibration_lines(check: CalibrationCheck | None) -> list[str]:
     header = "| Head | Rows | ECE raw | ECE calibrated |"
     rule = "|---|---:|---:|---:|"
     if check.calibrated:
+        header += " ECE change [95 %] |"
+        rule += "---:|"
         header += "".join(f" Coverage α = {alpha:g} (target {1 - alpha:.0%}) |" for alpha in check.alphas)
         rule += "---:|" * len(check.alphas)
     lines += [header, rule]
     for name, entry in check.heads.items():
         row = f"| `{name}` | {entry.rows} | {number(entry.ece_before)} | {number(entry.ece_after)} |"
         if check.calibrated:
+            row += f" {_ece_change(entry)} |"
             for alpha in check.alphas:
                 if not entry.coverage:
                     row += " – |"
@@ -190,6 +196,24 @@ def _calibration_lines(check: CalibrationCheck | None) -> list[str]:
     if check.plot:
         lines += [f"![Reliability diagram]({check.plot})", ""]
     return lines
+
+
+def _ece_change(entry: HeadCheck) -> str:
+    change = None if entry.ece_after is None else entry.ece_after - entry.ece_before
+    return format_ece_change(change, entry.ece_change_interval)
+
+
+def format_ece_change(change: float | None, interval: Sequence[float | None] | None) -> str:
+    """An ECE's change with its interval, ``+0.0012 [-0.0004, +0.0029]``, or a dash where a figure is missing.
+
+    Example:
+        >>> format_ece_change(-0.00214, (-0.0031, -0.0012))
+        '-0.0021 [-0.0031, -0.0012]'
+    """
+    if change is None or interval is None or any(bound is None for bound in interval):
+        return "–"
+    low, high = interval
+    return f"{change:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
 def _ablation_lines(ablation: AblationResult | None, result: EvaluationResult) -> list[str]:

@@ -47,6 +47,7 @@ import numpy as np
 
 from usam.errors import InvalidInputError
 from usam.evaluation.measures import MeasureKind
+from usam.evaluation.report import format_ece_change
 from usam.evaluation.scenarios import RANGE_LABELS
 from usam.files import write_json_atomically, write_text_atomically
 from usam.metrics import (
@@ -667,7 +668,8 @@ def calibrate_and_check(paths: TestbedPaths, seed: int, inputs: str) -> dict[str
     Returns:
         The check's JSON (:class:`usam.evaluation.reliability.CalibrationCheck`): per IoU head the ECE before and
         after and the coverage of the bounds on the test rows, and under ``"maps"`` the kind of each head's
-        calibration map; None without IoU heads.
+        calibration map; under ``"ece_change_samples"`` (in memory only, for :func:`summarize_calibration` to
+        pool) each head's bootstrap samples of the ECE's change. None without IoU heads.
     """
     from usam.evaluation.reliability import calibrate_heads_file, check_calibration
     from usam.heads import load_heads
@@ -678,14 +680,21 @@ def calibrate_and_check(paths: TestbedPaths, seed: int, inputs: str) -> dict[str
     check = check_calibration(paths.store("test"), load_heads(out))
     if check is None:
         return None
-    return {**check.to_json(), "maps": {name: str(head.map_kind) for name, head in calibration.heads.items()}}
+    return {
+        **check.to_json(),
+        "maps": {name: str(head.map_kind) for name, head in calibration.heads.items()},
+        "ece_change_samples": {name: entry.ece_change_samples for name, entry in check.heads.items()},
+    }
 
 
 def summarize_calibration(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Per inputs variant and IoU head: rows, ECE before and after, coverage (means over seeds), each seed's map kind.
 
+    The ECE's change (after - before) is the mean over seeds with the percentile interval of the seeds' bootstrap
+    samples pooled; the test rows and images, hence the resamples, are the same for every seed.
+
     Args:
-        per_seed: Per seed, per inputs variant, the JSON of :func:`calibrate_and_check`.
+        per_seed: Per seed, per inputs variant, the dictionary of :func:`calibrate_and_check`.
     """
     summary: dict[str, Any] = {}
     for inputs in per_seed[0]:
@@ -702,10 +711,22 @@ def summarize_calibration(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
                 }
                 for bound in entries[0]["coverage"]
             }
+            changes = [
+                samples for check in checks if (samples := check.get("ece_change_samples", {}).get(name)) is not None
+            ]
+            low, high = percentile_interval(np.concatenate(changes)) if changes else (None, None)
             heads[name] = {
                 "rows": entries[0]["rows"],
                 "ece_before": _mean([entry["ece_before"] for entry in entries]),
                 "ece_after": _mean([entry["ece_after"] for entry in entries]),
+                "ece_change": _mean(
+                    [
+                        entry["ece_after"] - entry["ece_before"]
+                        for entry in entries
+                        if entry["ece_after"] is not None and entry["ece_before"] is not None
+                    ]
+                ),
+                "ece_change_interval": {"low": _number(low), "high": _number(high)},
                 "coverage": coverage,
                 "maps": [check.get("maps", {}).get(name) for check in checks if name in check["heads"]],
             }
@@ -1091,10 +1112,10 @@ def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
         lines += [
             f"Heads reading {inputs}; guarantee: {summary['guarantee']}.",
             "",
-            "| IoU head | test rows | map per seed | ECE before | ECE after | "
+            "| IoU head | test rows | map per seed | ECE before | ECE after | ECE change [95 %] | "
             + " | ".join(f"coverage α={alpha} (target {1 - float(alpha):.2f}) marginal / Mondrian" for alpha in alphas)
             + " |",
-            "|---|---|---|---|---|" + "---|" * len(alphas),
+            "|---|---|---|---|---|---|" + "---|" * len(alphas),
         ]
         for name, head in summary["heads"].items():
             cells = [
@@ -1103,10 +1124,23 @@ def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
             ]
             lines.append(
                 f"| {name} | {head['rows']} | {', '.join(str(kind) for kind in head.get('maps', []))} | "
-                f"{_format(head['ece_before'], 4)} | {_format(head['ece_after'], 4)} | " + " | ".join(cells) + " |"
+                f"{_format(head['ece_before'], 4)} | {_format(head['ece_after'], 4)} | {_ece_change(head)} | "
+                + " | ".join(cells)
+                + " |"
             )
-        lines.append("")
+        lines += [
+            "",
+            "ECE change: after − before, mean over seeds, with the 95 % interval of the seeds' bootstrap samples "
+            "pooled (test images resampled; both ECEs on each resample). An interval that holds 0 is a change "
+            "within the noise of measuring the ECE on these rows.",
+            "",
+        ]
     return lines
+
+
+def _ece_change(head: dict[str, Any]) -> str:
+    interval = head.get("ece_change_interval") or {}
+    return format_ece_change(head.get("ece_change"), (interval.get("low"), interval.get("high")))
 
 
 def _interval(entry: dict[str, float | None]) -> str:
