@@ -9,7 +9,15 @@ With ``--noise SIGMA`` the same is done on shifted data, the situation calibrati
 ``--scenes`` calibration and test scenes with Gaussian pixel noise of that sigma added (the scenes' own noise is
 0.01–0.06), extracted with the test-bed's models into ``DIR/shift-<SIGMA>/`` (reused when there).
 
-    python benchmarks/calibration_maps.py --testbed DIR [--noise 0.12 --scenes 400] [--out FILE.json]
+With ``--extra-calibration N`` it asks whether more calibration data, or another sample of it, would let the default
+(cross-validated) map lower every head's ECE: N fresh scenes of another seed are extracted like the calibration split
+into ``DIR/calibration-extra-<N>/`` (reused when there), and the maps are fitted and checked on four pairs of splits:
+the run's (calibration → test), N scenes → test, calibration → N scenes and test → N scenes. Per pair it counts the
+heads whose ECE fell and rose (per heads file, and for the mean over the seeds as the results page shows it), and
+those whose change has a 95 % bootstrap interval over the held-out images entirely below or above 0.
+
+    python benchmarks/calibration_maps.py --testbed DIR [--noise 0.12 --scenes 400] [--extra-calibration 4000]
+        [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -62,6 +70,79 @@ def shifted_stores(paths: TestbedPaths, sigma: float, scenes: int) -> dict[str, 
     return stores
 
 
+def extra_calibration_store(paths: TestbedPaths, scenes: int) -> Path:
+    """Extract (or reuse) ``scenes`` fresh calibration scenes of a seed that no split of the test-bed uses."""
+    from usam.datasets import open_dataset
+    from usam.extraction import ExtractionOptions, build_models, run_extraction
+    from usam.testbed.pipeline import TestbedSettings
+    from usam.testbed.scenes import write_scene_dataset
+
+    folder = paths.root / f"calibration-extra-{scenes}"
+    store = folder / "store"
+    if (store / "_usam_store.json").exists() and (folder / "scenes" / "labels.json").exists():
+        return store
+    settings = json.loads(paths.settings.read_text())["settings"]
+    used = {settings.get(key, getattr(TestbedSettings, key)) for key in ("train_seed", "test_seed", "calibration_seed")}
+    seed = max(used) + 1
+    write_scene_dataset(folder / "scenes", scenes, seed, settings.get("image_size", TestbedSettings.image_size),
+                        progress=True)  # fmt: skip
+    models = build_models([paths.card(key) for key in MODEL_KEYS])
+    dataset = open_dataset("folder", folder / "scenes", "calibration")
+    run_extraction(dataset, models, store, options=ExtractionOptions(monte_carlo=False), progress=True)
+    return store
+
+
+def split_pairs(stores: dict[str, Path], heads_files: list[Path]) -> dict:
+    """Per pair of splits (fitted on → checked on), per heads file and IoU head: ECE before, after, change interval."""
+    pairs = [("calibration", "test"), ("extra", "test"), ("calibration", "extra"), ("test", "extra")]
+    results = {}
+    for fitted_on, checked_on in pairs:
+        rows = {}
+        for heads_file in heads_files:
+            calibrated = load_heads(heads_file)
+            calibration = fit_calibration(stores[fitted_on], calibrated)
+            calibrated.metadata.calibration = calibration.to_json()
+            for name, entry in check_calibration(stores[checked_on], calibrated).heads.items():
+                rows[f"{heads_file.stem} {name}"] = {
+                    "before": entry.ece_before,
+                    "after": entry.ece_after,
+                    "change_interval": entry.ece_change_interval,
+                    "map": str(calibration.heads[name].map_kind),
+                }
+        results[f"{fitted_on} -> {checked_on}"] = rows
+    return results
+
+
+def split_pair_lines(results: dict, sizes: dict[str, int]) -> list[str]:
+    """One table row per pair of splits: falls and rises per heads file, of the seeds' means, and significant ones."""
+    lines = [
+        "### Which calibration data: the default map fitted on one split, checked on another",
+        "",
+        "| fitted on → checked on | mean ECE before → after | per heads file: fell / rose | interval below 0 / above 0 "
+        "| mean over seeds: fell / rose |",
+        "|---|---|---|---|---|",
+    ]
+    for pair, rows in results.items():
+        before = np.array([row["before"] for row in rows.values()])
+        after = np.array([row["after"] for row in rows.values()])
+        below = sum(row["change_interval"][1] < 0 for row in rows.values())
+        above = sum(row["change_interval"][0] > 0 for row in rows.values())
+        per_head: dict[str, list[tuple[float, float]]] = {}
+        for key, row in rows.items():
+            stem, name = key.split(" ")
+            variant = stem.split("-", 2)[2]  # seed-<k>-<inputs>
+            per_head.setdefault(f"{variant} {name}", []).append((row["before"], row["after"]))
+        means = [(np.mean([b for b, _ in pairs]), np.mean([a for _, a in pairs])) for pairs in per_head.values()]
+        fitted_on, checked_on = pair.split(" -> ")
+        label = f"{fitted_on} ({sizes[fitted_on]} scenes) → {checked_on} ({sizes[checked_on]} scenes)"
+        lines.append(
+            f"| {label} | {before.mean():.4f} → {after.mean():.4f} | {int(np.sum(after < before))} / "
+            f"{int(np.sum(after > before))} of {len(rows)} | {below} / {above} | "
+            f"{sum(a < b for b, a in means)} / {sum(a > b for b, a in means)} of {len(means)} |"
+        )
+    return [*lines, ""]
+
+
 def compare(calibration_store: Path, test_store: Path, heads_files: list[Path]) -> dict:
     """Per heads file, IoU head and kind of map: ECE before and after and coverage at α = 0.1."""
     rows = {}
@@ -102,6 +183,8 @@ def main() -> None:
     parser.add_argument("--testbed", type=Path, required=True, help="a folder after `usam testbed run`")
     parser.add_argument("--noise", type=float, default=None, help="also on copies with this pixel noise sigma")
     parser.add_argument("--scenes", type=int, default=400, help="scenes per shifted split (default %(default)s)")
+    parser.add_argument("--extra-calibration", type=int, default=None, metavar="N",
+                        help="also fit and check on pairs of splits with N fresh calibration scenes")  # fmt: skip
     parser.add_argument("--out", type=Path, help="write every row as JSON")
     args = parser.parse_args()
     paths = TestbedPaths(args.testbed)
@@ -122,9 +205,22 @@ def main() -> None:
             stores = shifted_stores(paths, args.noise, args.scenes)
             results[f"pixel noise sigma {args.noise:g}"] = compare(stores["calibration"], stores["test"], heads_files)
             print(f"shifted (extraction included): {time.perf_counter() - started:.0f} s")
+        pairs = None
+        if args.extra_calibration is not None:
+            started = time.perf_counter()
+            stores = {split: paths.store(split) for split in ("calibration", "test")}
+            stores["extra"] = extra_calibration_store(paths, args.extra_calibration)
+            pairs = split_pairs(stores, heads_files)
+            print(f"pairs of splits (extraction included): {time.perf_counter() - started:.0f} s")
     lines = []
     for title, rows in results.items():
         lines += summary_lines(title, rows)
+    if pairs is not None:
+        settings = json.loads(paths.settings.read_text())["settings"]
+        sizes = {"calibration": settings.get("calibration_scenes"), "test": settings.get("test_scenes"),
+                 "extra": args.extra_calibration}  # fmt: skip
+        lines += split_pair_lines(pairs, sizes)
+        results["pairs of splits"] = pairs
     print("\n".join(lines))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))

@@ -54,3 +54,29 @@ def test_noisy_copy_adds_noise_to_images_and_keeps_masks(calibration_maps, tmp_p
     assert abs(pixels.mean() - 128 / 255) < 0.02
     mask = tmp_path / "copy" / "masks" / "scene_000000" / "0.png"
     assert (mask.read_bytes()) == (source / "masks" / "scene_000000" / "0.png").read_bytes()
+
+
+def test_pairs_of_splits_fit_on_one_and_check_on_another_and_count_falls_rises_and_significant_ones(
+    calibration_maps, tmp_path
+):
+    heads_files = []
+    for seed in (0, 1):
+        heads_files.append(tmp_path / f"seed-{seed}-tokens.safetensors")
+        random_heads(list(IOU_STORE_HEADS), seed=5 + seed).save(heads_files[-1])
+    stores = {
+        split: write_iou_store(tmp_path / split, seed=seed)
+        for split, seed in (("calibration", 1), ("test", 2), ("extra", 3))
+    }
+    results = calibration_maps.split_pairs(stores, heads_files)
+    assert list(results) == ["calibration -> test", "extra -> test", "calibration -> extra", "test -> extra"]
+    for rows in results.values():
+        assert len(rows) == 2 * len(IOU_STORE_HEADS)
+        for row in rows.values():
+            low, high = row["change_interval"]
+            assert row["after"] < row["before"] / 2  # random heads: any of these stores corrects them
+            assert low <= high < 0  # far beyond the noise
+            assert row["map"] in {"affine", "isotonic"}
+    lines = calibration_maps.split_pair_lines(results, {"calibration": 10, "test": 20, "extra": 40})
+    row = next(line for line in lines if line.startswith("| extra (40 scenes) → test (20 scenes)"))
+    # Every head fell, none rose, per file (6) and as the mean of the two seeds (3); all six significantly.
+    assert row.split(" | ")[2:5] == ["6 / 0 of 6", "6 / 0", "3 / 0 of 3 |"]
