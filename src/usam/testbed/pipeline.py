@@ -80,12 +80,12 @@ MIOU_COLUMNS: dict[str, str] = {
 }
 """Store column of each mIoU the results page reports per model."""
 HEAD_VARIANTS: tuple[str, ...] = ("tokens", "tokens+signals")
+"""Inputs of the heads trained per seed (:class:`usam.heads.InputsVariant`): the paper's tokens, and the tokens with
+SAM2's scalar signals."""
 HEAD_MEASURE_KINDS: tuple[str, ...] = (str(MeasureKind.USAM_HEAD), str(MeasureKind.USAM_HEAD_DIFFERENCE))
 """Measure kinds that depend on the heads, so on their inputs."""
 USES_HEAD_INPUTS = "tokens+signals"
 """The uses run on seed 0's calibrated heads of these inputs."""
-"""Inputs of the heads trained per seed (:class:`usam.heads.InputsVariant`): the paper's tokens, and the tokens with
-SAM2's scalar signals."""
 RESULTS_FOLDER = "results"
 EXTRACTION_SHARDS = 2
 """Shards of each test-bed store. A store keeps its shard count, so it is fixed rather than the machine's core count;
