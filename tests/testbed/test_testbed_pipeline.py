@@ -53,7 +53,9 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
     _run(["testbed", "build", "--out", out, "--quick", "--no-progress"], capsys)
     assert {key: paths.checkpoint(key).stat().st_mtime_ns for key in MODEL_KEYS} == written  # reused, not retrained
 
-    _run(["testbed", "run", "--out", out, "--quick", "--seeds", "1", "--no-progress"], capsys)
+    # With the ablation's signals-only heads as a third variant (the default trains the two of HEAD_VARIANTS).
+    variants = (*HEAD_VARIANTS, "signals")
+    _run(["testbed", "run", "--out", out, "--quick", "--seeds", "1", "--no-progress", "--inputs", *variants], capsys)
     quick = TestbedSettings.quick()
     for split, scenes, _ in quick.splits():
         reader = StoreReader(paths.store(split))
@@ -64,7 +66,7 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
         assert sum(manifest.completed_images for manifest in manifests) == scenes
     assert StoreReader(paths.store("test")).options["monte_carlo"] is True
     assert StoreReader(paths.store("train")).options["monte_carlo"] is False
-    for inputs in HEAD_VARIANTS:
+    for inputs in variants:
         heads = load_heads(paths.heads(0, inputs))
         assert "iou_tiny" in heads.names
         assert heads.metadata.inputs == list(INPUTS_OF_VARIANT[InputsVariant(inputs)])
@@ -100,7 +102,7 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
         assert expected <= set(scenario["measures"]), name
         assert any(measure["kind"] == "usam_head" for measure in scenario["measures"].values()), name
         # Both inputs variants' heads are on the page, each under its own key.
-        assert {measure.get("inputs") for measure in scenario["measures"].values()} == {None, *HEAD_VARIANTS}, name
+        assert {measure.get("inputs") for measure in scenario["measures"].values()} == {None, *variants}, name
         source = "model-gap" if name == "model_selection" else "main"
         for key, measure in scenario["measures"].items():
             inputs = measure.get("inputs", HEAD_VARIANTS[0])
@@ -124,7 +126,8 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
     }  # fmt: skip
     assert "Time of this run" in (paths.results / "results.md").read_text()
     # Calibration: per variant and IoU head, ECE before and after and coverage for every alpha, on test rows.
-    assert set(results["calibration"]) == set(HEAD_VARIANTS)
+    assert results["head_inputs"] == list(variants)
+    assert set(results["calibration"]) == set(variants)
     for summary in results["calibration"].values():
         for head in summary["heads"].values():
             assert head["rows"] > 0
@@ -139,7 +142,8 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
     assert "## Calibration" in page_text
     assert "ECE change [95 %]" in page_text
     # Pearson with every target, for the baselines and both variants' heads.
-    assert set(results["correlation"]) == set(HEAD_VARIANTS)
+    assert set(results["correlation"]) == set(variants)
+    assert "[signals]" in page_text
     assert "True task_gap" in page_text
     # Every use ran on the test-bed and wrote its own report; the page includes their tables.
     assert set(results["uses"]) == {"heads", "store", "clicks", "automatic"}
@@ -175,6 +179,11 @@ def test_quick_build_and_run_write_stores_heads_and_a_complete_results_page(tmp_
     assert status == 2
     assert err.startswith("usam: error:")
     assert "--quick" in err
+    # Variants without the one the uses run on are refused with one line, before any work.
+    status, _, err = run_cli(["testbed", "run", "--out", out, "--quick", "--inputs", "tokens", "signals"], capsys)
+    assert status == 2
+    assert err.strip().count("\n") == 0
+    assert "must include tokens+signals" in err
 
 
 def test_run_before_build_is_a_one_line_error(tmp_path, capsys):

@@ -12,6 +12,9 @@ from usam.cli.common import EXIT_USER_ERROR, UsageParser, prepare_output_folder
 
 def add_testbed(subparsers: Any) -> None:
     """Add the ``testbed`` command group (``build``, ``run``) to ``subparsers``."""
+    from usam.heads import InputsVariant
+    from usam.testbed.pipeline import HEAD_VARIANTS, USES_HEAD_INPUTS
+
     group = subparsers.add_parser(
         "testbed",
         help="build the test-bed (scenes, trained SAM2 models) and run usam's pipeline on it",
@@ -49,6 +52,16 @@ def add_testbed(subparsers: Any) -> None:
         "--seeds", type=int, default=3, help="seeds of the heads' initialisation and split (default %(default)s)"
     )
     run.add_argument("--device", help="torch device (default: CUDA when available, else the CPU)")
+    run.add_argument(
+        "--inputs",
+        nargs="+",
+        choices=InputsVariant.values(),
+        default=list(HEAD_VARIANTS),
+        metavar="INPUTS",
+        help="inputs variants of the heads trained per seed, each its own rows on the results page: 'tokens' (the "
+        "paper's), 'tokens+signals', 'signals' (SAM2's scalar signals only: the ablation). Must include "
+        f"{USES_HEAD_INPUTS} (the uses run on it). Default: {' '.join(HEAD_VARIANTS)}",
+    )
     build.set_defaults(handler=_run_build)
     run.set_defaults(handler=_run_run)
 
@@ -79,6 +92,9 @@ def _run_run(args: argparse.Namespace) -> int:
     from usam.testbed import run_testbed
     from usam.testbed.pipeline import TestbedPaths
 
-    run_testbed(args.out, _settings(args), seeds=args.seeds, progress=not args.no_progress, device=args.device)
+    run_testbed(
+        args.out, _settings(args), seeds=args.seeds, progress=not args.no_progress, device=args.device,
+        inputs=args.inputs,
+    )  # fmt: skip
     print(f"wrote {TestbedPaths(args.out.expanduser()).results}/results.md and results.json")
     return 0

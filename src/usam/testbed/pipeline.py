@@ -39,7 +39,7 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from usam.metrics import (
     percentile_interval,
     random_curve,
 )
-from usam.validation import check_float, check_int
+from usam.validation import check_choice, check_float, check_int
 
 SETTINGS_FILE = "testbed.json"
 MODEL_KEYS: tuple[str, ...] = ("tiny", "tiny-early", "large")
@@ -374,6 +374,7 @@ def run_testbed(
     seeds: int = 3,
     progress: bool = True,
     device: str | None = None,
+    inputs: Sequence[str] = HEAD_VARIANTS,
 ) -> dict[str, Any]:
     """Extract, train heads per seed, evaluate per seed and write ``results/results.md`` and ``results.json``.
 
@@ -385,12 +386,15 @@ def run_testbed(
         seeds: Seeds of the heads (0 to seeds - 1).
         progress: Show progress bars.
         device: Torch device of extraction and head training (default: CUDA when available, else the CPU).
+        inputs: Inputs variants (:class:`usam.heads.InputsVariant`) of the heads trained per seed, each with its
+            own rows on the page (add ``"signals"`` for the ablation); must include :data:`USES_HEAD_INPUTS`.
 
     Returns:
         The content of ``results.json``.
 
     Raises:
-        InvalidInputError: ``out`` was not built, or with other settings.
+        InvalidInputError: ``out`` was not built, or with other settings; or ``inputs`` names an unknown variant or
+            lacks :data:`USES_HEAD_INPUTS`.
     """
     from usam.devices import Precision, has_fast_bfloat16, select_device
     from usam.extraction import build_models
@@ -399,6 +403,7 @@ def run_testbed(
 
     settings = settings or TestbedSettings()
     seeds = check_int(seeds, "seeds", minimum=1)
+    variants = _head_variants(inputs)
     paths = TestbedPaths(Path(out).expanduser())
     recorded = _recorded_settings(paths)
     missing = [key for key in MODEL_KEYS if not paths.card(key).exists()]
@@ -436,24 +441,24 @@ def run_testbed(
         for seed in range(seeds):
             evaluations.append({})
             calibrations.append({})
-            for inputs in HEAD_VARIANTS:
+            for variant in variants:
                 uses_job.share_cores()
                 started = time.perf_counter()
                 heads = train_from_store(
-                    paths.store("train"), paths.heads(seed, inputs), seed=seed, hyper_parameters=head_schedule,
-                    inputs=INPUTS_OF_VARIANT[InputsVariant(inputs)], progress=progress, device=device,
+                    paths.store("train"), paths.heads(seed, variant), seed=seed, hyper_parameters=head_schedule,
+                    inputs=INPUTS_OF_VARIANT[InputsVariant(variant)], progress=progress, device=device,
                     precision=head_precision,
                 )  # fmt: skip
                 seconds["heads"] += time.perf_counter() - started
                 started = time.perf_counter()
-                calibrations[seed][inputs] = calibrate_and_check(paths, seed, inputs)
+                calibrations[seed][variant] = calibrate_and_check(paths, seed, variant)
                 seconds["calibration"] += time.perf_counter() - started
-                if seed == 0 and inputs == USES_HEAD_INPUTS:
+                if seed == 0 and variant == USES_HEAD_INPUTS:
                     uses_job.start()
                 uses_job.share_cores()
                 started = time.perf_counter()
-                evaluations[seed][inputs] = {
-                    which: _evaluate(paths, heads, seed, which, model, settings, progress, inputs)
+                evaluations[seed][variant] = {
+                    which: _evaluate(paths, heads, seed, which, model, settings, progress, variant)
                     for which, model in (
                         (MAIN_EVALUATION, MODEL_NAMES["tiny"]),
                         (GAP_EVALUATION, MODEL_NAMES["tiny-early"]),
@@ -476,6 +481,21 @@ def run_testbed(
     write_json_atomically(results, paths.results / "results.json", indent=1)
     write_text_atomically(paths.results / "results.md", results_markdown(results, uses_pages=pages))
     return results
+
+
+def _head_variants(inputs: Sequence[str]) -> list[str]:
+    """The inputs variants to train, checked, duplicates dropped, in the given order."""
+    from usam.heads import InputsVariant
+
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    variants = list(dict.fromkeys(str(check_choice(InputsVariant, value, "inputs variant")) for value in inputs))
+    if USES_HEAD_INPUTS not in variants:
+        raise InvalidInputError(
+            f"the heads' inputs variants must include {USES_HEAD_INPUTS} (the uses run on its calibrated heads), got "
+            f"{' '.join(variants) or 'none'}"
+        )
+    return variants
 
 
 class _UsesBesideHeads:
