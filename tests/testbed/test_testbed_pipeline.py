@@ -329,4 +329,11 @@ def test_calibration_summary_pools_the_seeds_bootstrap_samples_of_the_ece_change
     assert low < -0.004
     assert high > 0.002
     assert head["maps"] == ["affine", "affine"]
-    assert f"-0.0010 [{low:+.4f}, {high:+.4f}]" in "\n".join(_calibration_lines(summary))
+    page = "\n".join(_calibration_lines(summary))
+    assert f"-0.0010 [{low:+.4f}, {high:+.4f}]" in page
+    assert "Over all 1 IoU heads (mean over seeds): the ECE fell for 1, rose for 0 and stayed for 0" in page
+    assert "entirely below 0 for 0 and entirely above 0 (a rise beyond the noise) for 0." in page
+    # A head whose every resample rose: counted above 0.
+    risen = summarize_calibration([seed_check(0.010, 0.014, rng.normal(0.004, 0.0005, 300))])
+    assert "rose for 1" in "\n".join(_calibration_lines(risen))
+    assert "(a rise beyond the noise) for 1." in "\n".join(_calibration_lines(risen))

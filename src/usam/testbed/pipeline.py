@@ -1155,7 +1155,26 @@ def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
             "within the noise of measuring the ECE on these rows.",
             "",
         ]
-    return lines
+    return [*lines, *_ece_tally_lines(calibration)]
+
+
+def _ece_tally_lines(calibration: dict[str, Any]) -> list[str]:
+    """One sentence counting, over every variant's IoU heads, the ECE's falls and rises and those beyond the noise."""
+    heads = [head for summary in calibration.values() for head in summary["heads"].values()]
+    changes = [head.get("ece_change") for head in heads]
+    intervals = [head.get("ece_change_interval") or {} for head in heads]
+    if not heads or any(change is None for change in changes):
+        return []
+    above = sum(1 for interval in intervals if (interval.get("low") or 0.0) > 0.0)
+    below = sum(1 for interval in intervals if (interval.get("high") or 0.0) < 0.0)
+    fell = sum(1 for change in changes if change < 0.0)
+    rose = sum(1 for change in changes if change > 0.0)
+    return [
+        f"Over all {len(heads)} IoU heads (mean over seeds): the ECE fell for {fell}, rose for {rose} and stayed for "
+        f"{len(heads) - fell - rose}; the interval of its change lies entirely below 0 for {below} and entirely above "
+        f"0 (a rise beyond the noise) for {above}.",
+        "",
+    ]
 
 
 def _ece_change(head: dict[str, Any]) -> str:
