@@ -235,6 +235,17 @@ IsotonicMap = MonotoneMap
 """The former name of :class:`MonotoneMap` (its ``fit`` still defaults to isotonic regression)."""
 
 
+def _groups(groups: Any | None, size: int, part: str = "") -> np.ndarray | None:
+    """The image id of each of ``size`` rows as a flat array (None stays None); one per row or an error."""
+    if groups is None:
+        return None
+    groups = np.asarray(groups).reshape(-1)
+    if groups.size != size:
+        rows = f"{size} {part} rows" if part else f"{size} rows"
+        raise InvalidInputError(f"{groups.size} image ids for {rows}; give one per row")
+    return groups
+
+
 def image_folds(groups: Any, folds: int, seed: int = 0) -> np.ndarray:
     """Fold index of each row for a K-fold split that keeps the rows of one group (image) together.
 
@@ -272,9 +283,8 @@ def cross_validated_errors(
         InvalidInputError: If there are fewer than two groups or values are not finite.
     """
     predictions, targets = _as_pairs(predictions, targets)
-    groups = np.arange(predictions.size) if groups is None else np.asarray(groups).reshape(-1)
-    if groups.size != predictions.size:
-        raise InvalidInputError(f"{groups.size} groups for {predictions.size} rows; give one per row")
+    groups = _groups(groups, predictions.size)
+    groups = np.arange(predictions.size) if groups is None else groups
     num_groups = np.unique(groups).size
     if num_groups < 2:
         raise InvalidInputError("choosing a map by cross-validation needs rows of at least two images")
@@ -397,15 +407,6 @@ class ConformalQuantiles:
         """Inverse of :meth:`to_json`."""
         values = [-math.inf if value is None else float(value) for value in data["quantiles"]]
         return cls(int(data["rows"]), np.asarray(values, dtype=np.float64))
-
-
-def _groups(groups: Any | None, size: int, part: str) -> np.ndarray | None:
-    if groups is None:
-        return None
-    groups = np.asarray(groups).reshape(-1)
-    if groups.size != size:
-        raise InvalidInputError(f"{groups.size} image ids for {size} {part} rows; give one per row")
-    return groups
 
 
 def mondrian_edges(calibrated: np.ndarray, *, min_bin_rows: int, max_bins: int) -> np.ndarray:
@@ -725,8 +726,8 @@ def ece_change_samples(
         >>> bool(np.all(changes < 0))
         True
     """
-    before, targets_before = _as_pairs(before, targets)
-    after, targets = _as_pairs(after, targets)
+    before, targets = _as_pairs(before, targets)
+    after, _ = _as_pairs(after, targets)
     groups = np.asarray(groups)
     if groups.shape != targets.shape:
         raise InvalidInputError(f"groups must have one entry per row ({targets.size}), got shape {groups.shape}")
@@ -735,7 +736,7 @@ def ece_change_samples(
         return np.full(check_int(resamples, "bootstrap resamples", minimum=1), math.nan)
     _, group_index = np.unique(groups, return_inverse=True)
     num_groups = int(group_index.max()) + 1
-    sorted_before = _SortedResiduals(before, targets_before)
+    sorted_before = _SortedResiduals(before, targets)
     sorted_after = _SortedResiduals(after, targets)
 
     def change(drawn: np.ndarray) -> float:
