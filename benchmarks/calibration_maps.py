@@ -34,7 +34,7 @@ import numpy as np
 from usam.calibration import MapKind
 from usam.evaluation import check_calibration, fit_calibration
 from usam.heads import load_heads
-from usam.testbed.pipeline import HEAD_VARIANTS, MODEL_KEYS, TestbedPaths
+from usam.testbed.pipeline import HEAD_VARIANTS, MODEL_KEYS, TestbedPaths, TestbedSettings, recorded_settings
 
 KINDS = [MapKind.IDENTITY, MapKind.AFFINE, MapKind.ISOTONIC, MapKind.AUTO]
 
@@ -70,22 +70,18 @@ def shifted_stores(paths: TestbedPaths, sigma: float, scenes: int) -> dict[str, 
     return stores
 
 
-def extra_calibration_store(paths: TestbedPaths, scenes: int) -> Path:
+def extra_calibration_store(paths: TestbedPaths, settings: TestbedSettings, scenes: int) -> Path:
     """Extract (or reuse) ``scenes`` fresh calibration scenes of a seed that no split of the test-bed uses."""
     from usam.datasets import open_dataset
     from usam.extraction import ExtractionOptions, build_models, run_extraction
-    from usam.testbed.pipeline import TestbedSettings
     from usam.testbed.scenes import write_scene_dataset
 
     folder = paths.root / f"calibration-extra-{scenes}"
     store = folder / "store"
     if (store / "_usam_store.json").exists() and (folder / "scenes" / "labels.json").exists():
         return store
-    settings = json.loads(paths.settings.read_text())["settings"]
-    used = {settings.get(key, getattr(TestbedSettings, key)) for key in ("train_seed", "test_seed", "calibration_seed")}
-    seed = max(used) + 1
-    write_scene_dataset(folder / "scenes", scenes, seed, settings.get("image_size", TestbedSettings.image_size),
-                        progress=True)  # fmt: skip
+    seed = max(split_seed for _, _, split_seed in settings.splits()) + 1
+    write_scene_dataset(folder / "scenes", scenes, seed, settings.image_size, progress=True)
     models = build_models([paths.card(key) for key in MODEL_KEYS])
     dataset = open_dataset("folder", folder / "scenes", "calibration")
     run_extraction(dataset, models, store, options=ExtractionOptions(monte_carlo=False), progress=True)
@@ -205,19 +201,18 @@ def main() -> None:
             stores = shifted_stores(paths, args.noise, args.scenes)
             results[f"pixel noise sigma {args.noise:g}"] = compare(stores["calibration"], stores["test"], heads_files)
             print(f"shifted (extraction included): {time.perf_counter() - started:.0f} s")
-        pairs = None
+        pairs, settings = None, recorded_settings(paths) or TestbedSettings()
         if args.extra_calibration is not None:
             started = time.perf_counter()
             stores = {split: paths.store(split) for split in ("calibration", "test")}
-            stores["extra"] = extra_calibration_store(paths, args.extra_calibration)
+            stores["extra"] = extra_calibration_store(paths, settings, args.extra_calibration)
             pairs = split_pairs(stores, heads_files)
             print(f"pairs of splits (extraction included): {time.perf_counter() - started:.0f} s")
     lines = []
     for title, rows in results.items():
         lines += summary_lines(title, rows)
     if pairs is not None:
-        settings = json.loads(paths.settings.read_text())["settings"]
-        sizes = {"calibration": settings.get("calibration_scenes"), "test": settings.get("test_scenes"),
+        sizes = {"calibration": settings.calibration_scenes, "test": settings.test_scenes,
                  "extra": args.extra_calibration}  # fmt: skip
         lines += split_pair_lines(pairs, sizes)
         results["pairs of splits"] = pairs

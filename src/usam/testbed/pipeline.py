@@ -258,7 +258,7 @@ def build_testbed(out: str | Path, settings: TestbedSettings | None = None, *, p
     """
     settings = settings or TestbedSettings()
     paths = TestbedPaths(Path(out).expanduser())
-    recorded = _recorded_settings(paths)
+    recorded = recorded_settings(paths)
     if recorded is not None and recorded != settings:
         raise InvalidInputError(
             f"{paths.root} was built with other settings ({_settings_difference(recorded, settings)}); use another "
@@ -405,7 +405,7 @@ def run_testbed(
     seeds = check_int(seeds, "seeds", minimum=1)
     variants = _head_variants(inputs)
     paths = TestbedPaths(Path(out).expanduser())
-    recorded = _recorded_settings(paths)
+    recorded = recorded_settings(paths)
     missing = [key for key in MODEL_KEYS if not paths.card(key).exists()]
     if recorded is None or missing:
         raise InvalidInputError(f"{paths.root} holds no built test-bed; run 'usam testbed build --out {out}' first")
@@ -735,17 +735,13 @@ def summarize_calibration(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
                 samples for check in checks if (samples := check.get("ece_change_samples", {}).get(name)) is not None
             ]
             low, high = percentile_interval(np.concatenate(changes)) if changes else (None, None)
+            before = _mean([entry["ece_before"] for entry in entries])
+            after = _mean([entry["ece_after"] for entry in entries])
             heads[name] = {
                 "rows": entries[0]["rows"],
-                "ece_before": _mean([entry["ece_before"] for entry in entries]),
-                "ece_after": _mean([entry["ece_after"] for entry in entries]),
-                "ece_change": _mean(
-                    [
-                        entry["ece_after"] - entry["ece_before"]
-                        for entry in entries
-                        if entry["ece_after"] is not None and entry["ece_before"] is not None
-                    ]
-                ),
+                "ece_before": before,
+                "ece_after": after,
+                "ece_change": None if before is None or after is None else after - before,
                 "ece_change_interval": {"low": _number(low), "high": _number(high)},
                 "coverage": coverage,
                 "maps": [check.get("maps", {}).get(name) for check in checks if name in check["heads"]],
@@ -1195,8 +1191,12 @@ def _number(value: Any) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def _recorded_settings(paths: TestbedPaths) -> TestbedSettings | None:
-    """The settings a test-bed folder was built with, or None if it was not built."""
+def recorded_settings(paths: TestbedPaths) -> TestbedSettings | None:
+    """The settings a test-bed folder was built with, or None if it was not built.
+
+    Raises:
+        InvalidInputError: The settings file cannot be read.
+    """
     try:
         content = json.loads(paths.settings.read_text(encoding="utf-8"))
         return TestbedSettings(**content["settings"])
