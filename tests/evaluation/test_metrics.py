@@ -179,6 +179,17 @@ def test_random_curve_is_reproducible_and_ends_at_the_fixed_points():
     assert first.mean_iou[-1] == pytest.approx(corrected.mean())
 
 
+def test_random_curve_is_the_mean_of_correction_curves_of_its_orders_to_the_last_bit():
+    # random_curve skips the sort (a permutation's ascending order is its inverse); the numbers must not change.
+    rng = np.random.default_rng(3)
+    base, corrected = rng.random(301), rng.random(301)
+    fractions = np.linspace(0, 1, 101)
+    orders = [np.random.default_rng([5, index]).permutation(301) for index in range(4)]
+    expected = np.mean([correction_curve(base, corrected, order, fractions=fractions).mean_iou for order in orders], 0)
+    np.testing.assert_array_equal(random_curve(base, corrected, num_seeds=4, seed=5, fractions=fractions).mean_iou,
+                                  expected)  # fmt: skip
+
+
 def test_random_curve_averages_to_the_straight_line():
     _, mean_iou = random_curve(BASE, CORRECTED, num_seeds=4000, fractions=QUARTERS)
     np.testing.assert_allclose(mean_iou, [0.5, 0.5625, 0.625, 0.6875, 0.75], atol=0.01)

@@ -337,3 +337,57 @@ def test_calibration_summary_pools_the_seeds_bootstrap_samples_of_the_ece_change
     risen = summarize_calibration([seed_check(0.010, 0.014, rng.normal(0.004, 0.0005, 300))])
     assert "rose for 1" in "\n".join(_calibration_lines(risen))
     assert "(a rise beyond the noise) for 1." in "\n".join(_calibration_lines(risen))
+
+
+def test_a_folder_built_with_other_run_budgets_runs_with_the_new_ones_but_other_scenes_are_refused(tmp_path):
+    import dataclasses
+
+    from usam.errors import InvalidInputError
+    from usam.testbed.pipeline import RUN_SETTINGS, check_built_with
+
+    fields = {field.name for field in dataclasses.fields(TestbedSettings)}
+    assert RUN_SETTINGS.issubset(fields)
+    assert fields - RUN_SETTINGS  # the scenes and models are not run-only
+    assert set(TestbedSettings().built_part()) == fields - RUN_SETTINGS
+    paths = TestbedPaths(tmp_path)
+    built = TestbedSettings.quick()
+    # The heads' schedule, the bootstrap and the uses are redone by every run: other values are not a rebuild.
+    check_built_with(paths, built, dataclasses.replace(built, head_epochs=5, bootstrap_resamples=7), "remedy")
+    check_built_with(paths, None, built, "remedy")  # nothing built yet
+    other = dataclasses.replace(built, train_scenes=built.train_scenes + 1, head_epochs=5)
+    with pytest.raises(InvalidInputError, match="remedy") as caught:
+        check_built_with(paths, built, other, "remedy")
+    message = str(caught.value)
+    assert f"train_scenes {built.train_scenes} there, {built.train_scenes + 1} now" in message
+    assert "head_epochs" not in message
+    assert str(tmp_path) in message
+
+
+def test_run_goes_on_in_a_folder_built_with_another_head_schedule(tmp_path, monkeypatch):
+    import dataclasses
+
+    from usam.errors import InvalidInputError
+    from usam.testbed import pipeline, run_testbed
+
+    quick = TestbedSettings.quick()
+    paths = TestbedPaths(tmp_path / "bed")
+    paths.card(MODEL_KEYS[0]).parent.mkdir(parents=True)
+    for key in MODEL_KEYS:
+        paths.card(key).write_text("{}")
+
+    def record(settings):
+        paths.settings.write_text(json.dumps({"settings": dataclasses.asdict(settings)}))
+
+    class ExtractionStartedError(Exception):
+        pass
+
+    def extract_split(*args, **kwargs):
+        raise ExtractionStartedError
+
+    monkeypatch.setattr(pipeline, "extract_split", extract_split)
+    record(dataclasses.replace(quick, head_epochs=quick.head_epochs + 3, use_scenes=quick.use_scenes + 1))
+    with pytest.raises(ExtractionStartedError):  # past the settings check, on to the extraction
+        run_testbed(paths.root, quick, seeds=1, progress=False)
+    record(dataclasses.replace(quick, test_scenes=quick.test_scenes + 1))
+    with pytest.raises(InvalidInputError, match="test_scenes"):
+        run_testbed(paths.root, quick, seeds=1, progress=False)

@@ -22,10 +22,12 @@ from usam.metrics import (
     CorrectionScenario,
     Curve,
     area_weights,
+    corrected_counts,
     correction_curve,
     no_correction_curve,
     oracle_curve,
     random_curve,
+    ranked_mean_iou,
     relative_area,
 )
 from usam.metrics import relative_auc as relative_auc_of
@@ -280,8 +282,11 @@ def relative_aucs_of_rankings(
     """
     weights = range_weights(fractions) if weights is None else weights
     shared = references
+    base, corrected = np.asarray(base, dtype=np.float64), np.asarray(corrected, dtype=np.float64)
+    all_counts = corrected_counts(fractions, len(base))
     result = np.empty((len(rankings), weights.shape[0]))
     for index, (values, higher) in enumerate(rankings):
+        values = np.asarray(values, dtype=np.float64)
         defined = ~np.isnan(values)
         if defined.all():
             scored_base, scored_corrected, scored_values = base, corrected, values
@@ -293,14 +298,14 @@ def relative_aucs_of_rankings(
         if defined.all() and shared is not None:
             none_areas, oracle_areas = shared
         else:
+            # The checked curves: the IoUs are validated here once, so the rankings below can skip the checks.
             none_areas = weights @ no_correction_curve(scored_base, fractions=fractions).mean_iou
             oracle_areas = weights @ oracle_curve(scored_base, scored_corrected, fractions=fractions).mean_iou
             if defined.all():
                 shared = none_areas, oracle_areas
-        curve = correction_curve(
-            scored_base, scored_corrected, scored_values, fractions=fractions, higher_is_uncertain=higher
-        )
-        result[index] = relative_area(weights @ curve.mean_iou, none_areas, oracle_areas)
+        counts = all_counts if defined.all() else corrected_counts(fractions, scored_base.size)
+        mean_iou = ranked_mean_iou(scored_base, scored_corrected, scored_values, counts, higher)
+        result[index] = relative_area(weights @ mean_iou, none_areas, oracle_areas)
     return result
 
 
