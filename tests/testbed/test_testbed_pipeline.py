@@ -381,13 +381,32 @@ def test_run_goes_on_in_a_folder_built_with_another_head_schedule(tmp_path, monk
     class ExtractionStartedError(Exception):
         pass
 
-    def extract_split(*args, **kwargs):
+    def extract_splits(*args, **kwargs):
         raise ExtractionStartedError
 
-    monkeypatch.setattr(pipeline, "extract_split", extract_split)
+    monkeypatch.setattr(pipeline, "extract_splits", extract_splits)
     record(dataclasses.replace(quick, head_epochs=quick.head_epochs + 3, use_scenes=quick.use_scenes + 1))
     with pytest.raises(ExtractionStartedError):  # past the settings check, on to the extraction
         run_testbed(paths.root, quick, seeds=1, progress=False)
     record(dataclasses.replace(quick, test_scenes=quick.test_scenes + 1))
     with pytest.raises(InvalidInputError, match="test_scenes"):
         run_testbed(paths.root, quick, seeds=1, progress=False)
+
+
+def test_extraction_queues_every_shard_of_every_split_in_order_and_times_each_split(tmp_path, monkeypatch):
+    from usam.testbed import pipeline
+
+    calls = []
+
+    def extract_shard(root, split, monte_carlo, seed, shard, device, progress):
+        calls.append((split, monte_carlo, shard))
+
+    monkeypatch.setattr(pipeline, "_extract_shard", extract_shard)
+    splits = (("train", False), ("test", True), ("calibration", False))
+    seconds = pipeline.extract_splits(TestbedPaths(tmp_path), splits, TestbedSettings.quick(), progress=False)
+    assert calls == [
+        (split, monte_carlo, (index, EXTRACTION_SHARDS)) for split, monte_carlo in splits
+        for index in range(EXTRACTION_SHARDS)
+    ]  # fmt: skip
+    assert list(seconds) == ["train", "test", "calibration"]
+    assert all(value >= 0 for value in seconds.values())

@@ -425,11 +425,11 @@ def run_testbed(
     check_built_with(paths, recorded, settings, "pass the same --quick choice as to 'usam testbed build'")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    workers = extraction_workers(device)
-    for split, monte_carlo in (("train", False), ("test", True), ("calibration", False)):
-        split_started = time.perf_counter()
-        extract_split(paths, split, monte_carlo, settings, device=device, workers=workers, progress=progress)
-        seconds[f"extraction_{split}"] = time.perf_counter() - split_started
+    splits = (("train", False), ("test", True), ("calibration", False))
+    split_seconds = extract_splits(
+        paths, splits, settings, device=device, workers=extraction_workers(device), progress=progress
+    )
+    seconds.update({f"extraction_{split}": value for split, value in split_seconds.items()})
     seconds["extraction"] = time.perf_counter() - started
     started = time.perf_counter()
     models = build_models([paths.card(key) for key in MODEL_KEYS], device=device)
@@ -593,43 +593,67 @@ def extraction_workers(device: str | None = None) -> int:
     return max(1, min(EXTRACTION_SHARDS, os.cpu_count() or 1))
 
 
-def extract_split(
+def extract_splits(
     paths: TestbedPaths,
-    split: str,
-    monte_carlo: bool,
+    splits: Sequence[tuple[str, bool]],
     settings: TestbedSettings,
     *,
     device: str | None = None,
     workers: int = 1,
     progress: bool = True,
-) -> None:
-    """Extract (or resume) one split's store in :data:`EXTRACTION_SHARDS` shards, ``workers`` processes at a time.
+) -> dict[str, float]:
+    """Extract (or resume) the stores of ``splits``, each in :data:`EXTRACTION_SHARDS` shards, ``workers`` at a time.
 
-    Each worker process builds the three models from their cards and runs one shard with
-    ``threads = max(1, cores // workers)`` torch threads; with one worker the shards run one after another here.
+    All shards of all splits wait in one queue, in the order given, so a core that one split's last shard leaves
+    starts the next split's first shard at once instead of idling until the split's slowest shard ends (the test
+    split's two Monte Carlo shards differ by half a minute). Each worker process builds the three models from their
+    cards and runs its shards with ``threads = max(1, cores // workers)`` torch threads; with one worker the shards
+    run one after another here.
+
+    Args:
+        paths: The test-bed folder.
+        splits: ``(split, monte_carlo)`` per store, in the order to extract them.
+        settings: The test-bed's settings (the extraction seed).
+        device: Torch device of the models.
+        workers: Processes running shards side by side.
+        progress: Show a progress bar per shard.
+
+    Returns:
+        Per split the seconds from the end of the previous split's last shard (or the start) to the end of its own,
+        so they add up to the extraction's time.
 
     Raises:
         UsamError: What a shard's extraction raised (the other shards' finished images stay in the store).
     """
     jobs = [
         (str(paths.root), split, monte_carlo, settings.extraction_seed, (index, EXTRACTION_SHARDS), device, progress)
+        for split, monte_carlo in splits
         for index in range(EXTRACTION_SHARDS)
     ]
+    started = time.perf_counter()
+    finished: dict[str, float] = {}
     if workers <= 1:
         for job in jobs:
             _extract_shard(*job)
-        return
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
+            finished[job[1]] = time.perf_counter()
+    else:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    # spawn, not fork: the parent's torch thread pools do not survive a fork.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_limit_threads, initargs=(threads,)) as pool:
-        futures = [pool.submit(_extract_shard, *job) for job in jobs]
-        for future in futures:
-            future.result()
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        # spawn, not fork: the parent's torch thread pools do not survive a fork.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_limit_threads, initargs=(threads,)) as pool:
+            futures = {pool.submit(_extract_shard, *job): job[1] for job in jobs}
+            for future in as_completed(futures):
+                future.result()
+                finished[futures[future]] = time.perf_counter()
+    seconds, previous = {}, started
+    for split, _ in splits:
+        seconds[split] = max(finished[split] - previous, 0.0)
+        previous = max(previous, finished[split])
+    return seconds
 
 
 def _limit_threads(threads: int) -> None:
