@@ -605,10 +605,10 @@ def extract_splits(
     """Extract (or resume) the stores of ``splits``, each in :data:`EXTRACTION_SHARDS` shards, ``workers`` at a time.
 
     All shards of all splits wait in one queue, in the order given, so a core that one split's last shard leaves
-    starts the next split's first shard at once instead of idling until the split's slowest shard ends (the test
-    split's two Monte Carlo shards differ by half a minute). Each worker process builds the three models from their
-    cards and runs its shards with ``threads = max(1, cores // workers)`` torch threads; with one worker the shards
-    run one after another here.
+    starts the next split's first shard at once instead of idling until the split's slowest shard ends, and the
+    worker processes start once rather than once per split (on the pinned build the two shards of a split ended
+    3-7 s apart). Each worker process builds the three models from their cards and runs its shards with
+    ``threads = max(1, cores // workers)`` torch threads; with one worker the shards run one after another here.
 
     Args:
         paths: The test-bed folder.
