@@ -261,7 +261,11 @@ def ranked_mean_iou(
     tie_mean_gain = np.bincount(tie_index, weights=gain) / np.bincount(tie_index)
     if higher_is_uncertain:
         order = order[::-1]
-    ranked_gain = tie_mean_gain[tie_index[order]]
+    return _mean_iou_at_counts(base, tie_mean_gain[tie_index[order]], counts)
+
+
+def _mean_iou_at_counts(base: np.ndarray, ranked_gain: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Mean IoU over all objects when the first ``counts`` of the ranked gains are taken (the curve's last step)."""
     cumulative_gain = np.concatenate([[0.0], np.cumsum(ranked_gain)])
     return (base.sum() + cumulative_gain[counts]) / base.size
 
@@ -334,7 +338,6 @@ def random_curve(
     grid = _fraction_grid(fractions, num_points)
     counts = corrected_counts(grid, base.size)
     gain = corrected - base
-    base_sum = base.sum()
     curves = []
     for seed_index in range(int(num_seeds)):
         # A random permutation used as the uncertainty, highest first. Its values are distinct, so there are no
@@ -343,8 +346,7 @@ def random_curve(
         random_rank = np.random.default_rng([seed, seed_index]).permutation(base.size)
         ascending = np.empty_like(random_rank)
         ascending[random_rank] = np.arange(base.size)
-        cumulative_gain = np.concatenate([[0.0], np.cumsum(gain[ascending[::-1]])])
-        curves.append((base_sum + cumulative_gain[counts]) / base.size)
+        curves.append(_mean_iou_at_counts(base, gain[ascending[::-1]], counts))
     return Curve(fractions=grid, mean_iou=np.mean(curves, axis=0))
 
 

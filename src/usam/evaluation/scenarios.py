@@ -298,7 +298,8 @@ def relative_aucs_of_rankings(
         if defined.all() and shared is not None:
             none_areas, oracle_areas = shared
         else:
-            # The checked curves: the IoUs are validated here once, so the rankings below can skip the checks.
+            # The checked curves validate the IoUs (a caller passing references checked them itself), so the
+            # rankings below skip the checks.
             none_areas = weights @ no_correction_curve(scored_base, fractions=fractions).mean_iou
             oracle_areas = weights @ oracle_curve(scored_base, scored_corrected, fractions=fractions).mean_iou
             if defined.all():
